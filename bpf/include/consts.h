@@ -1,0 +1,59 @@
+/* Constants shared by every qpagent BPF program and mirrored by the agent
+ * (agent/qpagent/bpfmaps.py). Change both together. */
+#ifndef QPAGENT_CONSTS_H
+#define QPAGENT_CONSTS_H
+
+#define VXLAN_UDP_PORT   4789
+#define ROCE_UDP_PORT    4791
+
+#define MAX_VTEPS        64     /* remote VTEPs one agent steers towards   */
+#define MAX_PATHS        16     /* first-hop paths (ECMP members) per VTEP  */
+#define PORTS_PER_PATH   16     /* distinct outer source ports per path     */
+#define MAX_QPS          65536  /* LRU-bounded queue-pair table             */
+#define MAX_FLOWS        65536  /* LRU-bounded flow table                   */
+#define MAX_PARSE_KEYS   256    /* (ifindex, hook) pairs with parse counters */
+
+/* Outcome of parsing one frame; every program counts one per packet. */
+enum parse_outcome {
+	PARSE_ROCE = 0,      /* IPv4/IPv6 + UDP 4791 + a sane BTH           */
+	PARSE_NOT_ROCE,      /* IP, but not RoCEv2 (other proto or port)     */
+	PARSE_NOT_IP,        /* ARP, VLAN-tagged, anything not IPv4/IPv6     */
+	PARSE_TRUNCATED,     /* frame ends before a header it announces      */
+	PARSE_FRAGMENT,      /* IPv4 fragment (no L4 header to trust)        */
+	PARSE_IPV6_EXT,      /* IPv6 with an extension header: not parsed    */
+	PARSE_BAD_BTH,       /* UDP 4791 but BTH transport version != 0      */
+	PARSE_OUTCOMES,
+};
+
+/* Where a parse counter was taken. */
+enum hook_id {
+	HOOK_XDP_INGRESS = 0,  /* flow_stats, XDP            */
+	HOOK_TC_EGRESS,        /* flow_stats, tc egress      */
+	HOOK_QP_STEER,         /* qp_steer, vxlan tc egress  */
+	HOOK_PATH_PIN,         /* path_pin, uplink tc egress */
+};
+
+/* qp_steer event counters (per-CPU array indexes). */
+enum steer_event {
+	STEER_PLACED_NEW = 0,  /* first packet of a QP placed by the data plane */
+	STEER_PLACED_DEAD,     /* QP moved off a path flagged dead              */
+	STEER_HASH_SET,        /* packets whose hash was set                    */
+	STEER_NO_VTEP,         /* RoCE, but no VTEP known for the inner dst MAC */
+	STEER_NO_LIVE_PATH,    /* RoCE, VTEP known, no live path: kernel hash   */
+	STEER_EVENTS,
+};
+
+/* path_pin event counters (per-CPU array indexes). */
+enum pin_event {
+	PIN_ON_FIB_LINK = 0,   /* already leaving on the uplink the FIB names */
+	PIN_REDIRECTED,        /* moved to the uplink the FIB names           */
+	PIN_FIB_FAILED,        /* FIB lookup did not succeed: left alone      */
+	PIN_NOT_VXLAN,         /* not an outer VXLAN packet: left alone       */
+	PIN_EVENTS,
+};
+
+/* flow_key.has bits */
+#define FLOW_HAS_VNI  1
+#define FLOW_HAS_QP   2
+
+#endif

@@ -1,0 +1,28 @@
+/* Map definitions (BCC syntax). Each program includes the ones it uses by
+ * defining the matching QPAGENT_MAPS_* macro before including this file, so
+ * that a program carries no map it does not touch. */
+#ifndef QPAGENT_MAPS_H
+#define QPAGENT_MAPS_H
+
+#include "structs.h"
+
+/* Parse outcomes per (ifindex, hook): every program. */
+BPF_TABLE("percpu_hash", struct parse_key, struct parse_counters,
+	  parse_stats, MAX_PARSE_KEYS);
+
+#ifdef QPAGENT_MAPS_STEER
+BPF_TABLE("lru_hash", struct qp_key, struct qp_state, qp_table, MAX_QPS);
+BPF_TABLE("hash", struct mac_key, __u32, mac_vtep, 4096);
+BPF_TABLE("array", __u32, struct path_entry, path_table, MAX_VTEPS * MAX_PATHS);
+BPF_TABLE("percpu_array", __u32, __u64, steer_events, STEER_EVENTS);
+#endif
+
+#ifdef QPAGENT_MAPS_PIN
+BPF_TABLE("percpu_array", __u32, __u64, pin_events, PIN_EVENTS);
+#endif
+
+#ifdef QPAGENT_MAPS_FLOWS
+BPF_TABLE("lru_hash", struct flow_key, struct flow_counters, flow_table, MAX_FLOWS);
+#endif
+
+#endif

@@ -1,0 +1,83 @@
+/* Map keys and values. Field names are read by the agent through BCC's
+ * generated ctypes, so renaming a field is an API change. */
+#ifndef QPAGENT_STRUCTS_H
+#define QPAGENT_STRUCTS_H
+
+#include "consts.h"
+
+/* One RoCE queue pair as seen before encapsulation. IPv4 addresses live in
+ * saddr[0]/daddr[0] (network order) with the rest zero. */
+struct qp_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 dqp;          /* 24-bit destination QP from the BTH */
+	__u8  family;       /* 4 or 6 */
+	__u8  pad[3];
+};
+
+struct qp_state {
+	__u32 vtep;         /* index into the agent's VTEP table          */
+	__u32 path;         /* path index within that VTEP, < MAX_PATHS   */
+	__u32 slot;         /* port slot within the path                  */
+	__u32 hash;         /* skb hash set so the VXLAN driver emits port */
+	__u16 port;         /* outer UDP source port (host order)         */
+	__u16 moves;        /* times this QP was re-placed                */
+	__u32 pad;
+	__u64 packets;
+	__u64 bytes;
+	__u64 first_ns;     /* bpf_ktime_get_ns() of first/last packet */
+	__u64 last_ns;
+	__u64 placed_ns;    /* when the current placement was made     */
+};
+
+/* Inner destination MAC -> VTEP index. The all-zero MAC is the default
+ * remote (as in the VXLAN FDB). */
+struct mac_key {
+	__u8  mac[6];
+	__u16 pad;
+};
+
+/* One first-hop path towards one VTEP: key = vtep * MAX_PATHS + path. */
+struct path_entry {
+	__u32 ifindex;      /* uplink the FIB names for these ports        */
+	__u32 alive;        /* 0 = dead: its QPs move on their next packet */
+	__u32 n_ports;      /* valid entries in hash[]/port[]; 0 = unused  */
+	__u32 qps;          /* QPs placed here (data plane adds, agent reconciles) */
+	__u32 hash[PORTS_PER_PATH];
+	__u16 port[PORTS_PER_PATH];
+};
+
+/* Flow counters: 5-tuple (+ VNI and dest QP where present) per interface
+ * and hook. For outer VXLAN packets the tuple is the outer one and vni/dqp
+ * come from inside. */
+struct flow_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 ifindex;
+	__u32 vni;
+	__u32 dqp;
+	__u16 sport;        /* host order */
+	__u16 dport;        /* host order */
+	__u8  proto;
+	__u8  family;       /* 4 or 6 */
+	__u8  hook;         /* enum hook_id */
+	__u8  has;          /* FLOW_HAS_* */
+};
+
+struct flow_counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 first_ns;
+	__u64 last_ns;
+};
+
+struct parse_key {
+	__u32 ifindex;
+	__u32 hook;         /* enum hook_id */
+};
+
+struct parse_counters {
+	__u64 outcome[PARSE_OUTCOMES];
+};
+
+#endif

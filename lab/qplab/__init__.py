@@ -1,0 +1,1 @@
+"""qplab: a multi-DC EVPN-VXLAN lab on network namespaces and real FRR."""
