@@ -29,7 +29,7 @@ experiment-quick: deps
 	$(PY) -m qplab.workloads.experiment --quick --out results/quick
 
 lint: deps
-	$(PY) -m pyflakes agent lab tests 2>/dev/null || true
+	$(PY) -m pyflakes agent lab tests
 
 clean:
 	-$(PY) -m qplab.cli down 2>/dev/null
