@@ -9,8 +9,14 @@
 #define MAX_VTEPS        64     /* remote VTEPs one agent steers towards   */
 #define MAX_PATHS        16     /* first-hop paths (ECMP members) per VTEP  */
 #define PORTS_PER_PATH   16     /* distinct outer source ports per path     */
+/* Table sizes may be overridden at compile time (-DMAX_FLOWS=64) so that
+ * tests can fill an LRU table quickly. */
+#ifndef MAX_QPS
 #define MAX_QPS          65536  /* LRU-bounded queue-pair table             */
+#endif
+#ifndef MAX_FLOWS
 #define MAX_FLOWS        65536  /* LRU-bounded flow table                   */
+#endif
 #define MAX_PARSE_KEYS   256    /* (ifindex, hook) pairs with parse counters */
 
 /* Outcome of parsing one frame; every program counts one per packet. */

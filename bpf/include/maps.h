@@ -19,6 +19,8 @@ BPF_TABLE("percpu_array", __u32, __u64, steer_events, STEER_EVENTS);
 
 #ifdef QPAGENT_MAPS_PIN
 BPF_TABLE("percpu_array", __u32, __u64, pin_events, PIN_EVENTS);
+/* Uplinks the agent manages: path_pin only redirects to these. */
+BPF_TABLE("hash", __u32, __u32, pin_uplinks, 64);
 #endif
 
 #ifdef QPAGENT_MAPS_FLOWS

@@ -1,0 +1,470 @@
+"""The agent's configuration file: TOML (or YAML), validated into frozen dataclasses.
+
+Every error names the file, the key path (``steer.source_ports``), the line the
+key is written on and what was expected, so an operator can fix it without
+reading code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import socket
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+IFNAMSIZ = 16            # kernel limit, including the terminating NUL
+MAX_PORTS_PER_PATH = 16  # bpf/include/consts.h PORTS_PER_PATH
+DEFAULT_SOCKET = "/run/qpagent/qpagent.sock"
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message says why and where."""
+
+    def __init__(self, file: str, problem: str, key: str | None = None,
+                 line: int | None = None):
+        self.file, self.problem, self.key, self.line = file, problem, key, line
+        where = file if line is None else f"{file}:{line}"
+        super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    metrics_address: str = "127.0.0.1:9464"   # "" disables the exporter
+    control_socket: str = DEFAULT_SOCKET
+    top_qps: int = 20
+    poll_interval: float = 0.2
+    node: str = ""                              # resolved to the hostname when empty
+
+
+@dataclass(frozen=True)
+class SteerSettings:
+    vxlan_devices: tuple[str, ...] = ()
+    uplinks: tuple[str, ...] = ()
+    source_ports: tuple[int, int] = (49152, 65535)
+    ports_per_path: int = 16
+    rebalance: bool = True
+
+
+@dataclass(frozen=True)
+class CountSettings:
+    xdp: tuple[str, ...] = ()
+    tc_egress: tuple[str, ...] = ()
+    xdp_mode: str = "generic"
+
+
+@dataclass(frozen=True)
+class FrrSettings:
+    enabled: bool | str = "auto"   # True, False or "auto"
+    namespace: str = ""
+    vtysh: str = "vtysh"
+
+
+@dataclass(frozen=True)
+class Config:
+    steer: SteerSettings
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    count: CountSettings = field(default_factory=CountSettings)
+    frr: FrrSettings = field(default_factory=FrrSettings)
+    source: str = ""               # the file it came from
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        return {name: data[name] for name in ("agent", "steer", "count", "frr")}
+
+
+# ---------------------------------------------------------------- addresses
+
+def parse_address(text: str, allow_any_port: bool = False) -> tuple[str, int]:
+    """Split "host:port" (or "[v6]:port") into (host, port); ValueError if malformed.
+
+    Port 0 (any free port) only with allow_any_port: Prometheus needs a fixed one.
+    """
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^\s:\[\]]+):(\d+)", text)
+    if not match:
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:9464 or [::1]:9464), got {text!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if not (0 if allow_any_port else 1) <= port <= 65535:
+        raise ValueError(f"port must be 1..65535, got {port}")
+    return host, port
+
+
+def valid_ifname(name: str) -> str | None:
+    """Why ``name`` cannot be a Linux interface name, or None if it can."""
+    if not name:
+        return "an interface name cannot be empty"
+    if len(name) >= IFNAMSIZ:
+        return f"interface name {name!r} is longer than {IFNAMSIZ - 1} characters"
+    if "/" in name or any(ch.isspace() for ch in name) or ":" in name or name in (".", ".."):
+        return f"interface name {name!r} contains '/', ':' or whitespace"
+    return None
+
+
+# ---------------------------------------------------------------- key lines
+
+def toml_key_lines(text: str) -> dict[str, int]:
+    """Map "section.key" (and "section") to the 1-based line where it is written.
+
+    tomllib gives no positions, so this scans the text: table headers and
+    ``key =`` lines, including dotted keys. Values spanning lines are fine
+    because only the line starting the key matters.
+    """
+    lines: dict[str, int] = {}
+    table: list[str] = []
+    depth = 0  # brackets/braces open from a multi-line value: skip their lines
+    key_re = re.compile(r'\s*((?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')'
+                        r'(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\'))*)\s*=')
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = _strip_toml_comment(raw)
+        if depth == 0:
+            header = re.fullmatch(r"\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*", line)
+            if header:
+                table = _split_dotted(header.group(1))
+                lines.setdefault(".".join(table), number)
+                continue
+            key = key_re.match(line)
+            if key:
+                path = ".".join(table + _split_dotted(key.group(1)))
+                lines.setdefault(path, number)
+                line = line[key.end():]
+        depth = max(0, depth + _bracket_balance(line))
+    return lines
+
+
+def _strip_toml_comment(line: str) -> str:
+    quote = None
+    for index, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            return line[:index]
+    return line
+
+
+def _bracket_balance(text: str) -> int:
+    text = re.sub(r'"(?:\\.|[^"\\])*"|\'[^\']*\'', "", text)
+    return text.count("[") + text.count("{") - text.count("]") - text.count("}")
+
+
+def _split_dotted(text: str) -> list[str]:
+    parts = re.findall(r'"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)', text)
+    return [a or b or c for a, b, c in parts]
+
+
+def yaml_key_lines(text: str) -> dict[str, int]:
+    """Map "section.key" to its 1-based line, from PyYAML's node tree."""
+    import yaml
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                lines.setdefault(path, key_node.start_mark.line + 1)
+                walk(value_node, path)
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    return lines
+
+
+# ---------------------------------------------------------------- loading
+
+def load_config(path: str | Path) -> Config:
+    """Read, parse and validate a configuration file; raise ConfigError on any problem."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(name, f"cannot read the file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(name, "the file is not UTF-8 text") from None
+    if name.endswith((".yaml", ".yml")):
+        data, lines = _parse_yaml(name, text)
+    else:
+        data, lines = _parse_toml(name, text)
+    return _Validator(name, lines).config(data)
+
+
+def _parse_toml(name: str, text: str) -> tuple[dict, dict[str, int]]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already carries "(at line L, column C)".
+        raise ConfigError(name, f"TOML syntax error: {exc}",
+                          line=_line_from_message(str(exc))) from None
+    return data, toml_key_lines(text)
+
+
+def _parse_yaml(name: str, text: str) -> tuple[dict, dict[str, int]]:
+    import yaml
+    try:
+        data = yaml.safe_load(text)
+        lines = yaml_key_lines(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else None
+        what = "; ".join(part for part in (exc.context, exc.problem) if part) or str(exc)
+        raise ConfigError(name, f"YAML syntax error: {what}", line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(name, f"YAML syntax error: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(name, f"expected a mapping of sections at the top level, got {_kind(data)}",
+                          line=1)
+    return data, lines
+
+
+def _line_from_message(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    if value is None:
+        return "nothing (null)"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------- validation
+
+Check = Callable[[Any], Any]   # returns the cleaned value or raises ValueError
+
+
+def _integer(low: int, high: int) -> Check:
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer {low}..{high}, got {_kind(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer {low}..{high}, got {value}")
+        return value
+    return check
+
+
+def _number(low: float, high: float, unit: str) -> Check:
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number of {unit} {low}..{high}, got {_kind(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"expected a number of {unit} {low}..{high}, got {value}")
+        return float(value)
+    return check
+
+
+def _boolean(value):
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_kind(value)}")
+    return value
+
+
+def _string(value):
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _nonempty_string(value):
+    if not _string(value).strip():
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _choice(*choices: str) -> Check:
+    def check(value):
+        if value not in choices:
+            listed = " or ".join(repr(c) for c in choices)
+            raise ValueError(f"expected {listed}, got {_kind(value)}")
+        return value
+    return check
+
+
+def _address(value):
+    if _string(value) == "":
+        return value
+    parse_address(value)
+    return value
+
+
+def _node_name(value):
+    if _string(value) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", value):
+        raise ValueError(f"expected a name of letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+
+
+def _socket_path(value):
+    _nonempty_string(value)
+    if len(value.encode()) > 107:
+        raise ValueError(f"a unix socket path may be at most 107 bytes, got {len(value.encode())}")
+    return value
+
+
+def _ifnames(required: bool) -> Check:
+    def check(value):
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of interface names, got {_kind(value)}")
+        if required and not value:
+            raise ValueError("expected at least one interface name, got an empty list")
+        seen = set()
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError(f"expected interface names (strings), got {_kind(item)}")
+            problem = valid_ifname(item)
+            if problem:
+                raise ValueError(problem)
+            if item in seen:
+                raise ValueError(f"interface {item!r} is listed twice")
+            seen.add(item)
+        return tuple(value)
+    return check
+
+
+def _port_range(value):
+    if (not isinstance(value, list) or len(value) != 2
+            or any(isinstance(p, bool) or not isinstance(p, int) for p in value)):
+        raise ValueError(f"expected [lo, hi], two integers, got {_kind(value) if not isinstance(value, list) else value}")
+    low, high = value
+    if not (1 <= low < high <= 65535):
+        raise ValueError(f"expected [lo, hi] with 1 <= lo < hi <= 65535, got [{low}, {high}]")
+    return (low, high)
+
+
+def _frr_enabled(value):
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ValueError(f"expected true, false or \"auto\", got {_kind(value)}")
+
+
+SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
+    # section -> key -> (check, required)
+    "agent": {
+        "metrics_address": (_address, False),
+        "control_socket": (_socket_path, False),
+        "top_qps": (_integer(1, 1000), False),
+        "poll_interval": (_number(0.01, 10, "seconds"), False),
+        "node": (_node_name, False),
+    },
+    "steer": {
+        "vxlan_devices": (_ifnames(required=True), True),
+        "uplinks": (_ifnames(required=True), True),
+        "source_ports": (_port_range, False),
+        "ports_per_path": (_integer(1, MAX_PORTS_PER_PATH), False),
+        "rebalance": (_boolean, False),
+    },
+    "count": {
+        "xdp": (_ifnames(required=False), False),
+        "tc_egress": (_ifnames(required=False), False),
+        "xdp_mode": (_choice("generic", "native"), False),
+    },
+    "frr": {
+        "enabled": (_frr_enabled, False),
+        "namespace": (_string, False),
+        "vtysh": (_nonempty_string, False),
+    },
+}
+
+SETTINGS = {"agent": AgentSettings, "steer": SteerSettings,
+            "count": CountSettings, "frr": FrrSettings}
+
+
+class _Validator:
+    def __init__(self, file: str, lines: dict[str, int]):
+        self.file, self.lines = file, lines
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        line = self.lines.get(key)
+        if line is None and "." in key:       # a missing key: point at its section
+            line = self.lines.get(key.rsplit(".", 1)[0])
+        return ConfigError(self.file, problem, key=key, line=line)
+
+    def config(self, data: dict) -> Config:
+        for section, body in data.items():
+            section = str(section)   # YAML allows non-string keys
+            if section not in SCHEMA:
+                raise self.error(section, "unknown section" + _suggest(section, SCHEMA))
+            if not isinstance(body, dict):
+                raise self.error(section, f"expected a table of settings, got {_kind(body)}")
+        sections = {name: self.section(name, data.get(name, {})) for name in SCHEMA}
+        self.cross_checks(sections)
+        return Config(source=self.file, **sections)
+
+    def section(self, name: str, body: dict):
+        schema = SCHEMA[name]
+        values = {}
+        for key, value in body.items():
+            key = str(key)
+            path = f"{name}.{key}"
+            if key not in schema:
+                raise self.error(path, "unknown key" + _suggest(key, schema, prefix=f"{name}."))
+            check, _required = schema[key]
+            try:
+                values[key] = check(value)
+            except ValueError as exc:
+                raise self.error(path, str(exc)) from None
+        for key, (_check, required) in schema.items():
+            if required and key not in body:
+                raise self.error(f"{name}.{key}", "required but missing")
+        if name == "agent" and not values.get("node"):
+            values["node"] = socket.gethostname().split(".")[0]
+        return SETTINGS[name](**values)
+
+    def cross_checks(self, sections: dict) -> None:
+        steer = sections["steer"]
+        low, high = steer.source_ports
+        if high - low + 1 < steer.ports_per_path:
+            raise self.error("steer.source_ports",
+                             f"the range {low}..{high} holds fewer ports than "
+                             f"steer.ports_per_path ({steer.ports_per_path})")
+        both = set(steer.vxlan_devices) & set(steer.uplinks)
+        if both:
+            raise self.error("steer.uplinks",
+                             f"{sorted(both)[0]!r} is also listed in steer.vxlan_devices: "
+                             "uplinks carry the encapsulated traffic, VXLAN devices the inner")
+
+
+def _suggest(word: str, known, prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return f"{hint}; known: {', '.join(sorted(known))}"
+
+
+# ---------------------------------------------------------------- rendering
+
+def to_toml(config: Config) -> str:
+    """The effective configuration, written back as TOML (for check-config)."""
+    out = []
+    for section, values in config.to_dict().items():
+        out.append(f"[{section}]")
+        for key, value in values.items():
+            out.append(f"{key} = {_toml_value(value)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")

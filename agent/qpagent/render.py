@@ -1,0 +1,235 @@
+"""Human-readable tables for `qpagent status` and `qpagent flows`.
+
+Pure functions from the daemon's JSON data to text; missing keys show as "-"
+so an older or newer daemon still renders.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence], right: Iterable[int] = ()) -> str:
+    """Columns aligned with two spaces between them; `right` lists right-aligned columns."""
+    right = set(right)
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [cell.rjust(w) if i in right else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def human_bytes(n) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_count(n) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(int(n))
+
+
+def human_duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def ms(value) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def port_list(ports: Sequence[int]) -> str:
+    """Ports as compact ranges: [1, 2, 3, 7] -> "1-3,7"."""
+    ports = sorted(ports or [])
+    if not ports:
+        return "-"
+    spans, start, prev = [], ports[0], ports[0]
+    for port in ports[1:] + [None]:
+        if port is not None and port == prev + 1:
+            prev = port
+            continue
+        spans.append(str(start) if start == prev else f"{start}-{prev}")
+        if port is not None:
+            start = prev = port
+    return ",".join(spans)
+
+
+def clock(unix_time) -> str:
+    if unix_time is None:
+        return "-"
+    stamp = time.localtime(unix_time)
+    return time.strftime("%H:%M:%S", stamp) + f".{int((unix_time % 1) * 1000):03d}"
+
+
+PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+
+
+def protocol(proto) -> str:
+    return PROTOCOLS.get(proto, "-" if proto is None else str(proto))
+
+
+def endpoint(address, port) -> str:
+    if port is None:
+        return str(address)
+    return f"[{address}]:{port}" if ":" in str(address) else f"{address}:{port}"
+
+
+# ---------------------------------------------------------------- status
+
+def render_status(snap: dict) -> str:
+    sections = [_header(snap), _programs(snap), _paths(snap), _qps(snap), _bfd(snap),
+                _reactions(snap), _events(snap), _datapath(snap), _warnings(snap)]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _header(snap: dict) -> str:
+    return (f"qpagent {snap.get('version', '?')} on {snap.get('node', '?')}  "
+            f"pid {snap.get('pid', '?')}  up {human_duration(snap.get('uptime_s'))}  "
+            f"QPs {snap.get('qp_total', 0)}")
+
+
+def _programs(snap: dict) -> str:
+    progs = snap.get("programs") or []
+    if not progs:
+        return "Programs: none attached"
+    rows = []
+    for p in progs:
+        runs = p.get("run_cnt") or 0
+        avg = f"{p.get('run_time_ns', 0) / runs:.0f}" if runs else "-"
+        rows.append([p.get("name"), p.get("hook"), p.get("interface"), p.get("prog_id"),
+                     human_count(runs), avg])
+    return "Programs\n" + table(["PROGRAM", "HOOK", "INTERFACE", "ID", "RUNS", "NS/RUN"],
+                                rows, right=(3, 4, 5))
+
+
+def _paths(snap: dict) -> str:
+    vteps = snap.get("vteps") or []
+    if not vteps:
+        return "Paths: no remote VTEP known yet"
+    imbalance = snap.get("imbalance") or {}
+    rows = []
+    for vtep in vteps:
+        for path in vtep.get("paths") or []:
+            rows.append([vtep.get("address"), path.get("index"), path.get("uplink"),
+                         path.get("gateway"), "up" if path.get("alive") else "DOWN",
+                         path.get("qps", 0), human_count(path.get("packets")),
+                         human_bytes(path.get("bytes")), port_list(path.get("ports"))])
+    text = "Paths\n" + table(["VTEP", "PATH", "UPLINK", "GATEWAY", "STATE", "QPS", "PACKETS",
+                              "BYTES", "PORTS"], rows, right=(1, 5, 6, 7))
+    if imbalance:
+        ratios = "  ".join(f"{vtep} {ratio:.2f}" if ratio is not None else f"{vtep} -"
+                           for vtep, ratio in sorted(imbalance.items()))
+        text += f"\nImbalance (busiest/mean, 1.00 = even): {ratios}"
+    return text
+
+
+def _qps(snap: dict) -> str:
+    qps = snap.get("qps") or []
+    total = snap.get("qp_total", len(qps))
+    if not qps:
+        return "QPs: none seen"
+    rows = [[f"{q.get('src')} -> {q.get('dst')}", q.get("dqp"), q.get("vtep"), q.get("port"),
+             q.get("path"), q.get("uplink"), human_count(q.get("packets")),
+             human_bytes(q.get("bytes")), q.get("moves", 0)] for q in qps]
+    return (f"QPs (top {len(qps)} of {total} by bytes)\n"
+            + table(["SRC -> DST", "DQP", "VTEP", "PORT", "PATH", "UPLINK", "PACKETS", "BYTES",
+                     "MOVES"], rows, right=(1, 3, 4, 6, 7, 8)))
+
+
+def _bfd(snap: dict) -> str:
+    bfd = snap.get("bfd") or {}
+    if not bfd.get("available"):
+        return f"BFD: unavailable ({bfd.get('reason') or 'no reason given'})"
+    peers = bfd.get("peers") or []
+    if not peers:
+        return "BFD: no peers"
+    rows = [[p.get("peer"), p.get("interface"), p.get("status"), p.get("diagnostic")]
+            for p in peers]
+    return "BFD peers\n" + table(["PEER", "INTERFACE", "STATUS", "DIAGNOSTIC"], rows)
+
+
+def _reactions(snap: dict) -> str:
+    reaction = snap.get("reaction_ms") or {}
+    line = (f"Reaction (event -> maps): {reaction.get('count', 0)} samples  "
+            f"p50 {ms(reaction.get('p50'))}  p99 {ms(reaction.get('p99'))}  "
+            f"max {ms(reaction.get('max'))}")
+    replacements = snap.get("replacements") or {}
+    if replacements:
+        line += "\nPlacements: " + "  ".join(f"{k} {v}" for k, v in sorted(replacements.items()))
+    return line
+
+
+def _events(snap: dict) -> str:
+    events = snap.get("events") or []
+    if not events:
+        return "Events: none"
+    rows = [[clock(e.get("time")), e.get("kind"), ms(e.get("reaction_ms")), e.get("detail")]
+            for e in events]
+    return (f"Last {len(events)} events\n"
+            + table(["TIME", "KIND", "REACTION", "DETAIL"], rows, right=(2,)))
+
+
+def _datapath(snap: dict) -> str:
+    lines = []
+    for title, key in (("Steer", "steer_events"), ("Pin", "pin_events")):
+        counts = snap.get(key) or {}
+        if counts:
+            lines.append(f"{title}: " + "  ".join(f"{k} {human_count(v)}"
+                                                   for k, v in counts.items()))
+    parse = snap.get("parse") or []
+    if parse:
+        outcomes = ["roce", "not_roce", "not_ip", "truncated", "fragment", "ipv6_ext", "bad_bth"]
+        rows = [[p.get("interface"), p.get("hook")] + [human_count(p.get(o, 0)) for o in outcomes]
+                for p in parse]
+        lines.append("\nParse outcomes\n" + table(
+            ["INTERFACE", "HOOK"] + [o.upper() for o in outcomes], rows,
+            right=range(2, 2 + len(outcomes))))
+    return "\n".join(lines).strip("\n")
+
+
+def _warnings(snap: dict) -> str:
+    warnings = snap.get("warnings") or []
+    return "\n".join(f"warning: {w}" for w in warnings)
+
+
+# ---------------------------------------------------------------- flows
+
+def render_flows(flows: list[dict], now: float | None = None) -> str:
+    if not flows:
+        return "No flows counted.\n"
+    now = time.time() if now is None else now
+    rows = []
+    for f in flows:
+        last = f.get("last_seen")
+        rows.append([f.get("interface"), f.get("hook"), protocol(f.get("proto")),
+                     endpoint(f.get("src"), f.get("sport")), endpoint(f.get("dst"), f.get("dport")),
+                     f.get("vni"), f.get("dqp"), human_count(f.get("packets")),
+                     human_bytes(f.get("bytes")),
+                     "-" if last is None else f"{max(0.0, now - last):.1f}s"])
+    return table(["INTERFACE", "HOOK", "PROTO", "SOURCE", "DESTINATION", "VNI", "DQP",
+                  "PACKETS", "BYTES", "IDLE"], rows, right=(5, 6, 7, 8, 9)) + "\n"

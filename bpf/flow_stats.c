@@ -1,0 +1,97 @@
+/* flow_stats: per-flow and per-parse-outcome counters on host NICs and leaf
+ * links, at XDP ingress (flow_stats_xdp) and tc egress (flow_stats_tc).
+ * Both share one counting core and always pass the packet.
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/pkt_cls.h>
+
+#define QPAGENT_MAPS_FLOWS
+#include "maps.h"
+#include "parse.h"
+#include "counters.h"
+
+/* One parse outcome for (ifindex, hook); the entry is made on first use and
+ * a full table drops the count, never the packet. */
+static __always_inline void count_parse(__u32 ifindex, __u32 hook, int outcome)
+{
+	struct parse_key key = { .ifindex = ifindex, .hook = hook };
+	struct parse_counters *pc;
+
+	if (!parse_outcome_valid(outcome))
+		return;
+	pc = parse_stats.lookup(&key);
+	if (!pc) {
+		struct parse_counters zero = {};
+
+		parse_stats.insert(&key, &zero);
+		pc = parse_stats.lookup(&key);
+		if (!pc)
+			return;
+	}
+	pc->outcome[outcome]++;   /* per-CPU: no atomics needed */
+}
+
+static __always_inline void count_flow(const struct pkt_info *p, __u32 ifindex,
+				       __u32 hook, __u32 len)
+{
+	struct flow_key key = {};
+	struct flow_counters *fc;
+	__u64 now = bpf_ktime_get_ns();
+
+	__builtin_memcpy(key.saddr, p->saddr, sizeof(key.saddr));
+	__builtin_memcpy(key.daddr, p->daddr, sizeof(key.daddr));
+	key.ifindex = ifindex;
+	key.vni = p->vni;
+	key.dqp = p->dqp;
+	key.sport = p->sport;
+	key.dport = p->dport;
+	key.proto = p->proto;
+	key.family = p->family;
+	key.hook = hook;
+	key.has = p->has;
+
+	fc = flow_table.lookup(&key);
+	if (!fc) {
+		struct flow_counters fresh = { .first_ns = now };
+
+		/* NOEXIST: a racing CPU's entry wins; a full LRU evicts. */
+		flow_table.insert(&key, &fresh);
+		fc = flow_table.lookup(&key);
+		if (!fc)
+			return;
+	}
+	__sync_fetch_and_add(&fc->packets, 1);
+	__sync_fetch_and_add(&fc->bytes, len);
+	fc->last_ns = now;
+}
+
+static __always_inline void flow_stats(void *data, void *data_end,
+				       __u32 ifindex, __u32 hook, __u32 len)
+{
+	struct pkt_info p = {};
+	int outcome = parse_packet(data, data_end, &p);
+
+	count_parse(ifindex, hook, outcome);
+	/* Only frames parsed whole: fragments have no tuple, and a frame cut
+	 * short somewhere is counted as such, not as a flow. */
+	if (p.has_ports && outcome != PARSE_TRUNCATED)
+		count_flow(&p, ifindex, hook, len);
+}
+
+int flow_stats_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	flow_stats(data, data_end, ctx->ingress_ifindex, HOOK_XDP_INGRESS,
+		   (__u32)(data_end - data));
+	return XDP_PASS;
+}
+
+int flow_stats_tc(struct __sk_buff *skb)
+{
+	pull_headers(skb);
+	flow_stats((void *)(long)skb->data, (void *)(long)skb->data_end,
+		   skb->ifindex, HOOK_TC_EGRESS, skb->len);
+	return TC_ACT_OK;
+}

@@ -1,0 +1,256 @@
+/* The one packet parser shared by every qpagent program.
+ *
+ * Ethernet (untagged) -> IPv4 (options allowed, no fragments) or IPv6 (no
+ * extension headers) -> UDP/TCP. UDP 4791 -> BTH (RoCEv2). UDP 4789 ->
+ * VXLAN, then the inner Ethernet/IP/UDP/BTH under the same rules. No loops:
+ * the inner frame is parsed by the same inline helpers a second time.
+ * Every pointer is checked against data_end right before it is read.
+ */
+#ifndef QPAGENT_PARSE_H
+#define QPAGENT_PARSE_H
+
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <linux/udp.h>
+#include <linux/tcp.h>
+
+#include "consts.h"
+
+#define PARSE_CONTINUE  (-1)   /* internal: header fine, keep going */
+
+#define IPV4_MF_OFFSET  0x3fff /* More-Fragments flag + fragment offset */
+#define BTH_LEN         12
+#define VXLAN_LEN       8
+#define VXLAN_FLAG_I    0x08
+
+/* What the parser learnt. The tuple is the outermost one; for an outer VXLAN
+ * packet vni and the inner dqp come from inside. dmac/smac are the MACs of
+ * the innermost Ethernet header parsed. */
+struct pkt_info {
+	__u32 saddr[4];     /* IPv4 in [0], network order */
+	__u32 daddr[4];
+	__u32 vni;
+	__u32 dqp;          /* 24-bit destination QP */
+	__u16 sport;        /* host order */
+	__u16 dport;        /* host order */
+	__u8  family;       /* 4 or 6, 0 when not IP */
+	__u8  proto;        /* IPPROTO_* of the outer L4 */
+	__u8  has;          /* FLOW_HAS_VNI | FLOW_HAS_QP */
+	__u8  has_ports;    /* sport/dport parsed (UDP or TCP) */
+	__u8  outer_vxlan;  /* UDP 4789 with a complete VXLAN header */
+	__u8  dmac[ETH_ALEN];
+	__u8  smac[ETH_ALEN];
+};
+
+/* Addresses and ports of one IP/L4 layer. */
+struct l3l4 {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport;
+	__u16 dport;
+	__u8  family;
+	__u8  proto;
+	__u8  has_ports;
+};
+
+struct cursor {
+	void *pos;
+	void *end;
+};
+
+static __always_inline int parse_eth(struct cursor *c, __u16 *h_proto,
+				     __u8 *dmac, __u8 *smac)
+{
+	struct ethhdr *eth = c->pos;
+
+	if ((void *)(eth + 1) > c->end)
+		return PARSE_TRUNCATED;
+	__builtin_memcpy(dmac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(smac, eth->h_source, ETH_ALEN);
+	*h_proto = eth->h_proto;
+	c->pos = eth + 1;
+	/* A VLAN tag, ARP and everything else is not ours to parse. */
+	if (*h_proto != bpf_htons(ETH_P_IP) && *h_proto != bpf_htons(ETH_P_IPV6))
+		return PARSE_NOT_IP;
+	return PARSE_CONTINUE;
+}
+
+static __always_inline int parse_ipv4(struct cursor *c, struct l3l4 *t)
+{
+	struct iphdr *ip = c->pos;
+	__u32 hlen;
+
+	if ((void *)(ip + 1) > c->end)
+		return PARSE_TRUNCATED;
+	if (ip->version != 4)
+		return PARSE_NOT_IP;
+	hlen = (__u32)ip->ihl * 4;
+	/* An IHL below 5 announces less than the fixed header: unusable. */
+	if (hlen < sizeof(*ip))
+		return PARSE_TRUNCATED;
+	if (c->pos + hlen > c->end)
+		return PARSE_TRUNCATED;
+	t->family = 4;
+	t->proto = ip->protocol;
+	t->saddr[0] = ip->saddr;
+	t->daddr[0] = ip->daddr;
+	/* Only a first fragment carries the L4 header, and even it cannot be
+	 * told apart from its siblings by port: count, do not parse. */
+	if (ip->frag_off & bpf_htons(IPV4_MF_OFFSET))
+		return PARSE_FRAGMENT;
+	c->pos += hlen;
+	return PARSE_CONTINUE;
+}
+
+/* Extension headers (RFC 8200 and the IANA list): hop-by-hop 0, routing 43,
+ * fragment 44, ESP 50, AH 51, destination options 60, mobility 135, HIP 139,
+ * shim6 140, experiments 253/254. Compared one by one: a switch may become a
+ * lookup table in a read-only section, which BCC cannot load. */
+static __always_inline int ipv6_is_ext_header(__u8 nh)
+{
+	return nh == 0 || nh == 43 || nh == 44 || nh == 50 || nh == 51 ||
+	       nh == 60 || nh == 135 || nh == 139 || nh == 140 || nh == 253 ||
+	       nh == 254;
+}
+
+static __always_inline int parse_ipv6(struct cursor *c, struct l3l4 *t)
+{
+	struct ipv6hdr *ip6 = c->pos;
+
+	if ((void *)(ip6 + 1) > c->end)
+		return PARSE_TRUNCATED;
+	if (ip6->version != 6)
+		return PARSE_NOT_IP;
+	t->family = 6;
+	t->proto = ip6->nexthdr;
+	__builtin_memcpy(t->saddr, &ip6->saddr, sizeof(t->saddr));
+	__builtin_memcpy(t->daddr, &ip6->daddr, sizeof(t->daddr));
+	if (ipv6_is_ext_header(ip6->nexthdr))
+		return PARSE_IPV6_EXT;
+	c->pos = ip6 + 1;
+	return PARSE_CONTINUE;
+}
+
+/* IP header after the Ethernet header whose type is h_proto. */
+static __always_inline int parse_ip(struct cursor *c, __u16 h_proto,
+				    struct l3l4 *t)
+{
+	if (h_proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(c, t);
+	return parse_ipv6(c, t);
+}
+
+/* UDP or TCP ports; other protocols end the parse as "IP, not RoCE". */
+static __always_inline int parse_l4(struct cursor *c, struct l3l4 *t)
+{
+	if (t->proto == IPPROTO_UDP) {
+		struct udphdr *udp = c->pos;
+
+		if ((void *)(udp + 1) > c->end)
+			return PARSE_TRUNCATED;
+		t->sport = bpf_ntohs(udp->source);
+		t->dport = bpf_ntohs(udp->dest);
+		t->has_ports = 1;
+		c->pos = udp + 1;
+		return PARSE_CONTINUE;
+	}
+	if (t->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = c->pos;
+
+		if ((void *)(tcp + 1) > c->end)
+			return PARSE_TRUNCATED;
+		t->sport = bpf_ntohs(tcp->source);
+		t->dport = bpf_ntohs(tcp->dest);
+		t->has_ports = 1;
+	}
+	return PARSE_NOT_ROCE;
+}
+
+/* RoCEv2 base transport header: 24-bit destination QP in bytes 5..7. */
+static __always_inline int parse_bth(struct cursor *c, __u32 *dqp)
+{
+	__u8 *bth = c->pos;
+
+	if ((void *)(bth + BTH_LEN) > c->end)
+		return PARSE_TRUNCATED;
+	/* Transport version (low nibble of byte 1) is 0 for every RoCE. */
+	if (bth[1] & 0x0f)
+		return PARSE_BAD_BTH;
+	*dqp = ((__u32)bth[5] << 16) | ((__u32)bth[6] << 8) | bth[7];
+	return PARSE_ROCE;
+}
+
+/* Ethernet/IP/L4/BTH of one frame, without looking into VXLAN. */
+static __always_inline int parse_frame(struct cursor *c, struct l3l4 *t,
+				       __u8 *dmac, __u8 *smac, __u32 *dqp)
+{
+	__u16 h_proto = 0;
+	int rc;
+
+	rc = parse_eth(c, &h_proto, dmac, smac);
+	if (rc != PARSE_CONTINUE)
+		return rc;
+	rc = parse_ip(c, h_proto, t);
+	if (rc != PARSE_CONTINUE)
+		return rc;
+	rc = parse_l4(c, t);
+	if (rc != PARSE_CONTINUE)
+		return rc;
+	if (t->dport == ROCE_UDP_PORT)
+		return parse_bth(c, dqp);
+	return PARSE_CONTINUE;   /* UDP, not RoCE: the caller may look further */
+}
+
+/* Parse [data, data_end) into *p; returns the enum parse_outcome. */
+static __always_inline int parse_packet(void *data, void *data_end,
+					struct pkt_info *p)
+{
+	struct cursor c = { .pos = data, .end = data_end };
+	struct l3l4 outer = {};
+	struct l3l4 inner = {};
+	__u8 *vx;
+	__u32 dqp = 0;
+	int rc;
+
+	rc = parse_frame(&c, &outer, p->dmac, p->smac, &dqp);
+	__builtin_memcpy(p->saddr, outer.saddr, sizeof(p->saddr));
+	__builtin_memcpy(p->daddr, outer.daddr, sizeof(p->daddr));
+	p->sport = outer.sport;
+	p->dport = outer.dport;
+	p->family = outer.family;
+	p->proto = outer.proto;
+	p->has_ports = outer.has_ports;
+	if (rc == PARSE_ROCE) {
+		p->dqp = dqp;
+		p->has |= FLOW_HAS_QP;
+		return rc;
+	}
+	if (rc != PARSE_CONTINUE)
+		return rc;
+	if (outer.dport != VXLAN_UDP_PORT)
+		return PARSE_NOT_ROCE;
+
+	vx = c.pos;
+	if ((void *)(vx + VXLAN_LEN) > c.end)
+		return PARSE_TRUNCATED;
+	p->outer_vxlan = 1;
+	if (!(vx[0] & VXLAN_FLAG_I))
+		return PARSE_NOT_ROCE;   /* no valid VNI: nothing inside to trust */
+	p->vni = ((__u32)vx[4] << 16) | ((__u32)vx[5] << 8) | vx[6];
+	p->has |= FLOW_HAS_VNI;
+	c.pos = vx + VXLAN_LEN;
+
+	rc = parse_frame(&c, &inner, p->dmac, p->smac, &dqp);
+	if (rc == PARSE_ROCE) {
+		p->dqp = dqp;
+		p->has |= FLOW_HAS_QP;
+		return rc;
+	}
+	if (rc == PARSE_CONTINUE)
+		return PARSE_NOT_ROCE;   /* VXLAN inside VXLAN is not followed */
+	return rc;
+}
+
+#endif

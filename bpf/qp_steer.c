@@ -1,0 +1,233 @@
+/* qp_steer: tc egress on a VTEP's VXLAN device (inner frames, before
+ * encapsulation). Gives every RoCEv2 queue pair a path towards its remote
+ * VTEP and sets the skb hash so that the VXLAN driver emits that path's outer
+ * UDP source port. New QPs and QPs on dead paths are placed here, in the
+ * data plane, on the least-loaded live path. Never drops, never rewrites.
+ */
+#include <uapi/linux/bpf.h>
+#include <linux/pkt_cls.h>
+
+#define QPAGENT_MAPS_STEER
+#include "maps.h"
+#include "parse.h"
+#include "counters.h"
+
+_Static_assert((PORTS_PER_PATH & (PORTS_PER_PATH - 1)) == 0,
+	       "PORTS_PER_PATH must be a power of two");
+
+/* One parse outcome for (ifindex, hook); the entry is made on first use and
+ * a full table drops the count, never the packet. */
+static __always_inline void count_parse(__u32 ifindex, __u32 hook, int outcome)
+{
+	struct parse_key key = { .ifindex = ifindex, .hook = hook };
+	struct parse_counters *pc;
+
+	if (!parse_outcome_valid(outcome))
+		return;
+	pc = parse_stats.lookup(&key);
+	if (!pc) {
+		struct parse_counters zero = {};
+
+		parse_stats.insert(&key, &zero);
+		pc = parse_stats.lookup(&key);
+		if (!pc)
+			return;
+	}
+	pc->outcome[outcome]++;   /* per-CPU: no atomics needed */
+}
+
+static __always_inline void steer_count(__u32 event)
+{
+	__u64 *v = steer_events.lookup(&event);
+
+	if (v)
+		(*v)++;
+}
+
+/* Remote VTEP of an inner destination MAC, else the default remote. */
+static __always_inline int find_vtep(const __u8 *dmac, __u32 *vtep)
+{
+	struct mac_key key = {};
+	__u32 *v;
+
+	__builtin_memcpy(key.mac, dmac, ETH_ALEN);
+	v = mac_vtep.lookup(&key);
+	if (!v) {
+		struct mac_key any = {};
+
+		v = mac_vtep.lookup(&any);
+	}
+	if (!v || *v >= MAX_VTEPS)
+		return -1;
+	*vtep = *v;
+	return 0;
+}
+
+static __always_inline int path_usable(const struct path_entry *pe)
+{
+	return pe && pe->alive && pe->n_ports > 0 && pe->n_ports <= PORTS_PER_PATH;
+}
+
+/* Live path of the VTEP with the fewest QPs (ties: lowest index), or -1. */
+static __always_inline int least_loaded_path(__u32 vtep)
+{
+	__u32 best_qps = 0xffffffff;
+	int best = -1;
+
+#pragma unroll
+	for (int i = 0; i < MAX_PATHS; i++) {
+		__u32 idx = vtep * MAX_PATHS + i;
+		struct path_entry *pe = path_table.lookup(&idx);
+
+		if (!path_usable(pe))
+			continue;
+		if (pe->qps < best_qps) {
+			best_qps = pe->qps;
+			best = i;
+		}
+	}
+	return best;
+}
+
+static __always_inline void account(struct qp_state *qs, __u32 len, __u64 now)
+{
+	__sync_fetch_and_add(&qs->packets, 1);
+	__sync_fetch_and_add(&qs->bytes, len);
+	qs->last_ns = now;
+}
+
+/* Take a port slot on the chosen path; fills vtep/path/slot/hash/port. */
+static __always_inline int take_slot(__u32 vtep, int path, struct qp_state *st)
+{
+	__u32 idx = vtep * MAX_PATHS + (__u32)path;
+	struct path_entry *pe = path_table.lookup(&idx);
+	__u32 slot;
+
+	if (!path_usable(pe))
+		return -1;
+	/* Read, then add: BCC's clang targets a BPF ISA whose atomic add
+	 * returns nothing. Two CPUs placing at once may share a slot; the
+	 * count stays right and the agent rebalances. */
+	slot = pe->qps % pe->n_ports;
+	__sync_fetch_and_add(&pe->qps, 1);
+	/* n_ports <= PORTS_PER_PATH (a power of two), so the mask changes
+	 * nothing but lets the verifier see the index is in bounds; the empty
+	 * asm keeps clang from proving it redundant and dropping it. */
+	asm volatile("" : "+r"(slot));
+	slot &= PORTS_PER_PATH - 1;
+	st->vtep = vtep;
+	st->path = (__u32)path;
+	st->slot = slot;
+	st->hash = pe->hash[slot];
+	st->port = pe->port[slot];
+	return 0;
+}
+
+/* Give back the slot a QP held on its old path. */
+static __always_inline void release_slot(const struct qp_state *qs)
+{
+	__u32 idx;
+	struct path_entry *pe;
+
+	if (qs->vtep >= MAX_VTEPS || qs->path >= MAX_PATHS)
+		return;
+	idx = qs->vtep * MAX_PATHS + qs->path;
+	pe = path_table.lookup(&idx);
+	if (pe && pe->qps > 0)
+		__sync_fetch_and_add(&pe->qps, (__u32)-1);
+}
+
+static __always_inline void set_hash(struct __sk_buff *skb, __u32 hash)
+{
+	/* Hash 0 makes the driver fall back to its own: the agent never
+	 * writes it, and it is never set. */
+	if (!hash)
+		return;
+	bpf_set_hash(skb, hash);
+	steer_count(STEER_HASH_SET);
+}
+
+int qp_steer(struct __sk_buff *skb)
+{
+	struct pkt_info p = {};
+	struct qp_key key = {};
+	struct qp_state *qs;
+	struct qp_state st = {};
+	__u32 vtep;
+	__u64 now;
+	int outcome, path;
+
+	pull_headers(skb);
+	outcome = parse_packet((void *)(long)skb->data,
+			       (void *)(long)skb->data_end, &p);
+	count_parse(skb->ifindex, HOOK_QP_STEER, outcome);
+	/* An already encapsulated frame is not a queue pair of this VTEP. */
+	if (outcome != PARSE_ROCE || p.outer_vxlan)
+		return TC_ACT_OK;
+
+	if (find_vtep(p.dmac, &vtep) < 0) {
+		steer_count(STEER_NO_VTEP);
+		return TC_ACT_OK;
+	}
+
+	__builtin_memcpy(key.saddr, p.saddr, sizeof(key.saddr));
+	__builtin_memcpy(key.daddr, p.daddr, sizeof(key.daddr));
+	key.dqp = p.dqp;
+	key.family = p.family;
+	now = bpf_ktime_get_ns();
+
+	qs = qp_table.lookup(&key);
+	if (qs && qs->vtep == vtep && qs->path < MAX_PATHS) {
+		__u32 idx = vtep * MAX_PATHS + qs->path;
+		struct path_entry *pe = path_table.lookup(&idx);
+
+		if (path_usable(pe)) {      /* steady state: known QP, live path */
+			set_hash(skb, qs->hash);
+			account(qs, skb->len, now);
+			return TC_ACT_OK;
+		}
+	}
+
+	path = least_loaded_path(vtep);
+	if (path < 0 || take_slot(vtep, path, &st) < 0) {
+		steer_count(STEER_NO_LIVE_PATH);
+		if (qs)
+			account(qs, skb->len, now);
+		return TC_ACT_OK;
+	}
+
+	if (qs) {
+		/* Its path died, vanished or now leads to another VTEP. */
+		release_slot(qs);
+		qs->vtep = st.vtep;
+		qs->path = st.path;
+		qs->slot = st.slot;
+		qs->hash = st.hash;
+		qs->port = st.port;
+		qs->moves++;
+		qs->placed_ns = now;
+		steer_count(STEER_PLACED_DEAD);
+		set_hash(skb, st.hash);
+		account(qs, skb->len, now);
+		return TC_ACT_OK;
+	}
+
+	st.packets = 1;
+	st.bytes = skb->len;
+	st.first_ns = now;
+	st.last_ns = now;
+	st.placed_ns = now;
+	if (qp_table.insert(&key, &st) != 0) {
+		/* Another CPU placed it first: give the slot back, follow it. */
+		release_slot(&st);
+		qs = qp_table.lookup(&key);
+		if (qs) {
+			set_hash(skb, qs->hash);
+			account(qs, skb->len, now);
+		}
+		return TC_ACT_OK;
+	}
+	steer_count(STEER_PLACED_NEW);
+	set_hash(skb, st.hash);
+	return TC_ACT_OK;
+}

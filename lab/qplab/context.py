@@ -1,0 +1,61 @@
+"""Where one lab lives: its namespace prefix and its run directory.
+
+Two labs can coexist (the user's `qpl-` lab and a test's lab) as long as they
+differ in prefix, run directory and management subnet.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PREFIX = "qpl-"
+DEFAULT_RUN_DIR = Path("/run/qplab")
+AGENT_SOCKET_DIR = Path("/run/qpagent")
+
+
+@dataclass(frozen=True)
+class LabContext:
+    prefix: str = DEFAULT_PREFIX
+    run_dir: Path = DEFAULT_RUN_DIR
+
+    @classmethod
+    def from_env(cls) -> "LabContext":
+        """QPLAB_PREFIX / QPLAB_RUN_DIR let a second lab run beside the default one."""
+        prefix = os.environ.get("QPLAB_PREFIX", DEFAULT_PREFIX)
+        run_dir = Path(os.environ.get("QPLAB_RUN_DIR", str(DEFAULT_RUN_DIR)))
+        return cls(prefix, run_dir)
+
+    def ns(self, node: str) -> str:
+        """Namespace name of a node; also its FRR path-space name (-N)."""
+        return self.prefix + node
+
+    @property
+    def mgmt_bridge(self) -> str:
+        return self.prefix + "mgmt"
+
+    def mgmt_veth(self, index: int) -> str:
+        return f"{self.prefix}m{index}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "state.json"
+
+    def agent_socket(self, node: str) -> Path:
+        return AGENT_SOCKET_DIR / f"{self.ns(node)}.sock"
+
+    def wan_socket(self, wan: str) -> Path:
+        return self.run_dir / "wan" / f"{wan}.sock"
+
+    def read_state(self) -> dict | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_state(self, state: dict) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_file)

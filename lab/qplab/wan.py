@@ -1,0 +1,112 @@
+"""WAN link emulation: netem where the kernel has it, else the delay line.
+
+A WAN link is router A <-> WAN box <-> router B: two veth pairs meeting in a
+small namespace. The box runs the user-space delay line (qplab.delayline),
+which adds delay, jitter and loss and can blackhole the link; rate is a tbf on
+each router's egress into the box.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from . import delayline, netns
+from .context import LabContext
+from .plan import WanPlan
+from .topology import WAN_LIMITS
+
+BOX_A, BOX_B = "a", "b"   # the WAN box's two ends
+
+
+def box_lines(w: WanPlan, ctx: LabContext) -> list[str]:
+    """`ip -batch` lines (root namespace) creating the two veth pairs of a WAN link."""
+    box = ctx.ns(w.name)
+    return [f"link add {w.a_if} netns {ctx.ns(w.a)} type veth peer name {BOX_A} netns {box}",
+            f"link add {w.b_if} netns {ctx.ns(w.b)} type veth peer name {BOX_B} netns {box}"]
+
+
+def configure_box(w: WanPlan, ctx: LabContext, mtu: int) -> None:
+    box = ctx.ns(w.name)
+    netns.ns_exec(box, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1"])
+    netns.ip_batch([f"link set dev {BOX_A} mtu {mtu} up", f"link set dev {BOX_B} mtu {mtu} up",
+                    "link set dev lo up"], box)
+
+
+def start_delay_line(w: WanPlan, ctx: LabContext):
+    sock = ctx.wan_socket(w.name)
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    p = w.props
+    return netns.spawn(ctx.ns(w.name),
+                       [sys.executable, "-m", "qplab.delayline", "--a", BOX_A, "--b", BOX_B,
+                        "--control", str(sock), "--delay-ms", str(p.delay_ms),
+                        "--jitter-ms", str(p.jitter_ms), "--loss-pct", str(p.loss_pct)],
+                       str(ctx.run_dir / "logs" / f"{w.name}.log"))
+
+
+def wait_delay_line(w: WanPlan, ctx: LabContext, proc, timeout=15.0) -> None:
+    sock = ctx.wan_socket(w.name)
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        if proc.poll() is not None:
+            log = (ctx.run_dir / "logs" / f"{w.name}.log").read_text()[-500:]
+            raise RuntimeError(f"{w.name}: delay line exited: {log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{w.name}: delay line did not start within {timeout}s")
+        time.sleep(0.02)
+
+
+def tbf_args(rate_mbit: float) -> list[str]:
+    """tbf for a rate: burst of 1 ms at that rate (at least two jumbo frames)."""
+    burst = max(int(rate_mbit * 1e6 / 8 / 1000), 20_000)
+    return ["tbf", "rate", f"{rate_mbit:g}mbit", "burst", str(burst), "latency", "20ms"]
+
+
+def set_rate(ns: str, dev: str, rate_mbit: float) -> None:
+    if rate_mbit and rate_mbit > 0:
+        netns.run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root"] + tbf_args(rate_mbit))
+    else:
+        netns.run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], check=False)
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    """`delay=20 jitter=1 loss=0.5 rate=100` (units: ms, ms, %, Mbit/s)."""
+    aliases = {"delay": "delay_ms", "jitter": "jitter_ms", "loss": "loss_pct", "rate": "rate_mbit"}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = aliases.get(key, key)
+        if not sep or key not in WAN_LIMITS:
+            raise ValueError(f"bad WAN setting {pair!r}: use delay=MS jitter=MS loss=PCT rate=MBIT")
+        for unit in ("ms", "mbit", "%"):
+            value = value.removesuffix(unit)
+        try:
+            v = float(value)
+        except ValueError:
+            raise ValueError(f"bad WAN setting {pair!r}: {value!r} is not a number") from None
+        lo, hi = WAN_LIMITS[key]
+        if not lo <= v <= hi:
+            raise ValueError(f"bad WAN setting {pair!r}: out of range [{lo:g}, {hi:g}]")
+        out[key] = v
+    if not out:
+        raise ValueError("no WAN setting given: use delay=MS jitter=MS loss=PCT rate=MBIT")
+    return out
+
+
+def apply(wan_state: dict, ctx: LabContext, settings: dict) -> dict:
+    """Change a running WAN link; returns the delay line's reply."""
+    if "rate_mbit" in settings:
+        set_rate(ctx.ns(wan_state["a"]), wan_state["a_if"], settings["rate_mbit"])
+        set_rate(ctx.ns(wan_state["b"]), wan_state["b_if"], settings["rate_mbit"])
+        wan_state["props"]["rate_mbit"] = settings["rate_mbit"]
+    line = {k: v for k, v in settings.items() if k != "rate_mbit"}
+    reply = delayline.control(wan_state["control"], {"set": line} if line else {"get": True})
+    if not reply.get("ok"):
+        raise RuntimeError(f"delay line refused: {reply.get('error')}")
+    wan_state["props"].update(line)
+    return reply
+
+
+def set_blackhole(wan_state: dict, on: bool) -> dict:
+    return delayline.control(wan_state["control"], {"set": {"blackhole": on}})

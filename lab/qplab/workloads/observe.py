@@ -1,0 +1,251 @@
+"""What the network did during a run, seen from outside the engine:
+
+- WanCounters: per-WAN-link bytes per direction over time, from the
+  interface counters of each WAN box (netlink opened inside its namespace).
+  In a box, frames from end A leave through end B, so B's tx is A->B.
+- QpSniffer: which WAN link each RoCE QP crossed, from a sample of the VXLAN
+  frames in each WAN box (outer VXLAN, inner IPv4/UDP 4791, BTH dest QP).
+  A small socket buffer makes it a sample: the kernel drops what we do not
+  read, which is fine for "which link", not for "how many bytes".
+- BfdWatch: BFD peer state of the routers at both ends of one WAN link,
+  polled through vtysh, with the times it changed.
+- agent_status: the qpagent status JSON of a leaf, when the agent runs.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+from pyroute2 import IPRoute
+from pyroute2.netns import popns, pushns
+
+ETH_P_ALL = 0x0003
+
+
+class WanCounters:
+    """Samples every WAN link's delivered bytes per direction in a thread."""
+
+    def __init__(self, wans: dict, nodes: dict, interval: float = 0.1):
+        self.interval = interval
+        self.links = {}
+        for name, w in wans.items():
+            dir_ab = f"{nodes[w['a']]['dc']}->{nodes[w['b']]['dc']}"
+            dir_ba = f"{nodes[w['b']]['dc']}->{nodes[w['a']]['dc']}"
+            self.links[name] = {"ns": w["ns"], "dirs": {"b": dir_ab, "a": dir_ba}}
+        self.samples: list[dict] = []      # {"t": wall, name: {dir: tx_bytes}}
+        self._iprs = {n: IPRoute(netns=l["ns"]) for n, l in self.links.items()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def read(self) -> dict:
+        out = {"t": time.time()}
+        for name, ipr in self._iprs.items():
+            dirs = self.links[name]["dirs"]
+            per = {}
+            for link in ipr.get_links():
+                ifname = link.get("IFLA_IFNAME")
+                stats = link.get("IFLA_STATS64")
+                if ifname in dirs and stats:
+                    per[dirs[ifname]] = stats["tx_bytes"]
+            out[name] = per
+        return out
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.samples.append(self.read())
+            except OSError:
+                pass
+
+    def start(self) -> "WanCounters":
+        self.samples.append(self.read())
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[dict]:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self.samples.append(self.read())
+        for ipr in self._iprs.values():
+            ipr.close()
+        return self.samples
+
+
+def totals(samples: list[dict], t0: float | None = None, t1: float | None = None) -> dict:
+    """Bytes per WAN link and direction between the samples nearest t0 and t1."""
+    sel = [s for s in samples if (t0 is None or s["t"] >= t0) and (t1 is None or s["t"] <= t1)]
+    if len(sel) < 2:
+        sel = samples[:1] + samples[-1:]
+    first, last = sel[0], sel[-1]
+    out = {}
+    for name, per in last.items():
+        if name == "t":
+            continue
+        out[name] = {d: per[d] - first.get(name, {}).get(d, 0) for d in per}
+    return out
+
+
+def rates(samples: list[dict]) -> list[dict]:
+    """Per-interval rates (bit/s) per link and direction: the load over time."""
+    out = []
+    for a, b in zip(samples, samples[1:]):
+        dt = b["t"] - a["t"]
+        if dt <= 0:
+            continue
+        row = {"t": b["t"]}
+        for name, per in b.items():
+            if name != "t":
+                row[name] = {d: (v - a.get(name, {}).get(d, v)) * 8 / dt for d, v in per.items()}
+        out.append(row)
+    return out
+
+
+def parse_vxlan_roce(frame: bytes):
+    """(inner src, inner dst, dest QP, frame length) of a VXLAN-encapsulated
+    RoCEv2 frame, else None. Bounds checked at every header."""
+    n = len(frame)
+    if n < 14 + 20 + 8 + 8 + 14 + 20 + 8 + 12 or frame[12:14] != b"\x08\x00":
+        return None
+    ihl = (frame[14] & 0x0F) * 4
+    if frame[23] != 17:
+        return None
+    udp = 14 + ihl
+    if struct.unpack_from("!H", frame, udp + 2)[0] != 4789:
+        return None
+    inner = udp + 8 + 8
+    if n < inner + 14 + 20 or frame[inner + 12:inner + 14] != b"\x08\x00":
+        return None
+    ip = inner + 14
+    iihl = (frame[ip] & 0x0F) * 4
+    if frame[ip + 9] != 17 or n < ip + iihl + 8 + 12:
+        return None
+    iudp = ip + iihl
+    if struct.unpack_from("!H", frame, iudp + 2)[0] != 4791:
+        return None
+    bth = iudp + 8
+    dqpn = struct.unpack_from("!I", frame, bth + 4)[0] & 0xFFFFFF
+    return socket.inet_ntoa(frame[ip + 12:ip + 16]), socket.inet_ntoa(frame[ip + 16:ip + 20]), dqpn, n
+
+
+class QpSniffer:
+    """Per WAN link, the RoCE QPs seen crossing it (sampled)."""
+
+    def __init__(self, wans: dict, rcvbuf: int = 1 << 18):
+        self.socks = {}
+        for name, w in wans.items():
+            pushns(w["ns"])
+            try:
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            finally:
+                popns()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.bind(("a", 0))            # the A end sees both directions
+            s.setblocking(False)
+            self.socks[name] = s
+        # (link, inner src, inner dst, dqpn) -> [packets, first, last]
+        self.seen: dict[tuple, list] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self):
+        while not self._stop.wait(0.02):
+            now = time.time()
+            for name, s in self.socks.items():
+                for _ in range(200):
+                    try:
+                        frame = s.recv(256)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    p = parse_vxlan_roce(frame)
+                    if p is None:
+                        continue
+                    key = (name, p[0], p[1], p[2])
+                    e = self.seen.get(key)
+                    if e is None:
+                        self.seen[key] = [1, now, now]
+                    else:
+                        e[0] += 1
+                        e[2] = now
+
+    def start(self) -> "QpSniffer":
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        for s in self.socks.values():
+            s.close()
+        return self.seen
+
+
+class BfdWatch:
+    """Polls `show bfd peers json` on the given routers; records transitions."""
+
+    def __init__(self, namespaces: list[str], peers: set[str], interval: float = 0.05):
+        self.namespaces, self.peers, self.interval = namespaces, peers, interval
+        self.transitions: list[dict] = []
+        self._state: dict[tuple, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> None:
+        for ns in self.namespaces:
+            try:
+                out = subprocess.run(["vtysh", "-N", ns, "-c", "show bfd peers json"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                peers = json.loads(out or "[]")
+            except (subprocess.TimeoutExpired, ValueError, OSError):
+                continue
+            now = time.time()
+            for p in peers:
+                peer = p.get("peer")
+                if peer not in self.peers:
+                    continue
+                key = (ns, peer)
+                st = p.get("status")
+                if self._state.get(key) != st:
+                    if key in self._state:
+                        self.transitions.append({"t": now, "router": ns, "peer": peer,
+                                                 "from": self._state[key], "to": st})
+                    self._state[key] = st
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def start(self) -> "BfdWatch":
+        self.poll()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[dict]:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        return self.transitions
+
+    def all_up(self) -> bool:
+        self.poll()
+        return bool(self._state) and all(v == "up" for v in self._state.values())
+
+
+def agent_status(socket_path: str, top: int = 256) -> dict | None:
+    """The agent's status, or None when no agent answers there."""
+    try:
+        from qpagent.control import ControlClient
+    except ImportError:
+        return None
+    try:
+        return ControlClient(socket_path).request({"cmd": "status", "top": top}, timeout=3)
+    except Exception:           # not running, or an older agent: no status
+        return None

@@ -1,0 +1,168 @@
+"""Compiled data-plane programs and the helpers every BPF test uses."""
+
+import difflib
+import os
+
+import pytest
+from scapy.all import Ether, hexdump
+
+from qpagent import bpfobj, bpfsys
+
+TC_ACT_OK = 0
+TC_ACT_REDIRECT = 7
+XDP_PASS = 2
+TC_MIN_FRAME = 14     # the kernel refuses skb/XDP test runs below ETH_HLEN
+
+# Every map of bpf/include/maps.h.
+ALL_MAPS = ("parse_stats", "qp_table", "mac_vtep", "path_table", "steer_events",
+            "pin_events", "pin_uplinks", "flow_table")
+
+VERDICT_NAMES = {("tc", 0): "TC_ACT_OK", ("tc", 2): "TC_ACT_SHOT",
+                 ("tc", 7): "TC_ACT_REDIRECT", ("xdp", 1): "XDP_DROP",
+                 ("xdp", 2): "XDP_PASS"}
+
+
+class Program:
+    """One loaded program of a compiled object, run with BPF_PROG_TEST_RUN."""
+
+    def __init__(self, bpf, name):
+        self.bpf = bpf
+        self.spec = bpfobj.PROGRAMS[name]
+        self.fn = bpfobj.load_function(bpf, self.spec)
+        self.kind = "xdp" if self.spec.kind == "xdp" else "tc"
+
+    def run(self, frame, ctx=None):
+        data = bytes(frame)
+        return bpfsys.prog_test_run(self.fn.fd, data, ctx=ctx)
+
+    def table(self, name):
+        return self.bpf[name.encode()]
+
+    def clear_maps(self):
+        # BCC only lists the tables already opened, so name them all.
+        for name in ALL_MAPS:
+            try:
+                table = self.bpf[name.encode()]
+            except KeyError:
+                continue
+            table.clear()
+
+
+def _describe(data):
+    try:
+        text = Ether(data).show2(dump=True)
+    except Exception:       # a cut frame may not decode; bytes still show
+        text = ""
+    return (text + hexdump(data, dump=True)).splitlines()
+
+
+def assert_frame(got, want, context=""):
+    """Whole-frame comparison with a readable decoded/hex diff."""
+    got, want = bytes(got), bytes(want)
+    if got == want:
+        return
+    diff = "\n".join(difflib.unified_diff(_describe(want), _describe(got),
+                                          "expected", "got", lineterm=""))
+    pytest.fail(f"frame differs {context}\n{diff}")
+
+
+def expect(prog, frame_in, verdict, frame_out=None, ctx=None, context=""):
+    """Packet in; verdict and packet out (default: unchanged) expected."""
+    data_in = bytes(frame_in)
+    res = prog.run(data_in, ctx=ctx)
+    want = VERDICT_NAMES.get((prog.kind, verdict), verdict)
+    got = VERDICT_NAMES.get((prog.kind, res.retval), res.retval)
+    assert got == want, f"verdict {got}, expected {want} {context}"
+    assert_frame(res.data_out, data_in if frame_out is None else bytes(frame_out), context)
+    return res
+
+
+def percpu_sum(values):
+    """Sum a BCC per-CPU value (list of ints or of ctypes structs)."""
+    return sum(values)
+
+
+def parse_counts(prog, ifindex, hook):
+    """{outcome index: count} summed over CPUs for (ifindex, hook)."""
+    table = prog.table("parse_stats")
+    key = table.Key(ifindex=ifindex, hook=hook)
+    try:
+        per_cpu = table[key]
+    except KeyError:
+        return {}
+    totals = {}
+    for leaf in per_cpu:
+        for i, n in enumerate(leaf.outcome):
+            if n:
+                totals[i] = totals.get(i, 0) + n
+    return totals
+
+
+def event_counts(prog, table_name):
+    """{event index: count} of a per-CPU event array."""
+    table = prog.table(table_name)
+    out = {}
+    for key in table.keys():
+        total = sum(table[key])
+        if total:
+            out[key.value] = total
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("BPF test runs need root")
+
+
+def _compile(source, *cflags):
+    return bpfobj.compile_source(source, tuple(cflags))
+
+
+@pytest.fixture(scope="session")
+def steer_obj():
+    bpf = _compile("qp_steer.c")
+    try:
+        yield Program(bpf, "qp_steer")
+    finally:
+        bpf.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pin_obj():
+    bpf = _compile("path_pin.c")
+    try:
+        yield Program(bpf, "path_pin")
+    finally:
+        bpf.cleanup()
+
+
+@pytest.fixture(scope="session")
+def flows_obj():
+    bpf = _compile("flow_stats.c")
+    try:
+        yield Program(bpf, "flow_stats_tc"), Program(bpf, "flow_stats_xdp")
+    finally:
+        bpf.cleanup()
+
+
+@pytest.fixture
+def steer(steer_obj):
+    steer_obj.clear_maps()
+    yield steer_obj
+    steer_obj.clear_maps()
+
+
+@pytest.fixture
+def pin(pin_obj):
+    pin_obj.clear_maps()
+    yield pin_obj
+    pin_obj.clear_maps()
+
+
+@pytest.fixture
+def flows(flows_obj):
+    tc, xdp = flows_obj
+    tc.clear_maps()
+    yield tc, xdp
+    tc.clear_maps()

@@ -1,0 +1,102 @@
+"""Filling and reading qp_steer's maps from Python, as the agent would."""
+
+import ctypes
+import ipaddress
+
+from qpagent.portmath import hash_for_port
+
+MAX_PATHS = 16       # bpf/include/consts.h
+STEER_PLACED_NEW, STEER_PLACED_DEAD, STEER_HASH_SET, STEER_NO_VTEP, STEER_NO_LIVE_PATH = range(5)
+PIN_ON_FIB_LINK, PIN_REDIRECTED, PIN_FIB_FAILED, PIN_NOT_VXLAN = range(4)
+(PARSE_ROCE, PARSE_NOT_ROCE, PARSE_NOT_IP, PARSE_TRUNCATED, PARSE_FRAGMENT,
+ PARSE_IPV6_EXT, PARSE_BAD_BTH) = range(7)
+HOOK_XDP_INGRESS, HOOK_TC_EGRESS, HOOK_QP_STEER, HOOK_PATH_PIN = range(4)
+
+
+def mac_bytes(mac):
+    return bytes(int(x, 16) for x in mac.split(":"))
+
+
+def set_vtep(prog, mac, vtep):
+    """Inner destination MAC (None = the default remote) -> VTEP index."""
+    table = prog.table("mac_vtep")
+    key = table.Key()
+    key.mac = (ctypes.c_ubyte * 6)(*(mac_bytes(mac) if mac else bytes(6)))
+    table[key] = table.Leaf(vtep)
+
+
+def path_ports(path, n_ports, lo):
+    """Distinct outer ports for each path: path p gets lo + p*n .. + n-1."""
+    return [lo + path * n_ports + s for s in range(n_ports)]
+
+
+def set_path(prog, vtep, path, n_ports, port_range, alive=True, ifindex=None):
+    table = prog.table("path_table")
+    key = table.Key(vtep * MAX_PATHS + path)
+    old = table[key]
+    leaf = table.Leaf()
+    leaf.ifindex = ifindex if ifindex is not None else 100 + path
+    leaf.alive = 1 if alive else 0
+    leaf.n_ports = n_ports
+    leaf.qps = old.qps
+    lo, hi = port_range
+    for slot, port in enumerate(path_ports(path, n_ports, lo)):
+        leaf.port[slot] = port
+        leaf.hash[slot] = hash_for_port(port, lo, hi)
+    table[key] = leaf
+
+
+def set_alive(prog, vtep, path, alive):
+    table = prog.table("path_table")
+    key = table.Key(vtep * MAX_PATHS + path)
+    leaf = table[key]
+    leaf.alive = 1 if alive else 0
+    table[key] = leaf
+
+
+def path_qps(prog, vtep, path):
+    table = prog.table("path_table")
+    return table[table.Key(vtep * MAX_PATHS + path)].qps
+
+
+def addr_words(addr):
+    """An address as the BPF program stores it: network-order bytes in
+    little-endian u32 words, IPv4 in word 0."""
+    packed = ipaddress.ip_address(addr).packed.ljust(16, b"\0")
+    return [int.from_bytes(packed[i:i + 4], "little") for i in range(0, 16, 4)]
+
+
+def qp_key(prog, src, dst, dqp):
+    table = prog.table("qp_table")
+    key = table.Key()
+    for i, w in enumerate(addr_words(src)):
+        key.saddr[i] = w
+    for i, w in enumerate(addr_words(dst)):
+        key.daddr[i] = w
+    key.dqp = dqp
+    key.family = 6 if ":" in src else 4
+    return key
+
+
+def qp_state(prog, src, dst, dqp):
+    """qp_table entry as a dict, or None."""
+    table = prog.table("qp_table")
+    try:
+        leaf = table[qp_key(prog, src, dst, dqp)]
+    except KeyError:
+        return None
+    return {name: getattr(leaf, name) for name, _ in leaf._fields_ if name != "pad"}
+
+
+def flow_entries(prog):
+    """flow_table as {(readable key): (packets, bytes, first_ns, last_ns)}."""
+    out = {}
+    for key, val in prog.table("flow_table").items():
+        size = 16 if key.family == 6 else 4
+        src = bytes(key.saddr)[:size]
+        dst = bytes(key.daddr)[:size]
+        readable = (str(ipaddress.ip_address(src)), key.sport,
+                    str(ipaddress.ip_address(dst)), key.dport, key.proto,
+                    key.ifindex, key.hook, key.has, key.vni, key.dqp)
+        out[readable] = (val.packets, val.bytes, val.first_ns, val.last_ns)
+    return out

@@ -1,0 +1,335 @@
+"""The `qpagent` command line against a real control socket served by a fixed handler."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import types
+
+import pytest
+from click.testing import CliRunner
+
+from qpagent.bpfobj import BpfUnavailable
+from qpagent.cli import main
+from qpagent.control import ControlServer
+
+SNAPSHOT = {
+    "node": "qt5-leaf1", "version": "0.1.0", "pid": 42, "uptime_s": 3725,
+    "programs": [{"name": "qp_steer", "hook": "tc egress", "interface": "vxlan100", "ifindex": 5,
+                  "prog_id": 101, "run_cnt": 2000, "run_time_ns": 180000}],
+    "vteps": [{"index": 0, "address": "10.255.0.2", "paths": [
+        {"index": 0, "uplink": "eth1", "gateway": "10.1.0.1", "alive": True,
+         "ports": [49152, 49153, 49160], "qps": 2, "packets": 3000, "bytes": 3 * 1024 ** 3},
+        {"index": 1, "uplink": "eth2", "gateway": "10.1.1.1", "alive": False,
+         "ports": [49154], "qps": 0, "packets": 7, "bytes": 700},
+    ]}],
+    "qp_total": 2,
+    "qps": [{"src": "192.168.10.1", "dst": "192.168.10.2", "dqp": 17, "vtep": "10.255.0.2",
+             "path": 0, "uplink": "eth1", "port": 49152, "packets": 2000, "bytes": 2 * 1024 ** 3,
+             "moves": 1}],
+    "imbalance": {"10.255.0.2": 2.0},
+    "bfd": {"available": True, "reason": None, "peers": [
+        {"peer": "10.1.1.1", "interface": "eth2", "status": "down",
+         "diagnostic": "control detection time expired"}]},
+    "events": [{"time": 1700000000.25, "kind": "path_down",
+                "detail": "10.255.0.2 path 1 (eth2) down", "reaction_ms": 3.21}],
+    "replacements": {"dead_path": 1, "new": 2},
+    "reaction_ms": {"count": 1, "p50": 3.21, "p99": 3.21, "max": 3.21},
+    "parse": [],
+    "steer_events": {"placed_new": 2, "placed_dead": 1},
+    "pin_events": {},
+    "warnings": ["frr.namespace is empty: BFD read from the default namespace"],
+}
+
+STATUS_TEXT = """\
+qpagent 0.1.0 on qt5-leaf1  pid 42  up 1h02m  QPs 2
+
+Programs
+PROGRAM   HOOK       INTERFACE   ID  RUNS  NS/RUN
+qp_steer  tc egress  vxlan100   101  2.0k      90
+
+Paths
+VTEP        PATH  UPLINK  GATEWAY   STATE  QPS  PACKETS    BYTES  PORTS
+10.255.0.2     0  eth1    10.1.0.1  up       2     3.0k  3.0 GiB  49152-49153,49160
+10.255.0.2     1  eth2    10.1.1.1  DOWN     0        7    700 B  49154
+Imbalance (busiest/mean, 1.00 = even): 10.255.0.2 2.00
+
+QPs (top 1 of 2 by bytes)
+SRC -> DST                    DQP  VTEP         PORT  PATH  UPLINK  PACKETS    BYTES  MOVES
+192.168.10.1 -> 192.168.10.2   17  10.255.0.2  49152     0  eth1       2.0k  2.0 GiB      1
+
+BFD peers
+PEER      INTERFACE  STATUS  DIAGNOSTIC
+10.1.1.1  eth2       down    control detection time expired
+
+Reaction (event -> maps): 1 samples  p50 3.2 ms  p99 3.2 ms  max 3.2 ms
+Placements: dead_path 1  new 2
+
+Last 1 events
+TIME          KIND       REACTION  DETAIL
+22:13:20.250  path_down    3.2 ms  10.255.0.2 path 1 (eth2) down
+
+Steer: placed_new 2  placed_dead 1
+
+warning: frr.namespace is empty: BFD read from the default namespace
+"""
+
+NOW = time.time()
+FLOWS = [
+    {"interface": "eth1", "hook": "xdp ingress", "family": 2, "proto": 17,
+     "src": "10.1.0.2", "dst": "10.255.0.2", "sport": 49152, "dport": 4789, "vni": 100,
+     "dqp": 17, "packets": 1500000, "bytes": 1536, "first_seen": NOW - 60, "last_seen": NOW - 1},
+    {"interface": "eth1", "hook": "tc egress", "family": 10, "proto": 17,
+     "src": "fd00::1", "dst": "fd00::2", "sport": 1000, "dport": 4791, "vni": None,
+     "dqp": None, "packets": 1, "bytes": 100, "first_seen": NOW - 5, "last_seen": NOW - 5},
+]
+
+
+@pytest.fixture
+def utc(monkeypatch):
+    """Event times print in local time; pin it so the expected text is fixed."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.fixture
+def agent_socket(tmp_path):
+    """A control socket answering like an agent; yields (path, requests seen)."""
+    path = str(tmp_path / "qt5-cli.sock")
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        if request["cmd"] == "status":
+            return SNAPSHOT
+        if request["cmd"] == "flows":
+            return FLOWS[:request["limit"]]
+        return None
+
+    server = ControlServer(path, handler).start()
+    try:
+        yield path, seen
+    finally:
+        server.stop()
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(main, list(args), env=env or {})
+
+
+def test_status_human_output(agent_socket, utc):
+    path, seen = agent_socket
+    result = invoke("status", "--socket", path, "--top", "3")
+    assert (result.exit_code, result.output) == (0, STATUS_TEXT)
+    assert seen == [{"cmd": "status", "top": 3}]
+
+
+def test_status_json_is_the_raw_data(agent_socket):
+    path, _ = agent_socket
+    result = invoke("status", "--socket", path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == SNAPSHOT
+
+
+def test_flows_human_output(agent_socket):
+    path, seen = agent_socket
+    result = invoke("flows", "--socket", path, "--limit", "2")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split() for line in lines] == [
+        ["INTERFACE", "HOOK", "PROTO", "SOURCE", "DESTINATION", "VNI", "DQP", "PACKETS", "BYTES",
+         "IDLE"],
+        ["eth1", "xdp", "ingress", "udp", "10.1.0.2:49152", "10.255.0.2:4789", "100", "17",
+         "1.5M", "1.5", "KiB", lines[1].split()[-1]],
+        ["eth1", "tc", "egress", "udp", "[fd00::1]:1000", "[fd00::2]:4791", "-", "-", "1",
+         "100", "B", lines[2].split()[-1]],
+    ]
+    # Idle time: seconds since last seen, a little more than when the data was made.
+    idle = [float(line.split()[-1].rstrip("s")) for line in lines[1:]]
+    assert 1.0 <= idle[0] < 60 and 5.0 <= idle[1] < 60
+    assert seen == [{"cmd": "flows", "limit": 2}]
+
+
+def test_flows_json(agent_socket):
+    path, _ = agent_socket
+    result = invoke("flows", "--socket", path, "--json", "--limit", "1")
+    assert (result.exit_code, json.loads(result.output)) == (0, FLOWS[:1])
+
+
+def test_socket_from_environment(agent_socket):
+    path, seen = agent_socket
+    result = invoke("status", "--json", env={"QPAGENT_SOCKET": path})
+    assert result.exit_code == 0, result.output
+    assert seen == [{"cmd": "status", "top": 20}]
+
+
+def test_no_daemon_exit_1_and_message(tmp_path):
+    path = str(tmp_path / "qt5-none.sock")
+    for command in ("status", "flows"):
+        result = invoke(command, "--socket", path)
+        assert (result.exit_code, result.output) == \
+            (1, f"qpagent: no agent is running (socket {path})\n")
+
+
+def test_node_shortcut_names_the_lab_socket():
+    result = invoke("status", "--node", "qt5-nosuchnode")
+    assert (result.exit_code, result.output) == \
+        (1, "qpagent: no agent is running (socket /run/qpagent/qt5-nosuchnode.sock)\n")
+
+
+def test_socket_and_node_together_is_a_usage_error():
+    result = invoke("status", "--node", "a", "--socket", "/x.sock")
+    assert result.exit_code == 2
+    assert "give either --socket or --node, not both" in result.output
+
+
+def test_bad_top_is_refused_before_asking():
+    result = invoke("status", "--top", "0", "--socket", "/nonexistent/qt5.sock")
+    assert result.exit_code == 2
+    assert "Invalid value for '--top'" in result.output
+
+
+def test_agent_error_is_one_line(tmp_path):
+    path = str(tmp_path / "qt5-err.sock")
+
+    def handler(request):
+        raise KeyError("vteps")
+
+    with ControlServer(path, handler):
+        result = invoke("status", "--socket", path)
+    assert (result.exit_code, result.output) == \
+        (1, "qpagent: the agent refused: status failed inside the agent: 'vteps'\n")
+
+
+def test_check_config_prints_effective_config(tmp_path):
+    path = tmp_path / "qpagent.toml"
+    path.write_text('[agent]\nnode = "leaf1"\n[steer]\nvxlan_devices = ["vxlan100"]\n'
+                    'uplinks = ["eth1", "eth2"]\nports_per_path = 4\n')
+    result = invoke("check-config", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.output == f"""\
+# {path}: valid; effective configuration:
+[agent]
+metrics_address = "127.0.0.1:9464"
+control_socket = "/run/qpagent/qpagent.sock"
+top_qps = 20
+poll_interval = 0.2
+node = "leaf1"
+
+[steer]
+vxlan_devices = ["vxlan100"]
+uplinks = ["eth1", "eth2"]
+source_ports = [49152, 65535]
+ports_per_path = 4
+rebalance = true
+
+[count]
+xdp = []
+tc_egress = []
+xdp_mode = "generic"
+
+[frr]
+enabled = "auto"
+namespace = ""
+vtysh = "vtysh"
+"""
+
+
+def test_check_config_error_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "qpagent.toml"
+    path.write_text('[steer]\nvxlan_devices = ["vxlan100"]\nuplinks = ["eth1"]\nsource_ports = [9, 3]\n')
+    result = invoke("check-config", str(path))
+    assert (result.exit_code, result.output) == (2, (
+        f"qpagent: {path}:4: steer.source_ports: expected [lo, hi] with "
+        "1 <= lo < hi <= 65535, got [9, 3]\n"))
+
+
+def test_run_with_bad_config_exits_2_without_traceback(tmp_path):
+    path = tmp_path / "qpagent.toml"
+    path.write_text("[steer]\nuplinks = [\"eth1\"]\n")
+    result = invoke("run", "--config", str(path))
+    assert (result.exit_code, result.output) == \
+        (2, f"qpagent: {path}:1: steer.vxlan_devices: required but missing\n")
+
+
+@pytest.fixture
+def world_readable_config():
+    """A valid config in a directory an unprivileged user can read."""
+    directory = tempfile.mkdtemp(prefix="qt5-cli-")
+    try:
+        os.chmod(directory, 0o755)
+        path = os.path.join(directory, "qpagent.toml")
+        with open(path, "w") as out:
+            out.write('[steer]\nvxlan_devices = ["vxlan100"]\nuplinks = ["eth1"]\n')
+        os.chmod(path, 0o644)
+        yield path
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_run_needs_root(world_readable_config):
+    command = [sys.executable, "-m", "qpagent.cli", "run", "--config", world_readable_config]
+    if os.geteuid() == 0:   # drop to an unprivileged user for real
+        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd="/")
+    assert (result.returncode, result.stdout, result.stderr) == \
+        (1, "", "qpagent: qpagent run needs root (BPF, tc, XDP)\n")
+
+
+class UnloadableAgent:
+    """Stands in for the daemon when the kernel refuses the BPF programs,
+    a failure this test cannot cause on a working machine."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def run(self):
+        raise BpfUnavailable("the kernel refused qp_steer (qp_steer.c): Permission denied")
+
+
+class AgentWithUserMessage(UnloadableAgent):
+    def run(self):
+        error = RuntimeError("netlink: ENODEV")
+        error.user_message = "steer.vxlan_devices: no interface named vxlan100"
+        raise error
+
+
+class BuggyAgent(UnloadableAgent):
+    def run(self):
+        raise KeyError("bug")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="run refuses to start without root")
+@pytest.mark.parametrize("agent_class, expected", [
+    (UnloadableAgent, "qpagent: the kernel refused qp_steer (qp_steer.c): Permission denied\n"),
+    (AgentWithUserMessage, "qpagent: steer.vxlan_devices: no interface named vxlan100\n"),
+])
+def test_run_turns_agent_failures_into_one_line(monkeypatch, world_readable_config,
+                                                agent_class, expected):
+    monkeypatch.setitem(sys.modules, "qpagent.daemon", types.SimpleNamespace(Agent=agent_class))
+    result = invoke("run", "--config", world_readable_config)
+    assert (result.exit_code, result.output) == (1, expected)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="run refuses to start without root")
+def test_run_keeps_the_traceback_of_a_bug(monkeypatch, world_readable_config):
+    monkeypatch.setitem(sys.modules, "qpagent.daemon", types.SimpleNamespace(Agent=BuggyAgent))
+    result = invoke("run", "--config", world_readable_config)
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
+
+def test_unexpected_answer_is_one_line(tmp_path):
+    path = str(tmp_path / "qt5-odd.sock")
+    with ControlServer(path, lambda request: ["not", "a", "snapshot"]):
+        result = invoke("status", "--socket", path)
+    assert result.exit_code == 1
+    assert result.output.startswith("qpagent: the agent sent data this qpagent cannot show")
+    assert result.output.endswith("try --json\n") and result.output.count("\n") == 1
