@@ -93,5 +93,5 @@ int flow_stats_tc(struct __sk_buff *skb)
 	pull_headers(skb);
 	flow_stats((void *)(long)skb->data, (void *)(long)skb->data_end,
 		   skb->ifindex, HOOK_TC_EGRESS, skb->len);
-	return TC_ACT_OK;
+	return TC_PASS;
 }

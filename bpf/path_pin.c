@@ -88,24 +88,24 @@ int path_pin(struct __sk_buff *skb)
 	count_parse(skb->ifindex, HOOK_PATH_PIN, outcome);
 	if (!p.outer_vxlan) {
 		pin_count(PIN_NOT_VXLAN);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 
 	fib_params_from(&fib, &p, skb->ifindex);
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
 		pin_count(PIN_FIB_FAILED);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 	if (fib.ifindex == skb->ifindex) {
 		pin_count(PIN_ON_FIB_LINK);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 	out = fib.ifindex;
 	if (!pin_uplinks.lookup(&out)) {
 		/* The FIB names a device the agent does not manage. */
 		pin_count(PIN_FIB_FAILED);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 
 	data = (void *)(long)skb->data;
@@ -113,7 +113,7 @@ int path_pin(struct __sk_buff *skb)
 	eth = data;
 	if ((void *)(eth + 1) > data_end) {
 		pin_count(PIN_FIB_FAILED);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);

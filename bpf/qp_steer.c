@@ -163,11 +163,11 @@ int qp_steer(struct __sk_buff *skb)
 	count_parse(skb->ifindex, HOOK_QP_STEER, outcome);
 	/* An already encapsulated frame is not a queue pair of this VTEP. */
 	if (outcome != PARSE_ROCE || p.outer_vxlan)
-		return TC_ACT_OK;
+		return TC_PASS;
 
 	if (find_vtep(p.dmac, &vtep) < 0) {
 		steer_count(STEER_NO_VTEP);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 
 	__builtin_memcpy(key.saddr, p.saddr, sizeof(key.saddr));
@@ -184,7 +184,7 @@ int qp_steer(struct __sk_buff *skb)
 		if (path_usable(pe)) {      /* steady state: known QP, live path */
 			set_hash(skb, qs->hash);
 			account(qs, skb->len, now);
-			return TC_ACT_OK;
+			return TC_PASS;
 		}
 	}
 
@@ -193,7 +193,7 @@ int qp_steer(struct __sk_buff *skb)
 		steer_count(STEER_NO_LIVE_PATH);
 		if (qs)
 			account(qs, skb->len, now);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 
 	if (qs) {
@@ -209,7 +209,7 @@ int qp_steer(struct __sk_buff *skb)
 		steer_count(STEER_PLACED_DEAD);
 		set_hash(skb, st.hash);
 		account(qs, skb->len, now);
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 
 	st.packets = 1;
@@ -225,9 +225,9 @@ int qp_steer(struct __sk_buff *skb)
 			set_hash(skb, qs->hash);
 			account(qs, skb->len, now);
 		}
-		return TC_ACT_OK;
+		return TC_PASS;
 	}
 	steer_count(STEER_PLACED_NEW);
 	set_hash(skb, st.hash);
-	return TC_ACT_OK;
+	return TC_PASS;
 }

@@ -58,7 +58,7 @@ def load_function(bpf, spec: ProgramSpec):
     from bcc import BPF
     kind = BPF.SCHED_CLS if spec.kind == "sched_cls" else BPF.XDP
     try:
-        return bpf.load_func(spec.function, kind)
+        return bpf.load_func(spec.function.encode(), kind)
     except Exception as exc:
         raise BpfUnavailable(
             f"the kernel refused {spec.function} ({spec.source}): {exc}") from exc

@@ -247,7 +247,8 @@ def prog_info(prog_fd: int) -> ProgInfo:
 
 
 def stats_enabled() -> bool:
-    """Whether kernel.bpf_stats_enabled is on (by sysctl or by a holder)."""
+    """Whether the kernel.bpf_stats_enabled sysctl is on. Stats kept on by a
+    BPF_ENABLE_STATS holder (bpf_stats()) do not show here."""
     try:
         return STATS_SYSCTL.read_text().strip() == "1"
     except OSError:

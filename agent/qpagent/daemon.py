@@ -84,7 +84,9 @@ class Agent:
         self.replacements: Counter = Counter()
         self.warnings: list[str] = []
         self.bfd_state = {"available": False, "reason": "not polled yet", "peers": []}
-        self._qp_seen: dict[bytes, tuple[int, int]] = {}   # key -> (packets, bytes)
+        self._qp_seen: dict[bytes, tuple[int, int]] = {}
+        self._present: set = set()
+        self._fib = None   # key -> (packets, bytes)
         self._moved_at: dict[bytes, float] = {}
         self.dp = None
         self.tables: QpTables | None = None
@@ -121,6 +123,8 @@ class Agent:
         self.dp.attach()
         self.tables = QpTables(self.dp)
         self.tables.set_pin_uplinks(self._uplink_indexes())
+        from qpagent.fib import Fib
+        self._fib = Fib()
         self._check_sysctls()
         with self._lock:
             self._refresh_topology(reason="start", seen=time.monotonic())
@@ -137,6 +141,9 @@ class Agent:
                 log.warning("shutdown: %s", exc)
 
     def _detach(self):
+        if self._fib is not None:
+            self._fib.close()
+            self._fib = None
         if self.dp is not None:
             self.dp.detach()
             self.dp = None
@@ -209,7 +216,7 @@ class Agent:
             if any(k.startswith("link") for k in kinds):
                 self.dp.reattach_changed()
             self._refresh_topology(reason=detail, seen=seen,
-                                   bfd_down=self._bfd_down_uplinks())
+                                   bfd_down=self._bfd_down_uplinks(), full=False)
 
     # ------------------------------------------------------------ topology
     def _uplink_indexes(self) -> list[int]:
@@ -222,13 +229,10 @@ class Agent:
             return []
         return list(range(lo, hi + 1))
 
-    def _refresh_topology(self, reason: str, seen: float | None,
-                          bfd_down: set[str] | None = None) -> int:
-        """Re-read remote VTEPs and their paths; write the maps; move QPs
-        whose path died or whose port now leads elsewhere. Returns moves."""
-        from qpagent.paths import discover_paths
+    def _read_fdb(self) -> None:
+        """Remote VTEPs and MAC -> VTEP from each VXLAN device's FDB. Slow
+        (pyroute2), so done at start and periodically, not per route event."""
         from qpagent.vxlan import VxlanError, fdb_remotes, vxlan_info
-        bfd_down = bfd_down or set()
         macs: dict[str, tuple[str, str]] = {}
         present = set()
         for dev in self.cfg.steer.vxlan_devices:
@@ -238,38 +242,50 @@ class Agent:
             except VxlanError as exc:
                 self._warn(str(exc))
                 continue
-            local = info.local
             for mac, remote in remotes:
                 key = (dev, remote)
                 present.add(key)
                 macs[mac] = key
                 if key not in self.vteps:
                     self.vteps[key] = VtepState(self._free_vtep_index(), dev, remote,
-                                                local, (info.port_min, info.port_max))
+                                                info.local, (info.port_min, info.port_max))
+        self._present = present
+        self.tables.set_mac_vteps({mac: self.vteps[k].index for mac, k in macs.items()})
+
+    def _refresh_topology(self, reason: str, seen: float | None,
+                          bfd_down: set[str] | None = None, full: bool = True) -> int:
+        """Re-learn each remote VTEP's paths from the FIB, write the maps,
+        move QPs whose path died or whose port now leads elsewhere.
+        full: also re-read the FDB and look for paths beyond the live uplinks."""
+        if full:
+            self._read_fdb()
+        bfd_down = bfd_down or set()
+        qps_all = self.tables.all_qps()
         moves = 0
         for key, vtep in list(self.vteps.items()):
-            gone = key not in present
-            discovered = [] if gone else self._discover(vtep, discover_paths)
+            gone = key not in self._present
+            discovered = [] if gone else self._discover(vtep)
             discovered = [p for p in discovered if p.ifname not in bfd_down]
             changed = self._merge_paths(vtep, discovered)
+            qps = {k: q for k, q in qps_all.items() if q.vtep == vtep.index}
             if changed or reason == "start":
-                self._write_paths(vtep)
-            moves += self._replace_qps(vtep, reason, changed)
-        self.tables.set_mac_vteps({mac: self.vteps[k].index for mac, k in macs.items()
-                                   if k in self.vteps})
+                self._write_paths(vtep, qps)
+            moves += self._replace_qps(vtep, qps, reason)
         if seen is not None and reason not in ("start", "periodic"):
             elapsed = time.monotonic() - seen
             self.reactions.append(elapsed)
             self._event("reaction", f"{reason}: {moves} QP moves", reaction_ms=elapsed * 1e3)
         return moves
 
-    def _discover(self, vtep: VtepState, discover_paths) -> list:
+    def _discover(self, vtep: VtepState) -> list:
         from qpagent.fib import FibError
+        from qpagent.paths import discover_paths
         try:
             return discover_paths(vtep.local, vtep.address,
                                   self._candidate_ports(vtep.port_range),
                                   set(self.cfg.steer.uplinks),
-                                  ports_per_path=self.cfg.steer.ports_per_path)
+                                  ports_per_path=self.cfg.steer.ports_per_path,
+                                  fib=self._fib)
         except FibError as exc:   # no route at all: every path is dead
             self._warn(f"VTEP {vtep.address}: {exc}")
             return []
@@ -308,71 +324,63 @@ class Agent:
                 changed = True
         return changed
 
-    def _write_paths(self, vtep: VtepState) -> None:
-        counts = self.tables.qp_counts_by_path(vtep.index)
+    def _write_paths(self, vtep: VtepState, qps: dict) -> None:
+        counts = Counter(q.path for q in qps.values())
         for i in range(MAX_PATHS):
             path = vtep.paths.get(i)
             if path is None:
-                self.tables.clear_path(vtep.index, i)
                 continue
             hashes = [hash_for_port(p, *vtep.port_range) for p in path.ports]
             self.tables.write_path(vtep.index, i, path.ifindex, path.alive,
                                    path.ports, hashes, counts.get(i, 0))
 
-    def _replace_qps(self, vtep: VtepState, reason: str, paths_changed: bool) -> int:
-        """Move orphans (and, when asked, restore exact balance)."""
-        if not paths_changed and reason in ("start",):
-            return 0
-        qps = self.tables.qps_of_vtep(vtep.index)
+    def _replace_qps(self, vtep: VtepState, qps: dict, reason: str) -> int:
+        """Move orphans, re-slot QPs whose port now leads elsewhere, and
+        (steer.rebalance) restore exact balance. Updates `qps` in place."""
         if not qps:
             return 0
         live = vtep.live_paths()
-        assignment = {k: (s.path if s.path in live else None) for k, s in qps.items()}
+        assignment = {k: (q.path if q.path in live else None) for k, q in qps.items()}
         now = time.monotonic()
         recent = {k for k, t in self._moved_at.items() if now - t < HYSTERESIS_S}
-        qp_bytes = {k: s.bytes for k, s in qps.items()}
-        if self.cfg.steer.rebalance:
-            moves = rebalance(assignment, live, qp_bytes, recent)
-        else:
-            moves = rebalance({k: p for k, p in assignment.items() if p is None},
-                              live, qp_bytes, recent)
-        # QPs whose port the FIB now sends down another path get a new slot.
+        qp_bytes = {k: q.bytes for k, q in qps.items()}
+        if not self.cfg.steer.rebalance:
+            assignment = {k: p for k, p in assignment.items() if p is None}
+        moves = rebalance(assignment, live, qp_bytes, recent)
         moved = {m.qp for m in moves}
-        reslot = [k for k, s in qps.items() if k not in moved and s.path in live
-                  and s.port not in vtep.paths[s.path].ports]
-        slots = Counter()
-        for m in moves:
-            path = vtep.paths[m.new_path]
-            slot = self._next_slot(path, slots)
-            self.tables.move_qp(m.qp, vtep.index, m.new_path, slot, path.ports[slot],
-                                hash_for_port(path.ports[slot], *vtep.port_range))
-            why = "dead_path" if m.old_path is None else (
-                "path_up" if reason != "periodic" else "rebalance")
+        # Ports in use per path, so a moved QP gets a port of its own.
+        taken: dict[int, set[int]] = {}
+        for k, q in qps.items():
+            if k not in moved and q.path in live and q.port in vtep.paths[q.path].ports:
+                taken.setdefault(q.path, set()).add(q.port)
+        plan = [(m.qp, m.new_path, m.old_path) for m in moves]
+        plan += [(k, q.path, q.path) for k, q in qps.items()
+                 if k not in moved and q.path in live and q.port not in vtep.paths[q.path].ports]
+        for key, new_path, old_path in plan:
+            path = vtep.paths[new_path]
+            slot = _free_slot(path.ports, taken.setdefault(new_path, set()))
+            port = path.ports[slot]
+            taken[new_path].add(port)
+            self.tables.move_qp(key, vtep.index, new_path, slot, port,
+                                hash_for_port(port, *vtep.port_range))
+            qps[key] = qps[key]._replace(path=new_path, slot=slot, port=port)
+            if old_path == new_path:
+                why = "port_remap"
+            elif old_path is None:
+                why = "dead_path"
+            else:
+                why = "rebalance" if reason == "periodic" else "path_up"
             self.replacements[why] += 1
-            self._moved_at[m.qp] = now
-        for k in reslot:
-            s = qps[k]
-            path = vtep.paths[s.path]
-            slot = self._next_slot(path, slots)
-            self.tables.move_qp(k, vtep.index, s.path, slot, path.ports[slot],
-                                hash_for_port(path.ports[slot], *vtep.port_range))
-            self.replacements["port_remap"] += 1
-        if moves or reslot:
-            self._write_paths(vtep)
+            if why != "port_remap":
+                self._moved_at[key] = now
+        if plan:
+            self._write_paths(vtep, qps)
         return len(moves)
-
-    def _next_slot(self, path: PathState, used: Counter) -> int:
-        key = (path.uplink, path.gateway)
-        slot = used[key] % len(path.ports)
-        used[key] += 1
-        return slot
 
     def _reconcile(self) -> None:
         """Per-path counts and bytes from the QP table; balance when asked."""
         qps_all = self.tables.all_qps()
-        by_vtep: dict[int, dict] = {}
         for key, state in qps_all.items():
-            by_vtep.setdefault(state.vtep, {})[key] = state
             prev = self._qp_seen.get(key, (0, 0))
             d_pk, d_by = state.packets - prev[0], state.bytes - prev[1]
             if d_pk < 0 or d_by < 0:   # evicted and re-created
@@ -385,9 +393,10 @@ class Agent:
         for stale in set(self._qp_seen) - set(qps_all):
             del self._qp_seen[stale]
         for vtep in self.vteps.values():
-            if self.cfg.steer.rebalance and by_vtep.get(vtep.index):
-                self._replace_qps(vtep, "periodic", False)
-            self.tables.set_path_counts(vtep.index, self.tables.qp_counts_by_path(vtep.index))
+            qps = {k: q for k, q in qps_all.items() if q.vtep == vtep.index}
+            if self.cfg.steer.rebalance and qps:
+                self._replace_qps(vtep, qps, "periodic")
+            self.tables.set_path_counts(vtep.index, Counter(q.path for q in qps.values()))
         cutoff = time.monotonic() - HYSTERESIS_S
         for k in [k for k, t in self._moved_at.items() if t < cutoff]:
             del self._moved_at[k]
@@ -448,12 +457,23 @@ class Agent:
             return list(self.reactions)
 
     def snapshot(self, top_n: int | None = None) -> dict:
+        """Everything `qpagent status` shows. The maps are read without the
+        decision lock (the kernel keeps them consistent per entry), so a
+        scrape never delays a reaction."""
         top_n = self.cfg.agent.top_qps if top_n is None else top_n
-        with self._lock:
-            return self._snapshot(top_n)
-
-    def _snapshot(self, top_n: int) -> dict:
         qps_all = self.tables.all_qps() if self.tables else {}
+        kernel = {
+            "programs": self.dp.programs() if self.dp else [],
+            "parse": self.tables.parse_counters(HOOK_NAMES) if self.tables else [],
+            "steer_events": self.tables.events("steer") if self.tables else {},
+            "pin_events": self.tables.events("pin") if self.tables else {},
+        }
+        with self._lock:
+            state = self._snapshot(top_n, qps_all)
+        state.update(kernel)
+        return state
+
+    def _snapshot(self, top_n: int, qps_all: dict) -> dict:
         vteps = []
         imb = {}
         addr_of = {v.index: v for v in self.vteps.values()}
@@ -481,14 +501,10 @@ class Agent:
         return {
             "node": self.node, "version": __version__, "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
-            "programs": self.dp.programs() if self.dp else [],
             "vteps": vteps, "qp_total": len(qps_all), "qps": qps, "imbalance": imb,
             "bfd": dict(self.bfd_state), "events": list(self.events),
             "replacements": dict(self.replacements),
             "reaction_ms": _summary_ms(samples),
-            "parse": self.tables.parse_counters(HOOK_NAMES) if self.tables else [],
-            "steer_events": self.tables.events("steer") if self.tables else {},
-            "pin_events": self.tables.events("pin") if self.tables else {},
             "warnings": list(self.warnings),
         }
 
@@ -521,3 +537,12 @@ def _ifindex(name: str) -> int:
         return socket.if_nametoindex(name)
     except OSError:
         return 0
+
+
+def _free_slot(ports: list[int], taken: set[int]) -> int:
+    """First slot whose port no other QP of the path uses (else wrap)."""
+    for slot, port in enumerate(ports):
+        if port not in taken:
+            return slot
+    return len(taken) % len(ports)
+

@@ -73,7 +73,7 @@ class DataPlane:
         self.steer = self.pin = self.flows = None
         self._functions: dict[str, object] = {}
         self._attached: list[Attachment] = []
-        self._locks: dict[str, int] = {}
+        self._locks: dict[str, tuple[int, str]] = {}   # dev -> (fd, lock file)
         self._ipr = None
 
     # ---------------------------------------------------------------- public
@@ -188,12 +188,23 @@ class DataPlane:
                     f"(pid {holder}); stop it first") from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            self._locks[dev] = fd
+            self._locks[dev] = (fd, path)
 
     def _release_locks(self) -> None:
-        for fd in self._locks.values():
-            os.close(fd)  # closing the only descriptor drops the flock
+        # Unlink while still holding the lock, so nothing is left under /run
+        # (an agent that opened the file meanwhile was refused by the flock).
+        for fd, path in self._locks.values():
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            os.close(fd)
         self._locks = {}
+        for directory in (self.lock_dir, os.path.dirname(self.lock_dir)):
+            try:
+                os.rmdir(directory)   # only when empty
+            except OSError:
+                break
 
     # ---------------------------------------------------------------- attach
     def _require(self, dev: str) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
@@ -76,16 +75,16 @@ class Fib:
 
     def __init__(self, ipr=None):
         self._own = ipr is None
-        self.ipr = ipr if ipr is not None else IPRoute()
+        self.ipr = ipr
         self._raw = None
         if self._own:
             from qpagent.rtnl_route import RouteSocket
             self._raw = RouteSocket()
         self._names: dict[int, str] = {}
+        self._valid: dict[tuple[str, str], str] = {}
 
     def close(self) -> None:
         if self._own:
-            self.ipr.close()
             self._raw.close()
 
     def __enter__(self):
@@ -97,8 +96,11 @@ class Fib:
     def ifname(self, index: int) -> str:
         name = self._names.get(index)
         if name is None:
-            links = self.ipr.get_links(index)
-            name = links[0].get("ifname") if links else f"if{index}"
+            if self.ipr is None:   # raw mode: ask in the socket's own netns
+                name = self._raw.link_name(index) or f"if{index}"
+            else:
+                links = self.ipr.get_links(index)
+                name = links[0].get("ifname") if links else f"if{index}"
             self._names[index] = name
         return name
 
@@ -106,11 +108,30 @@ class Fib:
         """Drop the ifindex->name cache (an interface was recreated)."""
         self._names.clear()
 
+    def next_hops(self, dst: str) -> list[Route] | None:
+        """Every live next hop of the FIB entry for dst (fibmatch), or None
+        when this Fib has no raw socket or the kernel cannot say."""
+        if self._raw is None:
+            return None
+        from qpagent.rtnl_route import RouteLookupError
+        try:
+            hops = self._raw.next_hops(self._checked(dst, "destination"))
+        except RouteLookupError:
+            return None
+        return [Route(oif=i, oif_name=self.ifname(i), gateway=g) for i, g in hops]
+
+    def _checked(self, value: str, what: str) -> str:
+        # Validated once per address: lookups run hundreds of times a second.
+        key = (value, what)
+        if key not in self._valid:
+            self._valid[key] = _check_address(value, what)
+        return self._valid[key]
+
     def lookup(self, dst: str, src: str | None = None, sport: int | None = None,
                dport: int | None = VXLAN_PORT, proto: int = 17) -> Route:
-        query = {"dst": _check_address(dst, "destination"), "ip_proto": proto}
+        query = {"dst": self._checked(dst, "destination"), "ip_proto": proto}
         if src is not None:
-            query["src"] = _check_address(src, "source")
+            query["src"] = self._checked(src, "source")
         for key, port in (("sport", sport), ("dport", dport)):
             if port is None:
                 continue

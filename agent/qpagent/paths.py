@@ -35,17 +35,26 @@ def _order_key(hop: tuple[int, str, str | None]) -> tuple:
 def discover_paths(local_ip: str, remote_ip: str, port_candidates: Iterable[int],
                    uplinks: set[str] | frozenset[str], ports_per_path: int = 16,
                    ipr=None, dport: int = VXLAN_PORT,
-                   max_lookups: int = MAX_LOOKUPS) -> list[Path]:
+                   max_lookups: int = MAX_LOOKUPS, fib: Fib | None = None,
+                   expected_paths: int | None = None) -> list[Path]:
     """Paths to remote_ip via the configured uplinks, with ports that take them.
 
     Paths are ordered by (uplink name, gateway) so an index survives
     rediscovery as long as the set of next hops does not change. Next hops
-    through interfaces outside `uplinks` are ignored.
+    through interfaces outside `uplinks` are ignored. `expected_paths` (e.g.
+    the number of uplinks that are up) lets the walk stop as soon as that
+    many paths are full, instead of looking on for paths nobody has seen.
+    Pass a long-lived `fib` to avoid opening a socket per call.
     """
     if ports_per_path < 1:
         raise ValueError("ports_per_path must be at least 1")
     uplinks = set(uplinks)
-    fib = Fib(ipr)
+    own_fib = fib is None
+    fib = Fib(ipr) if own_fib else fib
+    if expected_paths is None:
+        hops = fib.next_hops(remote_ip)
+        if hops is not None:
+            expected_paths = len({(h.oif, h.gateway) for h in hops if h.oif_name in uplinks})
     found: dict[tuple[int, str, str | None], list[int]] = {}
     lookups = 0
     since_new_path = 0
@@ -68,9 +77,11 @@ def discover_paths(local_ip: str, remote_ip: str, port_candidates: Iterable[int]
             if len(found[hop]) < ports_per_path:
                 found[hop].append(port)
             full = all(len(p) >= ports_per_path for p in found.values())
-            if full and since_new_path >= _SETTLE_AFTER:
+            if full and (since_new_path >= _SETTLE_AFTER or
+                         (expected_paths is not None and len(found) >= expected_paths)):
                 break
     finally:
-        fib.close()
+        if own_fib:
+            fib.close()
     return [Path(index=i, ifindex=hop[0], ifname=hop[1], gateway=hop[2], ports=ports)
             for i, (hop, ports) in enumerate(sorted(found.items(), key=lambda kv: _order_key(kv[0])))]

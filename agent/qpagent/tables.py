@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_PATHS = 16
 PORTS_PER_PATH = 16
@@ -19,8 +19,7 @@ STEER_EVENT_NAMES = ("placed_new", "placed_dead", "hash_set", "no_vtep", "no_liv
 PIN_EVENT_NAMES = ("on_fib_link", "redirected", "fib_failed", "not_vxlan")
 
 
-@dataclass(frozen=True)
-class QpView:
+class QpView(NamedTuple):
     vtep: int
     path: int
     slot: int

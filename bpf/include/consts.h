@@ -58,6 +58,12 @@ enum pin_event {
 	PIN_EVENTS,
 };
 
+/* The verdict for "leave this packet alone": continue with the next tc
+ * filter on the hook (flow_stats after path_pin on an uplink), and send it
+ * when the chain ends. TC_ACT_OK would end the chain and hide the packet
+ * from every program attached after ours. */
+#define TC_PASS TC_ACT_UNSPEC
+
 /* flow_key.has bits */
 #define FLOW_HAS_VNI  1
 #define FLOW_HAS_QP   2

@@ -19,7 +19,7 @@ from .plan import Plan
 from .topology import REPO_ROOT
 
 METRICS_PORT = 9464
-START_TIMEOUT = 20.0
+START_TIMEOUT = 90.0   # BCC compiles every agent at once: slow on 2 busy cores
 
 
 def render_config(plan: Plan, node: str, ctx: LabContext) -> str:

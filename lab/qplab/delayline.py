@@ -203,7 +203,18 @@ def main(argv=None) -> int:
     p.add_argument("--jitter-ms", type=float, default=0.0)
     p.add_argument("--loss-pct", type=float, default=0.0)
     p.add_argument("--blackhole", action="store_true")
+    p.add_argument("--rt-priority", type=int, default=20,
+                   help="SCHED_FIFO priority (0 = normal scheduling)")
     args = p.parse_args(argv)
+    if args.rt_priority:
+        # a release time is only as good as our wake-up: on a busy machine a
+        # normal-priority process wakes milliseconds late (netem runs in
+        # softirq context for the same reason). The kernel's RT throttling
+        # still leaves time to everyone else if we ever spin.
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.rt_priority))
+        except (OSError, AttributeError) as e:
+            print(f"delayline: running without real-time priority ({e})", file=sys.stderr)
     try:
         settings = Settings(args.delay_ms, args.jitter_ms, args.loss_pct, args.blackhole)
         settings.update({})

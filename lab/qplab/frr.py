@@ -15,7 +15,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import netns
 
 FRR_BIN = Path("/usr/lib/frr")
 FRR_ETC = Path("/etc/frr")

@@ -7,7 +7,6 @@ each router's egress into the box.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 

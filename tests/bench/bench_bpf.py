@@ -35,6 +35,16 @@ PASS_ONLY = b"""
 #include <linux/pkt_cls.h>
 int pass_tc(struct __sk_buff *skb) { return TC_ACT_OK; }
 int pass_xdp(struct xdp_md *ctx) { return XDP_PASS; }
+/* One helper call / one hash-map lookup and nothing else: the floor that
+ * every call in a program adds on this kernel (mitigations included). */
+BPF_TABLE("hash", __u32, __u64, one_entry, 1);
+int clock_only(struct __sk_buff *skb) { return bpf_ktime_get_ns() == 1; }
+int lookup_only(struct __sk_buff *skb)
+{
+	__u32 k = 0;
+	__u64 *v = one_entry.lookup(&k);
+	return v ? TC_ACT_OK : TC_ACT_OK;
+}
 """
 CLONE_NEWNET = 0x40000000
 
@@ -136,6 +146,9 @@ def main(argv=None):
     base = BPF(text=PASS_ONLY)
     pass_tc = base.load_func(b"pass_tc", BPF.SCHED_CLS).fd
     pass_xdp = base.load_func(b"pass_xdp", BPF.XDP).fd
+    clock_only = base.load_func(b"clock_only", BPF.SCHED_CLS).fd
+    lookup_only = base.load_func(b"lookup_only", BPF.SCHED_CLS).fd
+    base[b"one_entry"][base[b"one_entry"].Key(0)] = base[b"one_entry"].Leaf(1)
     steer_bpf = bpfobj.compile_source("qp_steer.c")
     flows_bpf = bpfobj.compile_source("flow_stats.c")
     pin_bpf = bpfobj.compile_source("path_pin.c")
@@ -164,6 +177,10 @@ def main(argv=None):
                          "above_pass_only_ns": round(p - b, 1),
                          "samples_ns": prog_ns, "pass_only_samples_ns": base_ns}
 
+    # What a single call costs here: qp_steer's steady state makes five
+    # (parse counter, VTEP, QP, clock, set_hash), flow_stats three.
+    measure("one_bpf_ktime_get_ns_call", clock_only, pass_tc, inner)
+    measure("one_hash_lookup", lookup_only, pass_tc, inner)
     measure("qp_steer_known_qp", steer.fd, pass_tc, inner)
     measure("flow_stats_tc_vxlan_roce", flows_tc.fd, pass_tc, bytes(outer))
     measure("flow_stats_xdp_vxlan_roce", flows_xdp.fd, pass_xdp, bytes(outer))

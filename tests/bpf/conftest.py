@@ -9,6 +9,7 @@ from scapy.all import Ether, hexdump
 from qpagent import bpfobj, bpfsys
 
 TC_ACT_OK = 0
+TC_ACT_UNSPEC = 0xFFFFFFFF   # -1 as the u32 test_run returns: "next filter, then send"
 TC_ACT_REDIRECT = 7
 XDP_PASS = 2
 TC_MIN_FRAME = 14     # the kernel refuses skb/XDP test runs below ETH_HLEN
@@ -17,7 +18,7 @@ TC_MIN_FRAME = 14     # the kernel refuses skb/XDP test runs below ETH_HLEN
 ALL_MAPS = ("parse_stats", "qp_table", "mac_vtep", "path_table", "steer_events",
             "pin_events", "pin_uplinks", "flow_table")
 
-VERDICT_NAMES = {("tc", 0): "TC_ACT_OK", ("tc", 2): "TC_ACT_SHOT",
+VERDICT_NAMES = {("tc", 0): "TC_ACT_OK", ("tc", TC_ACT_UNSPEC): "TC_ACT_UNSPEC", ("tc", 2): "TC_ACT_SHOT",
                  ("tc", 7): "TC_ACT_REDIRECT", ("xdp", 1): "XDP_DROP",
                  ("xdp", 2): "XDP_PASS"}
 

@@ -4,7 +4,7 @@ Both hooks always pass the frame unchanged."""
 
 import pytest
 
-from conftest import TC_ACT_OK, XDP_PASS, expect, parse_counts
+from conftest import TC_ACT_UNSPEC, XDP_PASS, expect, parse_counts
 from qpagent import bpfsys
 from qt1_maps import (HOOK_TC_EGRESS, HOOK_XDP_INGRESS, PARSE_NOT_IP,
                       PARSE_NOT_ROCE, PARSE_ROCE, flow_entries)
@@ -20,7 +20,7 @@ def hook(request, flows):
     """(program, verdict, hook id) for each attachment point."""
     tc, xdp = flows
     if request.param == "tc":
-        return tc, TC_ACT_OK, HOOK_TC_EGRESS
+        return tc, TC_ACT_UNSPEC, HOOK_TC_EGRESS
     return xdp, XDP_PASS, HOOK_XDP_INGRESS
 
 
@@ -78,6 +78,6 @@ def test_flows_are_kept_per_hook_and_interface(flows):
     tc, xdp = flows
     frame = bytes(roce(0x1))
     expect(xdp, frame, XDP_PASS, ctx=bpfsys.xdp_ctx(LOOPBACK, len(frame)))
-    expect(tc, frame, TC_ACT_OK, ctx=bpfsys.skb_ctx(LOOPBACK))
+    expect(tc, frame, TC_ACT_UNSPEC, ctx=bpfsys.skb_ctx(LOOPBACK))
     keys = sorted((k[5], k[6]) for k in flow_entries(tc))
     assert keys == [(LOOPBACK, HOOK_XDP_INGRESS), (LOOPBACK, HOOK_TC_EGRESS)]

@@ -4,7 +4,7 @@ counted right, and no packet is ever dropped."""
 
 import pytest
 
-from conftest import TC_ACT_OK, Program, expect, parse_counts
+from conftest import TC_ACT_UNSPEC, Program, expect, parse_counts
 from qpagent import bpfobj
 from qt1_maps import HOOK_TC_EGRESS, PARSE_ROCE, flow_entries, qp_state, set_path, set_vtep
 from qt1_packets import roce
@@ -35,7 +35,7 @@ def test_a_full_flow_table_evicts_and_keeps_counting(small_flows):
     prog = small_flows
     n = 4 * SMALL
     for i in range(n):
-        expect(prog, roce(0x100 + i, sport=20000 + i), TC_ACT_OK)
+        expect(prog, roce(0x100 + i, sport=20000 + i), TC_ACT_UNSPEC)
     flows = flow_entries(prog)
     assert 0 < len(flows) <= SMALL
     newest = ("10.0.1.1", 20000 + n - 1, "10.0.2.1", 4791, 17, LOOPBACK,
@@ -43,7 +43,7 @@ def test_a_full_flow_table_evicts_and_keeps_counting(small_flows):
     assert newest in flows, "the newest flow was not kept"
     assert flows[newest][0] == 1
     # An evicted flow that comes back starts again from one packet.
-    expect(prog, roce(0x100, sport=20000), TC_ACT_OK)
+    expect(prog, roce(0x100, sport=20000), TC_ACT_UNSPEC)
     first = ("10.0.1.1", 20000, "10.0.2.1", 4791, 17, LOOPBACK, HOOK_TC_EGRESS, 2, 0, 0x100)
     assert flow_entries(prog)[first][0] == 1
     assert parse_counts(prog, LOOPBACK, HOOK_TC_EGRESS) == {PARSE_ROCE: n + 1}
@@ -55,7 +55,7 @@ def test_a_full_qp_table_still_places_every_new_qp(small_steer):
     set_path(prog, 0, 0, 4, (32768, 60999))
     n = 4 * SMALL
     for i in range(n):
-        expect(prog, roce(0x5000 + i), TC_ACT_OK)
+        expect(prog, roce(0x5000 + i), TC_ACT_UNSPEC)
     assert 0 < len(prog.table("qp_table")) <= SMALL
     newest = qp_state(prog, "10.0.1.1", "10.0.2.1", 0x5000 + n - 1)
     assert newest is not None and newest["packets"] == 1

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from scapy.all import Ether
 
-from conftest import TC_ACT_OK, TC_ACT_REDIRECT, event_counts, expect, parse_counts
+from conftest import TC_ACT_UNSPEC, TC_ACT_REDIRECT, event_counts, expect, parse_counts
 from qpagent import bpfsys
 from qt1_maps import (HOOK_PATH_PIN, PARSE_ROCE,
                       PIN_FIB_FAILED, PIN_NOT_VXLAN, PIN_ON_FIB_LINK,
@@ -95,7 +95,7 @@ def test_every_port_leaves_on_the_uplink_the_fib_names(pin, vtep_ns, family):
             ctx = bpfsys.skb_ctx(ns.ifindexes[sent_on])
             where = f"(sport {sport} sent on {sent_on}, FIB names {want_dev})"
             if want_dev == sent_on:
-                ns.run_in(expect, pin, frame, TC_ACT_OK, ctx=ctx, context=where)
+                ns.run_in(expect, pin, frame, TC_ACT_UNSPEC, ctx=ctx, context=where)
                 on_link += 1
             else:
                 moved = Ether(bytes(frame))
@@ -115,7 +115,7 @@ def test_an_uplink_the_agent_does_not_manage_is_never_a_target(pin, vtep_ns):
     wanted = fib_uplinks(ns, LOCAL_VTEP, REMOTE_VTEP, SPORTS)
     sport = SPORTS[wanted.index("up2")]
     ctx = bpfsys.skb_ctx(ns.ifindexes["up1"])
-    ns.run_in(expect, pin, outer(sport, "up1", ns=ns), TC_ACT_OK, ctx=ctx)
+    ns.run_in(expect, pin, outer(sport, "up1", ns=ns), TC_ACT_UNSPEC, ctx=ctx)
     assert event_counts(pin, "pin_events") == {PIN_FIB_FAILED: 1}
 
 
@@ -126,7 +126,7 @@ def test_non_vxlan_is_left_alone(pin, vtep_ns, frame):
     ns = vtep_ns
     manage(pin, ns, UPLINKS)
     ctx = bpfsys.skb_ctx(ns.ifindexes["up1"])
-    ns.run_in(expect, pin, frame, TC_ACT_OK, ctx=ctx)
+    ns.run_in(expect, pin, frame, TC_ACT_UNSPEC, ctx=ctx)
     assert event_counts(pin, "pin_events") == {PIN_NOT_VXLAN: 1}
 
 
@@ -144,7 +144,7 @@ def test_without_forwarding_the_fib_refuses_and_the_packet_passes(pin):
         table = pin.table("pin_uplinks")
         table[table.Key(ns.ifindex("up1"))] = table.Leaf(1)
         ctx = bpfsys.skb_ctx(ns.ifindex("up1"))
-        ns.run_in(expect, pin, outer(50000, "up1", ns=ns), TC_ACT_OK, ctx=ctx)
+        ns.run_in(expect, pin, outer(50000, "up1", ns=ns), TC_ACT_UNSPEC, ctx=ctx)
         assert event_counts(pin, "pin_events") == {PIN_FIB_FAILED: 1}
     finally:
         ns.delete()

@@ -100,3 +100,89 @@ def test_the_wire_carries_the_assigned_port_of_every_qp(steer, srcport, local_ra
         assert len(set(want.values())) == N_QPS
     finally:
         ns.delete()
+
+
+def attach(ipr, dev, prog, name):
+    idx = ipr.link_lookup(ifname=dev)[0]
+    ipr.tc("add", "clsact", idx)
+    ipr.tc("add-filter", "bpf", idx, ":1", fd=prog.fn.fd, name=name,
+           parent="ffff:fff3", classid=1, direct_action=True)
+
+
+def test_path_pin_spreads_the_ports_over_the_uplinks_the_fib_names(steer, pin):
+    """Two uplinks, an ECMP route: without path_pin the driver's cached route
+    sends everything out of one uplink; with it each port leaves where
+    `ip route get ... sport N` says."""
+    import json
+    import subprocess
+    ns = NetNs()
+    try:
+        build_vtep(ns, (49152, 49216))
+        ns.ip("link", "add", "up2", "type", "veth", "peer", "name", "up2p")
+        ns.ip("addr", "add", "10.1.2.1/30", "dev", "up2")
+        ns.ip("link", "set", "up2", "up")
+        ns.ip("link", "set", "up2p", "up")
+        ns.ip("neigh", "replace", "10.1.2.2", "lladdr", "02:00:00:00:12:02", "dev", "up2",
+              "nud", "permanent")
+        ns.ip("route", "replace", "10.255.0.2/32", "nexthop", "via", "10.1.1.2", "dev", "up1",
+              "nexthop", "via", "10.1.2.2", "dev", "up2")
+        ns.sysctl("net.ipv4.conf.all.forwarding", 1)
+        ns.sysctl("net.ipv4.fib_multipath_hash_policy", 1)
+        set_vtep(steer, None, 0)
+        for p in range(4):
+            set_path(steer, 0, p, 4, (49152, 49216))
+        uplinks = pin.table("pin_uplinks")
+        for dev in ("up1", "up2"):
+            uplinks[uplinks.Key(ns.ifindex(dev))] = uplinks.Leaf(1)
+        frames = [roce(0x700 + q) for q in range(16)]
+
+        def body():
+            with IPRoute() as ipr:
+                attach(ipr, "vxlan0", steer, "qp_steer")
+                attach(ipr, "up1", pin, "path_pin")
+                attach(ipr, "up2", pin, "path_pin")
+            caps = {}
+            tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            try:
+                for dev in ("up1", "up2"):
+                    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                    s.bind((f"{dev}p", 0))
+                    s.setblocking(False)
+                    caps[dev] = s
+                tx.bind(("vxlan0", 0))
+                for frame in frames:
+                    tx.send(bytes(frame))
+                seen, deadline = [], time.monotonic() + 5
+                while len(seen) < len(frames) and time.monotonic() < deadline:
+                    got_any = False
+                    for dev, s in caps.items():
+                        try:
+                            pkt = Ether(s.recv(65535))
+                        except BlockingIOError:
+                            continue
+                        got_any = True
+                        if UDP in pkt and pkt[UDP].dport == 4789:
+                            seen.append((dev, pkt))
+                    if not got_any:
+                        time.sleep(0.01)
+                return seen
+            finally:
+                tx.close()
+                for s in caps.values():
+                    s.close()
+
+        seen = ns.run_in(body)
+        assert len(seen) == len(frames)
+        lines = "".join(f"route get 10.255.0.2 from 10.255.0.1 ipproto udp sport "
+                        f"{pkt[UDP].sport} dport 4789\n" for _, pkt in seen)
+        out = subprocess.run(["ip", "-n", ns.name, "-j", "-batch", "-"], input=lines,
+                             capture_output=True, text=True, check=True).stdout
+        fib = [json.loads(line)[0]["dev"] for line in out.splitlines() if line.strip()]
+        left = [dev for dev, _ in seen]
+        assert left == fib, "a port left on an uplink the FIB does not name"
+        assert set(left) == {"up1", "up2"}, "all QPs on one uplink"
+        for dev, pkt in seen:
+            assert pkt.dst == ("02:00:00:00:11:02" if dev == "up1" else "02:00:00:00:12:02")
+            assert pkt.src == ns.mac(dev)
+    finally:
+        ns.delete()

@@ -62,7 +62,7 @@ class Settings:
     size: int = 4 << 20
     iterations: int = 6
     fail_iterations: int = 8
-    fail_at: int = 2               # blackhole during this iteration
+    fail_at: int = 3               # blackhole during this iteration
     qps_per_conn: int = 4
     msg_size: int = 1 << 16
     sport_policy: str = "qpn"
@@ -114,18 +114,33 @@ class LabHandle:
         st = self.ctx.read_state() or {}
         return any(a.get("ok") for a in (st.get("agents") or {}).values())
 
-    def start_agents(self) -> bool:
+    def start_agents(self, timeout: float = 120.0) -> bool:
+        """Start the agents once; give slow starts (BCC compiles on a busy
+        machine) time to open their control sockets."""
         from qplab import agents
         from qplab.plan import build_plan
         if self.agents_running:
             return True
+        if getattr(self, "_agents_tried", False):
+            return False
+        self._agents_tried = True
         log("starting the agents")
         res = agents.start_all(build_plan(self.topo), self.ctx, lambda m: log("  " + m))
+        deadline = time.monotonic() + timeout
+        late = [n for n, a in res.items() if not a.get("ok") and "no control socket" in str(a.get("error"))]
+        while late and time.monotonic() < deadline:
+            for n in list(late):
+                if Path(res[n]["socket"]).exists():
+                    res[n].update(ok=True, error=None)
+                    late.remove(n)
+            time.sleep(0.5)
         st = self.ctx.read_state()
         st["agents"] = res
         self.ctx.write_state(st)
         self.state = st
-        return any(a.get("ok") for a in res.values())
+        ok = sum(1 for a in res.values() if a.get("ok"))
+        log(f"  agents answering: {ok}/{len(res)}")
+        return ok == len(res) and ok > 0
 
     def hosts(self) -> list[Host]:
         return [Host(n, v["address"].split("/")[0], v["ns"], v["dc"])
@@ -240,6 +255,7 @@ def run_scenario(labh: LabHandle, sc: Scenario, st: Settings, baseline_routes: d
         for leaf in labh.leaves():
             statuses[leaf] = observe.agent_status(str(labh.ctx.agent_socket(leaf)))
     rec = {"scenario": asdict(sc), "name": sc.name, "error": error, "t_start": t_start,
+           "rank_dcs": {h.name: h.dc for h in hosts},
            "result": result, "wan_samples": samples,
            "wan_bytes": observe.totals(samples),
            "qp_links": qp_links(seen, result, hosts),
@@ -247,10 +263,15 @@ def run_scenario(labh: LabHandle, sc: Scenario, st: Settings, baseline_routes: d
            "agents": {k: _agent_digest(v, failure) for k, v in statuses.items()}}
     if result:
         durs = [r["duration_s"] for r in result["per_iteration"]]
-        rec["baseline_s"] = baselines.get(sc.twin().name) or statistics.median(durs[:max(1, st.fail_at)])
-        rec["time_lost_s"] = time_lost(durs, rec["baseline_s"]) if sc.failure else 0.0
-        if not sc.failure:
-            baselines[sc.name] = statistics.median(durs)
+        if sc.failure:
+            # Baseline: this run's own iterations before the cut (the first
+            # one is a warm-up), so machine noise between runs cancels out.
+            pre = durs[1:st.fail_at] or durs[:st.fail_at]
+            rec["baseline_s"] = statistics.median(pre)
+            rec["time_lost_s"] = time_lost(durs[st.fail_at:], rec["baseline_s"])
+        else:
+            rec["baseline_s"] = baselines[sc.name] = statistics.median(durs)
+            rec["time_lost_s"] = 0.0
         rec["timeline"] = failover_timeline(rec)
     if failure:
         rec["reconverge_s"] = labh.wait_converged(baseline_routes)
@@ -258,23 +279,25 @@ def run_scenario(labh: LabHandle, sc: Scenario, st: Settings, baseline_routes: d
 
 
 def qp_links(seen: dict, result: dict | None, hosts: list[Host]) -> list[dict]:
-    """Which WAN link(s) each QP's data crossed, from the sniffer's sample."""
+    """Which WAN link(s) each QP's data crossed, per direction that carried
+    data, from the sniffer's sample (its ACKs may take another way back)."""
     if not result:
         return []
     ip = {h.name: h.ip for h in hosts}
     out = []
     for q in result["qps"]:
-        links = {}
-        for (link, src, dst, dqpn), (pkts, first, last) in seen.items():
-            if (src, dst, dqpn) in ((ip[q["src"]], ip[q["dst"]], q["rqpn"]),
-                                    (ip[q["dst"]], ip[q["src"]], q["lqpn"])):
-                e = links.setdefault(link, {"packets": 0, "first": first, "last": last})
-                e["packets"] += pkts
-                e["first"], e["last"] = min(e["first"], first), max(e["last"], last)
-        if links:
-            out.append({**{k: q[k] for k in ("src", "dst", "lqpn", "rqpn", "sport", "index")},
-                        "links": links,
-                        "main_link": max(links, key=lambda l: links[l]["packets"])})
+        for frm, to, dqpn, nbytes in ((q["src"], q["dst"], q["rqpn"], q["bytes_src_to_dst"]),
+                                      (q["dst"], q["src"], q["lqpn"], q["bytes_dst_to_src"])):
+            if not nbytes:
+                continue
+            links = {}
+            for (link, src, dst, d), (pkts, first, last) in seen.items():
+                if (src, dst, d) == (ip[frm], ip[to], dqpn):
+                    links[link] = {"packets": pkts, "first": first, "last": last}
+            if links:
+                out.append({"from": frm, "to": to, "dqpn": dqpn, "sport": q["sport"],
+                            "index": q["index"], "bytes": nbytes, "links": links,
+                            "main_link": max(links, key=lambda l: links[l]["packets"])})
     return out
 
 
@@ -353,12 +376,14 @@ def headline(records: list[dict], st: Settings, net: model.Net) -> dict:
             continue
         by_dc: dict[str, int] = {}
         for h in res["ranks"]:
-            by_dc[h.split("-")[0]] = by_dc.get(h.split("-")[0], 0) + 1
+            dc = r["rank_dcs"].get(h, "")
+            by_dc[dc] = by_dc.get(dc, 0) + 1
         net_sc = model.Net(**{**asdict(net), "wan_delay_s": sc["delay_ms"] / 1000})
         ideal = model.ideal(sc["pattern"], list(by_dc.values()), st.size, net_sc)
         per_link_qps: dict[str, int] = {}
         for q in r["qp_links"]:
-            per_link_qps[q["main_link"]] = per_link_qps.get(q["main_link"], 0) + 1
+            key = f"{q['main_link']} {r['rank_dcs'].get(q['from'])}->{r['rank_dcs'].get(q['to'])}"
+            per_link_qps[key] = per_link_qps.get(key, 0) + 1
         rows.append({
             "name": r["name"], **sc,
             "median_busbw_gbps": res["summary"]["median_busbw_Bps"] * 8 / 1e9,
@@ -449,7 +474,7 @@ def main(argv=None) -> None:
     if args.size_mb <= 0 or args.iterations < 1 or args.qps < 1 or args.wan_rate <= 0:
         ap.error("sizes, iterations, QPs and rates must be positive")
     st = Settings(size=int(args.size_mb * (1 << 20)), iterations=args.iterations,
-                  fail_iterations=max(args.iterations + 2, 4), qps_per_conn=args.qps,
+                  fail_iterations=max(args.iterations, 5), qps_per_conn=args.qps,
                   sport_policy=args.policy, wan_rate_mbit=args.wan_rate)
     scenarios = full_scenarios() if args.full else quick_scenarios(args.delay_ms)
     try:

@@ -65,6 +65,7 @@ class GbnSender:
         self._last_progress: float | None = None
         self._retries = 0
         self.error: str | None = None
+        self.progress = 0              # bumps whenever the oldest unacked PSN moves
         self.stats = SenderStats()
 
     # -- posting work ------------------------------------------------------
@@ -178,6 +179,7 @@ class GbnSender:
         if upto > self._una:
             self._retries = 0
             self._last_progress = now
+            self.progress += 1
         for i in range(self._una, upto):
             fin = self._segs[i][3]
             if fin is not None:

@@ -134,20 +134,26 @@ def parse_vxlan_roce(frame: bytes):
 
 
 class QpSniffer:
-    """Per WAN link, the RoCE QPs seen crossing it (sampled)."""
+    """Per WAN link and direction, the RoCE QPs seen crossing it (sampled).
+    Frames are taken as they enter the WAN box (end A: from DC A, end B:
+    from DC B); the delay line sends bypassing the taps, so outgoing
+    frames are not seen anyway. A blackholed link still shows what entered."""
+
+    PACKET_OUTGOING = 4
 
     def __init__(self, wans: dict, rcvbuf: int = 1 << 18):
         self.socks = {}
         for name, w in wans.items():
-            pushns(w["ns"])
-            try:
-                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            finally:
-                popns()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            s.bind(("a", 0))            # the A end sees both directions
-            s.setblocking(False)
-            self.socks[name] = s
+            for end in ("a", "b"):
+                pushns(w["ns"])
+                try:
+                    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                finally:
+                    popns()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                s.bind((end, 0))
+                s.setblocking(False)
+                self.socks[(name, end)] = s
         # (link, inner src, inner dst, dqpn) -> [packets, first, last]
         self.seen: dict[tuple, list] = {}
         self._stop = threading.Event()
@@ -156,12 +162,14 @@ class QpSniffer:
     def _loop(self):
         while not self._stop.wait(0.02):
             now = time.time()
-            for name, s in self.socks.items():
+            for (name, _end), s in self.socks.items():
                 for _ in range(200):
                     try:
-                        frame = s.recv(256)
+                        frame, addr = s.recvfrom(256)
                     except (BlockingIOError, InterruptedError):
                         break
+                    if addr[2] == self.PACKET_OUTGOING:
+                        continue
                     p = parse_vxlan_roce(frame)
                     if p is None:
                         continue

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -62,7 +61,12 @@ def plot_completion(runs: list[dict], path: Path) -> None:
     ok = [r for r in runs if r.get("result")]
     fig, ax = plt.subplots(figsize=(9, 0.5 * len(ok) + 1.5))
     data = [[it["duration_s"] for it in r["result"]["per_iteration"]] for r in ok]
-    ax.boxplot(data, vert=False, labels=[r["name"] for r in ok], showfliers=True)
+    if tuple(int(x) for x in matplotlib.__version__.split(".")[:2]) >= (3, 10):
+        ax.boxplot(data, orientation="horizontal", showfliers=True)
+    else:
+        ax.boxplot(data, vert=False, showfliers=True)
+    ax.set_yticks(range(1, len(ok) + 1))
+    ax.set_yticklabels([r["name"] for r in ok])
     for i, d in enumerate(data, start=1):
         ax.scatter(d, [i] * len(d), s=10, alpha=0.6)
     ax.set_xlabel("iteration completion time (s)")
@@ -137,7 +141,7 @@ def _side_by_side(runs: list[dict]) -> list[str]:
                         continue
                     src_dc = d.split("->")[0]
                     nq = sum(1 for x in r["qp_links"] if x["main_link"] == link
-                             and x["src"].startswith(src_dc))
+                             and r["rank_dcs"].get(x["from"]) == src_dc)
                     cells += [str(nq), f"{r['wan_bytes'][link].get(d, 0) / 2**20:.1f}"]
                 lines.append(f"| {_short(link)} | {d} | " + " | ".join(cells) + " |")
     return lines

@@ -228,8 +228,9 @@ class Worker:
             self.bad_packets += 1
             return
         if pkt.is_ack:
+            before = qp.tx.progress
             done = qp.tx.on_ack(pkt.psn, pkt.syndrome, now)
-            if done or roce.is_nak(pkt.syndrome):
+            if qp.tx.progress != before:
                 qp.note_progress(now)
             if done and self.run is not None:
                 self.run["pending_acks"] -= len(done)
