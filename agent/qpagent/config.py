@@ -36,6 +36,7 @@ class AgentSettings:
     control_socket: str = DEFAULT_SOCKET
     top_qps: int = 20
     poll_interval: float = 0.2
+    bpf_stats: bool = True                      # kernel run-time accounting of our programs
     node: str = ""                              # resolved to the hostname when empty
 
 
@@ -359,6 +360,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "control_socket": (_socket_path, False),
         "top_qps": (_integer(1, 1000), False),
         "poll_interval": (_number(0.01, 10, "seconds"), False),
+        "bpf_stats": (_boolean, False),
         "node": (_node_name, False),
     },
     "steer": {

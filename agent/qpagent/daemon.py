@@ -9,6 +9,7 @@ event seen to the maps updated is short and measured.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -20,7 +21,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from qpagent import __version__
+from qpagent import bpfsys
 from qpagent.config import Config
+from qpagent.metrics import ReactionHistogram
 from qpagent.placement import imbalance, rebalance
 from qpagent.portmath import hash_for_port
 from qpagent.tables import MAX_PATHS, PORTS_PER_PATH, QpTables
@@ -31,6 +34,7 @@ HOOK_NAMES = {0: "xdp ingress", 1: "tc egress", 2: "qp_steer", 3: "path_pin"}
 RECONCILE_EVERY_S = 1.0
 TOPOLOGY_EVERY_S = 5.0
 HYSTERESIS_S = 10.0
+REPLACEMENT_REASONS = ("dead_path", "path_up", "rebalance", "port_remap")
 
 
 class AgentError(RuntimeError):
@@ -80,8 +84,11 @@ class Agent:
         self._wake: queue.Queue = queue.Queue()
         self.vteps: dict[tuple[str, str], VtepState] = {}
         self.events: deque = deque(maxlen=20)
-        self.reactions: deque = deque(maxlen=10000)   # seconds
-        self.replacements: Counter = Counter()
+        self.reactions: deque = deque(maxlen=10000)   # recent seconds, for percentiles
+        self.reaction_histogram = ReactionHistogram()  # running totals, for Prometheus
+        # Every reason from the start, so the first failure shows as an increase.
+        self.replacements: Counter = Counter({r: 0 for r in REPLACEMENT_REASONS})
+        self._stats_fd = contextlib.ExitStack()
         self.warnings: list[str] = []
         self.bfd_state = {"available": False, "reason": "not polled yet", "peers": []}
         self._qp_seen: dict[bytes, tuple[int, int]] = {}
@@ -121,6 +128,11 @@ class Agent:
             xdp_mode=cfg.count.xdp_mode,
         )
         self.dp.attach()
+        if self.cfg.agent.bpf_stats:
+            try:   # program run time for the metrics: a few ns per run
+                self._stats_fd.enter_context(bpfsys.bpf_stats())
+            except OSError as exc:
+                self._warn(f"BPF run-time statistics unavailable: {exc}")
         self.tables = QpTables(self.dp)
         self.tables.set_pin_uplinks(self._uplink_indexes())
         from qpagent.fib import Fib
@@ -134,7 +146,7 @@ class Agent:
         log.info("qpagent %s running on %s", __version__, self.node)
 
     def close(self) -> None:
-        for closer in (self._stop_services, self._detach):
+        for closer in (self._stop_services, self._detach, self._stats_fd.close):
             try:
                 closer()
             except Exception as exc:  # keep tearing down whatever happens
@@ -274,6 +286,7 @@ class Agent:
         if seen is not None and reason not in ("start", "periodic"):
             elapsed = time.monotonic() - seen
             self.reactions.append(elapsed)
+            self.reaction_histogram.observe(elapsed)
             self._event("reaction", f"{reason}: {moves} QP moves", reaction_ms=elapsed * 1e3)
         return moves
 

@@ -27,8 +27,35 @@ class MetricsError(RuntimeError):
     """The exporter cannot start; the message says why."""
 
 
+class ReactionHistogram:
+    """Reaction times as running totals: a Prometheus histogram must never
+    go down, so it is not rebuilt from a bounded window of samples."""
+
+    def __init__(self, bounds=REACTION_BUCKETS):
+        self.bounds = tuple(bounds)
+        self.counts = [0] * len(self.bounds)   # per bucket, not cumulative
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(self.bounds):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
+        self.count += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, n in zip(self.bounds, self.counts):
+            running += n
+            out.append((_bound(bound), running))
+        out.append(("+Inf", self.count))
+        return out
+
+
 class AgentCollector:
-    """Turns `agent.snapshot(top_n)` and `agent.reaction_samples()` into metric families."""
+    """Turns `agent.snapshot(top_n)` and `agent.reaction_histogram` into metric families."""
 
     def __init__(self, agent, top_n: int | None = None, node: str | None = None):
         # top_n None lets the agent use its own configured agent.top_qps.
@@ -39,7 +66,7 @@ class AgentCollector:
     def collect(self) -> Iterable[Metric]:
         try:
             snap = self.agent.snapshot(self.top_n)
-            samples = list(self.agent.reaction_samples())
+            reactions = self.agent.reaction_histogram
         except Exception:
             # A scrape must not take the exporter down; say the agent could not answer.
             log.exception("snapshot for metrics failed")
@@ -49,10 +76,10 @@ class AgentCollector:
             yield up
             return
         node = str(snap.get("node") or self.fallback_node)
-        yield from _families(node, snap, samples)
+        yield from _families(node, snap, reactions)
 
 
-def _families(node: str, snap: dict, samples: list[float]) -> Iterable[Metric]:
+def _families(node: str, snap: dict, reactions: ReactionHistogram) -> Iterable[Metric]:
     def gauge(name, doc, labels=()):
         return GaugeMetricFamily(name, doc, labels=["node", *labels])
 
@@ -105,7 +132,7 @@ def _families(node: str, snap: dict, samples: list[float]) -> Iterable[Metric]:
         replacements.add_metric([node, str(reason)], count)
     yield replacements
 
-    yield _reaction_histogram(node, samples)
+    yield _reaction_histogram(node, reactions)
 
     parse = counter("qpagent_parse_packets", "Packets by parse outcome",
                     ["interface", "hook", "outcome"])
@@ -145,18 +172,11 @@ def _families(node: str, snap: dict, samples: list[float]) -> Iterable[Metric]:
     yield qps
 
 
-def _reaction_histogram(node: str, samples: list[float]) -> HistogramMetricFamily:
+def _reaction_histogram(node: str, reactions: ReactionHistogram) -> HistogramMetricFamily:
     family = HistogramMetricFamily("qpagent_reaction_seconds",
                                    "Time from a path event seen to the maps updated",
                                    labels=["node"])
-    ordered = sorted(samples)
-    buckets, index = [], 0
-    for bound in REACTION_BUCKETS:
-        while index < len(ordered) and ordered[index] <= bound:
-            index += 1
-        buckets.append((_bound(bound), index))
-    buckets.append(("+Inf", len(ordered)))
-    family.add_metric([node], buckets, sum_value=sum(ordered))
+    family.add_metric([node], reactions.cumulative(), sum_value=reactions.sum)
     return family
 
 

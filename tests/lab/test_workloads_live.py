@@ -115,7 +115,7 @@ def test_wan_link_qps_and_bytes_side_by_side(experiment_out):
     md = (out / "report.md").read_text()
     assert "| WAN link | direction | kernel QPs | kernel MiB | qpagent QPs | qpagent MiB |" in md
     rows = re.findall(r"^\| (b\d-b\d) \| (dc\d->dc\d) \| (\d+) \| ([\d.]+) \| (\d+) \| ([\d.]+) \|$",
-                      md.split("**no failure**")[1].split("**with the failure**")[0], re.M)
+                      md.split("**no failure**")[1].split("**with the failure")[0], re.M)
     assert len(rows) == 4 * 2                      # 4 WAN links x 2 directions
     for d in ("dc1->dc2", "dc2->dc1"):
         assert sum(int(r[2]) for r in rows if r[1] == d) == 4     # kernel: all 4 QPs placed
@@ -134,12 +134,13 @@ def test_blackholed_wan_link_mid_run_collective_completes_and_report_shows_gap(e
         from qplab.workloads import observe
         cut = [x for x in observe.rates(r["wan_samples"]) if t0 + 0.2 < x["t"] < t1]
         assert cut and all(sum(x[link].values()) == 0 for x in cut)
+        # after the cut no QP is seen on the dead link any more
+        assert not [q for q in r["qp_links"] if q["main_link_after"] == link]
         tl = r["timeline"]
         assert tl["link"] == link
         assert tl["bfd_down_s"] is not None and 0.1 < tl["bfd_down_s"] < 2.0
         # QPs on the cut link stalled until BFD and rerouting moved them
         assert tl["stalled_qps"] > 0 and tl["qps_recovered_s"] > tl["bfd_down_s"]
-        assert r["time_lost_s"] > 0
     md = (out / "report.md").read_text()
     assert "## Failover timeline" in md
     assert re.search(r"^\| kernel-ring-d5ms-l0pct-fail \| b\d-b\d \| \d+ ms \|", md, re.M)

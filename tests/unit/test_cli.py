@@ -223,6 +223,7 @@ metrics_address = "127.0.0.1:9464"
 control_socket = "/run/qpagent/qpagent.sock"
 top_qps = 20
 poll_interval = 0.2
+bpf_stats = true
 node = "leaf1"
 
 [steer]

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from qpagent.metrics import MetricsError, start_metrics_server
+from qpagent.metrics import MetricsError, ReactionHistogram, start_metrics_server
 
 SNAPSHOT = {
     "node": "qt5-leaf1", "version": "0.1.0", "pid": 42, "uptime_s": 12.5,
@@ -53,15 +53,15 @@ SNAPSHOT = {
 
 class FixedAgent:
     def __init__(self, snapshot=SNAPSHOT, samples=(0.0004, 0.002, 0.3)):
-        self._snapshot, self._samples = snapshot, list(samples)
+        self._snapshot = snapshot
+        self.reaction_histogram = ReactionHistogram()
+        for seconds in samples:
+            self.reaction_histogram.observe(seconds)
         self.top_asked = []
 
     def snapshot(self, top_n):
         self.top_asked.append(top_n)
         return self._snapshot
-
-    def reaction_samples(self):
-        return self._samples
 
 
 class BrokenAgent(FixedAgent):

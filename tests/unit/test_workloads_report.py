@@ -95,7 +95,9 @@ def test_report_renders_tables_and_plots(tmp_path):
                 "rank_dcs": {"a": "dc1", "b": "dc2"},
                 "result": {"per_iteration": per_iter}, "wan_samples": SAMPLES,
                 "wan_bytes": observe.totals(SAMPLES),
-                "qp_links": [{"from": "a", "to": "b", "main_link": l} for l in links],
+                "qp_links": [{"from": "a", "to": "b", "main_link": l,
+                              "main_link_after": ("w1" if l == "w2" else "w2") if failure else None}
+                             for l in links],
                 "failure": {"link": "w1", "t_blackhole": 101.5} if failure else None,
                 "timeline": {"link": "w1", "bfd_down_s": 0.3, "agent_reaction_s": None,
                              "qps_recovered_s": 0.7, "wan_rate_recovered_s": 0.6} if failure else None,
@@ -115,9 +117,13 @@ def test_report_renders_tables_and_plots(tmp_path):
     json.dumps(results)
     md = report.write_report(results, tmp_path).read_text()
     assert "| kernel-ring-d5ms-l0pct-ok | 1.100 | 50.0 | 200.0 | dc1->dc2 1.1 | 3 | 0.00 | True |" in md
-    section = md.split("**no failure**")[1].split("**with the failure**")[0]
+    section = md.split("**no failure**")[1].split("**with the failure")[0]
     assert "| w1 | dc1->dc2 | 2 | 1.0 | 1 | 1.0 |" in section
     assert "| w2 | dc1->dc2 | 0 | 1.2 | 1 | 1.2 |" in section
+    after = md.split("**with the failure")[1].split("![")[0]
+    # after the cut the table counts where the QPs went: both from w2 to w1
+    assert "| w1 | dc1->dc2 | 2 | 1.0 | - | - |" in after
+    assert "| w2 | dc1->dc2 | 0 | 1.2 | - | - |" in after
     assert "| kernel-ring-d5ms-l0pct-fail | w1 | 300 ms | - | 700 ms | 600 ms | 0.50 s |" in md
     for png in ("wan-load-ring-d5-l0.png", "completion-times.png", "failover-timeline.png",
                 "busbw-vs-model.png"):

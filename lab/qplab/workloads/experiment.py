@@ -59,14 +59,14 @@ def full_scenarios() -> list[Scenario]:
 
 @dataclass
 class Settings:
-    size: int = 4 << 20
+    size: int = 2 << 20
     iterations: int = 6
     fail_iterations: int = 8
     fail_at: int = 3               # blackhole during this iteration
     qps_per_conn: int = 4
     msg_size: int = 1 << 16
     sport_policy: str = "qpn"
-    wan_rate_mbit: float = 50.0
+    wan_rate_mbit: float = 20.0
     wan_buffer_ms: float = 400.0   # deep WAN buffers: RoCE fabrics are run lossless
     engine: EngineConfig = None
     host_rate_bps: float = 1.0e9   # the engine's own rate, for the model
@@ -87,7 +87,7 @@ class LabHandle:
     """The lab the experiment runs on: brought up here (and taken down at the
     end) or found running."""
 
-    def __init__(self, keep: bool):
+    def __init__(self, keep: bool, mgmt: str | None = None):
         from qplab import lab
         from qplab.context import LabContext
         from qplab.topology import load_topology
@@ -104,6 +104,8 @@ class LabHandle:
                 self.topo = self.topo.with_management(state["management"])
         else:
             log("bringing the lab up without agents")
+            if mgmt:
+                self.topo = self.topo.with_management(mgmt)
             lab.up(self.topo, self.ctx, progress=lambda m: log("  " + m), start_agents=False)
             self.owned = True
             state = self.ctx.read_state()
@@ -224,6 +226,7 @@ def run_scenario(labh: LabHandle, sc: Scenario, st: Settings, baseline_routes: d
         def cut():
             failure.update(link=target, t_blackhole=time.time())
             labh.blackhole(target, True)
+            sniffer.mark()
             log(f"  blackholed {target}")
         t = threading.Timer(0.1 + base / 2, cut)
         t.start()
@@ -280,7 +283,9 @@ def run_scenario(labh: LabHandle, sc: Scenario, st: Settings, baseline_routes: d
 
 def qp_links(seen: dict, result: dict | None, hosts: list[Host]) -> list[dict]:
     """Which WAN link(s) each QP's data crossed, per direction that carried
-    data, from the sniffer's sample (its ACKs may take another way back)."""
+    data, from the sniffer's sample (its ACKs may take another way back):
+    main_link before a failure, main_link_after after it (None: no failure
+    or not seen again)."""
     if not result:
         return []
     ip = {h.name: h.ip for h in hosts}
@@ -290,14 +295,18 @@ def qp_links(seen: dict, result: dict | None, hosts: list[Host]) -> list[dict]:
                                       (q["dst"], q["src"], q["lqpn"], q["bytes_dst_to_src"])):
             if not nbytes:
                 continue
-            links = {}
-            for (link, src, dst, d), (pkts, first, last) in seen.items():
+            phases: list[dict] = [{}, {}]
+            for (phase, link, src, dst, d), (pkts, first, last) in seen.items():
                 if (src, dst, d) == (ip[frm], ip[to], dqpn):
-                    links[link] = {"packets": pkts, "first": first, "last": last}
-            if links:
-                out.append({"from": frm, "to": to, "dqpn": dqpn, "sport": q["sport"],
-                            "index": q["index"], "bytes": nbytes, "links": links,
-                            "main_link": max(links, key=lambda l: links[l]["packets"])})
+                    phases[phase][link] = {"packets": pkts, "first": first, "last": last}
+            if not phases[0] and not phases[1]:
+                continue
+            main = lambda links: max(links, key=lambda l: links[l]["packets"]) if links else None  # noqa: E731
+            out.append({"from": frm, "to": to, "dqpn": dqpn, "sport": q["sport"],
+                        "index": q["index"], "bytes": nbytes,
+                        "links": phases[0], "links_after": phases[1],
+                        "main_link": main(phases[0]) or main(phases[1]),
+                        "main_link_after": main(phases[1])})
     return out
 
 
@@ -400,10 +409,11 @@ def headline(records: list[dict], st: Settings, net: model.Net) -> dict:
 
 # ---- main ------------------------------------------------------------------------
 
-def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool) -> dict:
+def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool,
+        mgmt: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    labh = LabHandle(keep_lab)
+    labh = LabHandle(keep_lab, mgmt)
     records: list[dict] = []
     try:
         log("waiting for the lab's routes to settle")
@@ -463,12 +473,14 @@ def main(argv=None) -> None:
     g.add_argument("--quick", action="store_true", help="kernel vs qpagent x failure or not, ring (default)")
     g.add_argument("--full", action="store_true", help="the whole sweep (long)")
     ap.add_argument("--out", default="results/quick", help="output directory")
-    ap.add_argument("--size-mb", type=float, default=4, help="tensor size (MiB)")
+    ap.add_argument("--size-mb", type=float, default=2, help="tensor size (MiB)")
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--qps", type=int, default=4, help="QPs per connection")
     ap.add_argument("--policy", choices=("qpn", "fixed"), default="qpn", help="inner UDP source port policy")
     ap.add_argument("--delay-ms", type=float, default=5.0, help="WAN delay of the quick run (one way)")
-    ap.add_argument("--wan-rate", type=float, default=50.0, help="WAN link rate (Mbit/s)")
+    ap.add_argument("--wan-rate", type=float, default=20.0,
+                    help="WAN link rate (Mbit/s); low enough that the WAN, not this machine's CPU, is the bottleneck")
+    ap.add_argument("--mgmt", help="management subnet for a lab this run brings up (default: the topology's)")
     ap.add_argument("--keep-lab", action="store_true", help="leave a lab this run brought up")
     args = ap.parse_args(argv)
     if args.size_mb <= 0 or args.iterations < 1 or args.qps < 1 or args.wan_rate <= 0:
@@ -478,7 +490,7 @@ def main(argv=None) -> None:
                   sport_policy=args.policy, wan_rate_mbit=args.wan_rate)
     scenarios = full_scenarios() if args.full else quick_scenarios(args.delay_ms)
     try:
-        run(scenarios, st, Path(args.out), args.keep_lab)
+        run(scenarios, st, Path(args.out), args.keep_lab, args.mgmt)
     except KeyboardInterrupt:
         sys.exit("interrupted")
     except (RuntimeError, OSError, ValueError) as e:

@@ -154,10 +154,15 @@ class QpSniffer:
                 s.bind((end, 0))
                 s.setblocking(False)
                 self.socks[(name, end)] = s
-        # (link, inner src, inner dst, dqpn) -> [packets, first, last]
+        # (phase, link, inner src, inner dst, dqpn) -> [packets, first, last]
         self.seen: dict[tuple, list] = {}
+        self.phase = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def mark(self) -> None:
+        """Count from now on apart (phase 1): where QPs went after a failure."""
+        self.phase = 1
 
     def _loop(self):
         while not self._stop.wait(0.02):
@@ -173,7 +178,7 @@ class QpSniffer:
                     p = parse_vxlan_roce(frame)
                     if p is None:
                         continue
-                    key = (name, p[0], p[1], p[2])
+                    key = (self.phase, name, p[0], p[1], p[2])
                     e = self.seen.get(key)
                     if e is None:
                         self.seen[key] = [1, now, now]

@@ -127,7 +127,7 @@ def _side_by_side(runs: list[dict]) -> list[str]:
         k, q = by.get(("kernel", failure)), by.get(("qpagent", failure))
         if not (k or q):
             continue
-        lines += [f"\n**{'with the failure' if failure else 'no failure'}**\n",
+        lines += [f"\n**{'with the failure (QPs: where they went after the cut)' if failure else 'no failure'}**\n",
                   "| WAN link | direction | kernel QPs | kernel MiB | qpagent QPs | qpagent MiB |",
                   "|---|---|--:|--:|--:|--:|"]
         links = sorted({l for r in (k, q) if r for l in r["wan_bytes"]})
@@ -140,7 +140,8 @@ def _side_by_side(runs: list[dict]) -> list[str]:
                         cells += ["-", "-"]
                         continue
                     src_dc = d.split("->")[0]
-                    nq = sum(1 for x in r["qp_links"] if x["main_link"] == link
+                    where = "main_link_after" if failure else "main_link"
+                    nq = sum(1 for x in r["qp_links"] if x.get(where) == link
                              and r["rank_dcs"].get(x["from"]) == src_dc)
                     cells += [str(nq), f"{r['wan_bytes'][link].get(d, 0) / 2**20:.1f}"]
                 lines.append(f"| {_short(link)} | {d} | " + " | ".join(cells) + " |")
