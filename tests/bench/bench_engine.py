@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "unit"))
 
@@ -20,7 +19,6 @@ from workloads_netns import veth_pair_namespaces  # noqa: E402
 
 def measure(eng: Engine, schedule, size: int, repeats: int) -> dict:
     best = None
-    retx = 0
     for i in range(repeats):
         replies = eng.run_iteration(schedule, i, 1 << 16)
         dur = max(r["end"] for r in replies.values()) - min(r["start"] for r in replies.values())

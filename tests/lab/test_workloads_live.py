@@ -5,7 +5,6 @@ qpagent; a WAN link blackholed mid-run, the collective still completes and
 the report shows the gap."""
 import os
 import re
-from pathlib import Path
 
 import pytest
 
