@@ -9,6 +9,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "counters.h"
+#include "clock.h"
 
 /* One parse outcome for (ifindex, hook); the entry is made on first use and
  * a full table drops the count, never the packet. */
@@ -36,7 +37,8 @@ static __always_inline void count_flow(const struct pkt_info *p, __u32 ifindex,
 {
 	struct flow_key key = {};
 	struct flow_counters *fc;
-	__u64 now = bpf_ktime_get_ns();
+	struct clock_cache *cc;
+	__u32 zero = 0;
 
 	__builtin_memcpy(key.saddr, p->saddr, sizeof(key.saddr));
 	__builtin_memcpy(key.daddr, p->daddr, sizeof(key.daddr));
@@ -50,9 +52,11 @@ static __always_inline void count_flow(const struct pkt_info *p, __u32 ifindex,
 	key.hook = hook;
 	key.has = p->has;
 
+	cc = clock_cache.lookup(&zero);      /* per-CPU array: inlined */
 	fc = flow_table.lookup(&key);
 	if (!fc) {
-		struct flow_counters fresh = { .first_ns = now };
+		__u64 now = clock_exact(cc);
+		struct flow_counters fresh = { .first_ns = now, .last_ns = now };
 
 		/* NOEXIST: a racing CPU's entry wins; a full LRU evicts. */
 		flow_table.insert(&key, &fresh);
@@ -62,7 +66,8 @@ static __always_inline void count_flow(const struct pkt_info *p, __u32 ifindex,
 	}
 	__sync_fetch_and_add(&fc->packets, 1);
 	__sync_fetch_and_add(&fc->bytes, len);
-	fc->last_ns = now;
+	/* To one tick, without a clock read per packet (clock.h). */
+	stamp_last(&fc->last_ns, clock_tick(cc));
 }
 
 static __always_inline void flow_stats(void *data, void *data_end,

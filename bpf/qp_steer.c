@@ -11,6 +11,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "counters.h"
+#include "clock.h"
 
 _Static_assert((PORTS_PER_PATH & (PORTS_PER_PATH - 1)) == 0,
 	       "PORTS_PER_PATH must be a power of two");
@@ -89,11 +90,37 @@ static __always_inline int least_loaded_path(__u32 vtep)
 	return best;
 }
 
+/* The entry of one path, or NULL when the indexes are out of range. */
+static __always_inline struct path_entry *path_of(__u32 vtep, __u32 path)
+{
+	__u32 idx;
+
+	if (vtep >= MAX_VTEPS || path >= MAX_PATHS)
+		return NULL;
+	idx = vtep * MAX_PATHS + path;
+	return path_table.lookup(&idx);      /* array: inlined, no call */
+}
+
+static __always_inline __u32 current_mac_gen(void)
+{
+	__u32 zero = 0;
+	__u32 *gen = mac_gen.lookup(&zero);  /* array: inlined, no call */
+
+	return gen ? *gen : 0;
+}
+
+static __always_inline struct clock_cache *this_cpu_clock(void)
+{
+	__u32 zero = 0;
+
+	return clock_cache.lookup(&zero);    /* per-CPU array: inlined */
+}
+
 static __always_inline void account(struct qp_state *qs, __u32 len, __u64 now)
 {
 	__sync_fetch_and_add(&qs->packets, 1);
 	__sync_fetch_and_add(&qs->bytes, len);
-	qs->last_ns = now;
+	stamp_last(&qs->last_ns, now);
 }
 
 /* Take a port slot on the chosen path; fills vtep/path/slot/hash/port. */
@@ -126,13 +153,8 @@ static __always_inline int take_slot(__u32 vtep, int path, struct qp_state *st)
 /* Give back the slot a QP held on its old path. */
 static __always_inline void release_slot(const struct qp_state *qs)
 {
-	__u32 idx;
-	struct path_entry *pe;
+	struct path_entry *pe = path_of(qs->vtep, qs->path);
 
-	if (qs->vtep >= MAX_VTEPS || qs->path >= MAX_PATHS)
-		return;
-	idx = qs->vtep * MAX_PATHS + qs->path;
-	pe = path_table.lookup(&idx);
 	if (pe && pe->qps > 0)
 		__sync_fetch_and_add(&pe->qps, (__u32)-1);
 }
@@ -147,47 +169,33 @@ static __always_inline void set_hash(struct __sk_buff *skb, __u32 hash)
 	steer_count(STEER_HASH_SET);
 }
 
-int qp_steer(struct __sk_buff *skb)
+/* Everything but the steady state: a new QP, a QP whose path died, or one
+ * whose MAC -> VTEP mapping the agent may have changed (mac_gen moved on). */
+static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
+				      struct qp_state *qs, const __u8 *dmac,
+				      __u32 gen)
 {
-	struct pkt_info p = {};
-	struct qp_key key = {};
-	struct qp_state *qs;
+	struct clock_cache *cc = this_cpu_clock();
 	struct qp_state st = {};
 	__u32 vtep;
 	__u64 now;
-	int outcome, path;
+	int path;
 
-	pull_headers(skb);
-	outcome = parse_packet((void *)(long)skb->data,
-			       (void *)(long)skb->data_end, &p);
-	count_parse(skb->ifindex, HOOK_QP_STEER, outcome);
-	/* An already encapsulated frame is not a queue pair of this VTEP. */
-	if (outcome != PARSE_ROCE || p.outer_vxlan)
-		return TC_PASS;
-
-	if (find_vtep(p.dmac, &vtep) < 0) {
+	if (find_vtep(dmac, &vtep) < 0) {
 		steer_count(STEER_NO_VTEP);
 		return TC_PASS;
 	}
 
-	__builtin_memcpy(key.saddr, p.saddr, sizeof(key.saddr));
-	__builtin_memcpy(key.daddr, p.daddr, sizeof(key.daddr));
-	key.dqp = p.dqp;
-	key.family = p.family;
-	now = bpf_ktime_get_ns();
-
-	qs = qp_table.lookup(&key);
-	if (qs && qs->vtep == vtep && qs->path < MAX_PATHS) {
-		__u32 idx = vtep * MAX_PATHS + qs->path;
-		struct path_entry *pe = path_table.lookup(&idx);
-
-		if (path_usable(pe)) {      /* steady state: known QP, live path */
-			set_hash(skb, qs->hash);
-			account(qs, skb->len, now);
-			return TC_PASS;
-		}
+	if (qs && qs->vtep == vtep && path_usable(path_of(vtep, qs->path))) {
+		/* Checked again after a mac_vtep change: same VTEP, same path.
+		 * Back to the fast path from the next packet on. */
+		qs->mac_gen = gen;
+		set_hash(skb, qs->hash);
+		account(qs, skb->len, clock_tick(cc));
+		return TC_PASS;
 	}
 
+	now = clock_exact(cc);
 	path = least_loaded_path(vtep);
 	if (path < 0 || take_slot(vtep, path, &st) < 0) {
 		steer_count(STEER_NO_LIVE_PATH);
@@ -204,6 +212,7 @@ int qp_steer(struct __sk_buff *skb)
 		qs->slot = st.slot;
 		qs->hash = st.hash;
 		qs->port = st.port;
+		qs->mac_gen = gen;
 		qs->moves++;
 		qs->placed_ns = now;
 		steer_count(STEER_PLACED_DEAD);
@@ -212,15 +221,16 @@ int qp_steer(struct __sk_buff *skb)
 		return TC_PASS;
 	}
 
+	st.mac_gen = gen;
 	st.packets = 1;
 	st.bytes = skb->len;
 	st.first_ns = now;
 	st.last_ns = now;
 	st.placed_ns = now;
-	if (qp_table.insert(&key, &st) != 0) {
+	if (qp_table.insert(key, &st) != 0) {
 		/* Another CPU placed it first: give the slot back, follow it. */
 		release_slot(&st);
-		qs = qp_table.lookup(&key);
+		qs = qp_table.lookup(key);
 		if (qs) {
 			set_hash(skb, qs->hash);
 			account(qs, skb->len, now);
@@ -230,4 +240,42 @@ int qp_steer(struct __sk_buff *skb)
 	steer_count(STEER_PLACED_NEW);
 	set_hash(skb, st.hash);
 	return TC_PASS;
+}
+
+int qp_steer(struct __sk_buff *skb)
+{
+	struct pkt_info p = {};
+	struct qp_key key = {};
+	struct qp_state *qs;
+	__u32 gen;
+	int outcome;
+
+	pull_headers(skb);
+	outcome = parse_packet((void *)(long)skb->data,
+			       (void *)(long)skb->data_end, &p);
+	count_parse(skb->ifindex, HOOK_QP_STEER, outcome);
+	/* An already encapsulated frame is not a queue pair of this VTEP. */
+	if (outcome != PARSE_ROCE || p.outer_vxlan)
+		return TC_PASS;
+
+	__builtin_memcpy(key.saddr, p.saddr, sizeof(key.saddr));
+	__builtin_memcpy(key.daddr, p.daddr, sizeof(key.daddr));
+	key.dqp = p.dqp;
+	key.family = p.family;
+
+	/* Read before any MAC lookup: a mac_vtep change the agent makes while
+	 * this packet is placed then leaves a generation that is already
+	 * stale, and the next packet checks the MAC again. */
+	gen = current_mac_gen();
+	qs = qp_table.lookup(&key);
+	if (qs && qs->mac_gen == gen && path_usable(path_of(qs->vtep, qs->path))) {
+		/* Steady state: a known QP on a live path, with no mac_vtep
+		 * change since its VTEP was checked. No MAC -> VTEP lookup and
+		 * no clock read: the agent bumps mac_gen whenever a MAC moves,
+		 * and last_ns is to one tick (clock.h). */
+		set_hash(skb, qs->hash);
+		account(qs, skb->len, clock_tick(this_cpu_clock()));
+		return TC_PASS;
+	}
+	return steer_slow(skb, &key, qs, p.dmac, gen);
 }

@@ -200,9 +200,8 @@ class Agent:
             if now >= next_topology:
                 with self._lock:
                     self._refresh_topology(reason="periodic", seen=None)
-                    missing = self.dp.reattach_changed()
-                if missing:
-                    self._event("reattach", ", ".join(missing))
+                    for line in self.dp.reattach_changed():
+                        self._event("reattach", line)
                 next_topology = now + TOPOLOGY_EVERY_S
             if now >= next_reconcile:
                 with self._lock:
@@ -225,10 +224,11 @@ class Agent:
         kinds = Counter(e[0] for e in relevant)
         detail = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in kinds.items())
         with self._lock:
+            self._refresh_topology(reason=detail, seen=seen, full=False)
+            # After the maps are right: a recreated interface needs its programs back.
             if any(k.startswith("link") for k in kinds):
-                self.dp.reattach_changed()
-            self._refresh_topology(reason=detail, seen=seen,
-                                   bfd_down=self._bfd_down_uplinks(), full=False)
+                for line in self.dp.reattach_changed():
+                    self._event("reattach", line)
 
     # ------------------------------------------------------------ topology
     def _uplink_indexes(self) -> list[int]:
@@ -264,14 +264,13 @@ class Agent:
         self._present = present
         self.tables.set_mac_vteps({mac: self.vteps[k].index for mac, k in macs.items()})
 
-    def _refresh_topology(self, reason: str, seen: float | None,
-                          bfd_down: set[str] | None = None, full: bool = True) -> int:
+    def _refresh_topology(self, reason: str, seen: float | None, full: bool = True) -> int:
         """Re-learn each remote VTEP's paths from the FIB, write the maps,
         move QPs whose path died or whose port now leads elsewhere.
         full: also re-read the FDB and look for paths beyond the live uplinks."""
         if full:
             self._read_fdb()
-        bfd_down = bfd_down or set()
+        bfd_down = self._bfd_down_uplinks()   # BFD may know before the FIB does
         qps_all = self.tables.all_qps()
         moves = 0
         for key, vtep in list(self.vteps.items()):

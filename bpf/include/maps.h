@@ -15,6 +15,11 @@ BPF_TABLE("lru_hash", struct qp_key, struct qp_state, qp_table, MAX_QPS);
 BPF_TABLE("hash", struct mac_key, __u32, mac_vtep, 4096);
 BPF_TABLE("array", __u32, struct path_entry, path_table, MAX_VTEPS * MAX_PATHS);
 BPF_TABLE("percpu_array", __u32, __u64, steer_events, STEER_EVENTS);
+/* One counter the agent bumps after every change to mac_vtep. A known QP
+ * whose qp_state.mac_gen still equals it skips the MAC -> VTEP lookup; on a
+ * mismatch qp_steer checks the MAC once more and moves the QP if its VTEP
+ * changed. */
+BPF_TABLE("array", __u32, __u32, mac_gen, 1);
 #endif
 
 #ifdef QPAGENT_MAPS_PIN
@@ -25,6 +30,12 @@ BPF_TABLE("hash", __u32, __u32, pin_uplinks, 64);
 
 #ifdef QPAGENT_MAPS_FLOWS
 BPF_TABLE("lru_hash", struct flow_key, struct flow_counters, flow_table, MAX_FLOWS);
+#endif
+
+#if defined(QPAGENT_MAPS_STEER) || defined(QPAGENT_MAPS_FLOWS)
+/* Time of the current jiffy on each CPU (clock.h); internal, not read by
+ * the agent. */
+BPF_TABLE("percpu_array", __u32, struct clock_cache, clock_cache, 1);
 #endif
 
 #endif

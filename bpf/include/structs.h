@@ -22,12 +22,13 @@ struct qp_state {
 	__u32 hash;         /* skb hash set so the VXLAN driver emits port */
 	__u16 port;         /* outer UDP source port (host order)         */
 	__u16 moves;        /* times this QP was re-placed                */
-	__u32 pad;
+	__u32 mac_gen;      /* mac_gen[0] when vtep was last checked against
+			     * mac_vtep (see maps.h); was padding */
 	__u64 packets;
 	__u64 bytes;
-	__u64 first_ns;     /* bpf_ktime_get_ns() of first/last packet */
-	__u64 last_ns;
-	__u64 placed_ns;    /* when the current placement was made     */
+	__u64 first_ns;     /* bpf_ktime_get_ns() of the first packet      */
+	__u64 last_ns;      /* last packet, to one clock tick (clock.h)    */
+	__u64 placed_ns;    /* bpf_ktime_get_ns() of the current placement */
 };
 
 /* Inner destination MAC -> VTEP index. The all-zero MAC is the default
@@ -67,8 +68,14 @@ struct flow_key {
 struct flow_counters {
 	__u64 packets;
 	__u64 bytes;
-	__u64 first_ns;
-	__u64 last_ns;
+	__u64 first_ns;     /* bpf_ktime_get_ns() of the first packet    */
+	__u64 last_ns;      /* last packet, to one clock tick (clock.h)  */
+};
+
+/* Per-CPU clock of the current jiffy (clock.h). */
+struct clock_cache {
+	__u64 jiffies;      /* bpf_jiffies64() when ns was read */
+	__u64 ns;           /* bpf_ktime_get_ns() read then      */
 };
 
 struct parse_key {

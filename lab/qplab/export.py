@@ -37,7 +37,8 @@ def containerlab(topo: Topology, outdir: str | Path) -> list[str]:
         (cdir / "vtysh.conf").write_text("service integrated-vtysh-config\n")
         files += [f"configs/{r.name}/frr.conf", f"configs/{r.name}/daemons", f"configs/{r.name}/vtysh.conf"]
         exec_cmds = ["sysctl -w net.ipv4.ip_forward=1", "sysctl -w net.ipv4.fib_multipath_hash_policy=1",
-                     "sysctl -w net.ipv4.icmp_ratelimit=0", f"ip addr add {r.loopback}/32 dev lo"]
+                     "sysctl -w net.ipv4.icmp_ratelimit=0",
+                     "sysctl -w net.ipv4.icmp_errors_use_inbound_ifaddr=1", f"ip addr add {r.loopback}/32 dev lo"]
         for i in r.interfaces:
             exec_cmds += [f"ip addr add {i.address} dev {i.name}", f"ip link set dev {i.name} mtu {UNDERLAY_MTU}"]
         for vni in r.vnis:

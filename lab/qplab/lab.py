@@ -23,7 +23,9 @@ Progress = Callable[[str], None]
 
 ROUTER_SYSCTLS = ["net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1",
                   "net.ipv4.icmp_ratelimit=0", "net.ipv4.conf.all.rp_filter=0",
-                  "net.ipv4.conf.default.rp_filter=0"]
+                  "net.ipv4.conf.default.rp_filter=0",
+                  # Time-exceeded from the inbound link's address: a traceroute hop then names the link crossed.
+                  "net.ipv4.icmp_errors_use_inbound_ifaddr=1"]
 HOST_SYSCTLS = ["net.ipv4.icmp_ratelimit=0"]
 
 

@@ -1,7 +1,11 @@
 """Throughput of the RoCEv2 traffic engine per host on this machine: two
 namespaces joined by a veth, one worker each, K queue pairs between them.
 Prints JSON: one-way (one host sending) and both ways (each host sending
-and receiving), with and without the ICRC, in Gbit/s of message payload."""
+and receiving), with and without the ICRC, in Gbit/s of message payload.
+
+With --lab, also one host of the first DC to one host of the second through
+the running lab (VXLAN, FRR fabric, a WAN delay line), at the WAN rate the
+lab has configured."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +41,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--mtu", type=int, default=1024)
     ap.add_argument("--window", type=int, default=128)
+    ap.add_argument("--lab", action="store_true", help="also measure across the running lab's WAN")
     args = ap.parse_args()
     size = int(args.size_mb * (1 << 20))
     out = {"qps_per_conn": args.qps, "mtu": args.mtu, "window": args.window,
@@ -51,6 +56,17 @@ def main() -> None:
                 key = "icrc" if icrc else "no_icrc"
                 out["results"][key] = {"one_way": measure(eng, one_way, size, args.repeats),
                                        "both_ways": measure(eng, both, size, args.repeats)}
+    if args.lab:
+        from qplab.workloads.run import lab_hosts
+        hosts = lab_hosts()
+        by_dc = {}
+        for h in hosts:
+            by_dc.setdefault(h.dc, h)
+        a, b = list(by_dc.values())[:2]
+        cfg = EngineConfig(mtu=args.mtu, window=args.window)
+        with Engine([a, b], cfg, qps_per_conn=args.qps) as eng:
+            out["results"]["lab_one_way"] = {"from": a.name, "to": b.name, **measure(
+                eng, [[Transfer(a.name, b.name, size)]], size, args.repeats)}
     print(json.dumps(out, indent=2))
 
 

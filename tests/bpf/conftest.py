@@ -15,8 +15,8 @@ XDP_PASS = 2
 TC_MIN_FRAME = 14     # the kernel refuses skb/XDP test runs below ETH_HLEN
 
 # Every map of bpf/include/maps.h.
-ALL_MAPS = ("parse_stats", "qp_table", "mac_vtep", "path_table", "steer_events",
-            "pin_events", "pin_uplinks", "flow_table")
+ALL_MAPS = ("parse_stats", "qp_table", "mac_vtep", "path_table", "steer_events", "mac_gen",
+            "pin_events", "pin_uplinks", "flow_table", "clock_cache")
 
 VERDICT_NAMES = {("tc", 0): "TC_ACT_OK", ("tc", TC_ACT_UNSPEC): "TC_ACT_UNSPEC", ("tc", 2): "TC_ACT_SHOT",
                  ("tc", 7): "TC_ACT_REDIRECT", ("xdp", 1): "XDP_DROP",

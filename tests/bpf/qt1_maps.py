@@ -25,6 +25,15 @@ def set_vtep(prog, mac, vtep):
     table[key] = table.Leaf(vtep)
 
 
+def bump_mac_gen(prog):
+    """What the agent does after changing mac_vtep: known QPs check their
+    MAC again on their next packet."""
+    table = prog.table("mac_gen")
+    key = table.Key(0)
+    table[key] = table.Leaf(table[key].value + 1)
+    return table[key].value
+
+
 def path_ports(path, n_ports, lo):
     """Distinct outer ports for each path: path p gets lo + p*n .. + n-1."""
     return [lo + path * n_ports + s for s in range(n_ports)]

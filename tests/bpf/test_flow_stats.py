@@ -2,6 +2,8 @@
 inner QP for outer VXLAN packets) and per-interface parse outcome counters.
 Both hooks always pass the frame unchanged."""
 
+import time
+
 import pytest
 
 from conftest import TC_ACT_UNSPEC, XDP_PASS, expect, parse_counts
@@ -13,6 +15,7 @@ from qt1_packets import arp, icmp, roce, tcp, udp, vxlan
 LOOPBACK = 1
 UDP, TCP = 17, 6
 HAS_VNI, HAS_QP = 1, 2
+TICK_BOUND_NS = 20_000_000      # one tick is 10 ms at HZ=100, less above
 
 
 @pytest.fixture(params=["tc", "xdp"])
@@ -81,3 +84,28 @@ def test_flows_are_kept_per_hook_and_interface(flows):
     expect(tc, frame, TC_ACT_UNSPEC, ctx=bpfsys.skb_ctx(LOOPBACK))
     keys = sorted((k[5], k[6]) for k in flow_entries(tc))
     assert keys == [(LOOPBACK, HOOK_XDP_INGRESS), (LOOPBACK, HOOK_TC_EGRESS)]
+
+
+def test_last_seen_follows_the_packets_to_one_tick(hook):
+    """first_ns is exact; last_ns comes from a per-CPU clock read once a
+    jiffy, so it moves on, never falls below first_ns, and lags the true
+    time by at most one tick."""
+    prog, verdict, _ = hook
+    frame = udp(sport=3333, dport=4444)
+    expect(prog, frame, verdict)
+    [(_, _, first, last)] = flow_entries(prog).values()
+    assert first == last > 0
+    deadline = time.monotonic() + 2.0
+    while True:
+        expect(prog, frame, verdict)
+        [(packets, _, first2, last2)] = flow_entries(prog).values()
+        assert first2 == first and last2 >= last
+        if last2 > last:
+            break
+        assert time.monotonic() < deadline, "last_ns never moved on"
+
+    before = time.monotonic_ns()          # bpf_ktime_get_ns's clock
+    expect(prog, frame, verdict)
+    after = time.monotonic_ns()
+    [(_, _, _, last3)] = flow_entries(prog).values()
+    assert before - TICK_BOUND_NS <= last3 <= after, (before, last3, after)

@@ -3,6 +3,7 @@ paths, the hash that yields each path's port, balance, moves off dead paths.
 qp_steer never rewrites a frame, so every frame must come out as it went in."""
 
 import math
+import time
 
 import pytest
 
@@ -10,11 +11,12 @@ from conftest import TC_ACT_UNSPEC, event_counts, expect, parse_counts
 from qpagent.portmath import hash_for_port, udp_flow_src_port
 from qt1_maps import (HOOK_QP_STEER, PARSE_NOT_ROCE, PARSE_ROCE,
                       STEER_HASH_SET, STEER_NO_LIVE_PATH, STEER_NO_VTEP,
-                      STEER_PLACED_DEAD, STEER_PLACED_NEW, path_qps,
-                      qp_state, set_alive, set_path, set_vtep)
+                      STEER_PLACED_DEAD, STEER_PLACED_NEW, bump_mac_gen,
+                      path_qps, qp_state, set_alive, set_path, set_vtep)
 from qt1_packets import HOST_B_MAC, HOST_C_MAC, roce, tcp, udp
 
 PORT_RANGE = (32768, 60999)     # the driver's default: ip_local_port_range
+TICK_BOUND_NS = 20_000_000      # last_ns lags by at most one tick: 10 ms at HZ=100
 LOOPBACK = 1                    # test runs without a ctx see the loopback device
 VTEP = 3
 
@@ -41,7 +43,7 @@ def test_first_packet_of_a_qp_is_placed_with_the_hash_of_its_port(steer):
     got = {k: v for k, v in st.items() if not k.endswith("_ns")}
     assert got == {"vtep": VTEP, "path": 0, "slot": 0,
                    "hash": hash_for_port(port, *PORT_RANGE), "port": port,
-                   "moves": 0, "packets": 1, "bytes": len(frame)}
+                   "moves": 0, "mac_gen": 0, "packets": 1, "bytes": len(frame)}
     assert udp_flow_src_port(st["hash"], *PORT_RANGE) == port
     assert path_qps(steer, VTEP, 0) == 1
     assert event_counts(steer, "steer_events") == {STEER_PLACED_NEW: 1, STEER_HASH_SET: 1}
@@ -159,12 +161,73 @@ def test_no_live_path_leaves_the_kernel_hash(steer):
     assert event_counts(steer, "steer_events") == {STEER_NO_LIVE_PATH: 1}
 
 
-def test_a_qp_whose_mac_moved_to_another_vtep_is_replaced_there(steer):
+def test_a_known_qp_follows_a_mac_move_once_mac_gen_is_bumped(steer):
+    """The steady state does not look the MAC up: a MAC that moves to
+    another VTEP is followed on the first packet after the agent bumps
+    mac_gen, and the QP then leaves its old path's count."""
     setup_vtep(steer, n_paths=2, n_ports=2, vtep=1)
     setup_vtep(steer, n_paths=2, n_ports=2, vtep=2, mac=HOST_C_MAC)
     send(steer, roce(0x99))
     set_vtep(steer, HOST_B_MAC, 2)
-    send(steer, roce(0x99, psn=2))
+
+    send(steer, roce(0x99, psn=2))        # no bump yet: the fast path holds
     st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x99)
-    assert (st["vtep"], st["moves"]) == (2, 1)
-    assert path_qps(steer, 1, st["path"]) == 0
+    assert (st["vtep"], st["path"], st["moves"], st["packets"]) == (1, 0, 0, 2)
+
+    gen = bump_mac_gen(steer)
+    send(steer, roce(0x99, psn=3))
+    st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x99)
+    assert (st["vtep"], st["moves"], st["mac_gen"], st["packets"]) == (2, 1, gen, 3)
+    assert udp_flow_src_port(st["hash"], *PORT_RANGE) == st["port"]
+    assert path_qps(steer, 1, 0) == 0
+    assert path_qps(steer, 2, st["path"]) == 1
+    assert event_counts(steer, "steer_events") == {
+        STEER_PLACED_NEW: 1, STEER_PLACED_DEAD: 1, STEER_HASH_SET: 3}
+
+
+def test_a_mac_gen_bump_without_a_move_keeps_the_placement(steer):
+    setup_vtep(steer, n_paths=2, n_ports=2)
+    send(steer, roce(0x55))
+    before = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x55)
+    gen = bump_mac_gen(steer)
+    send(steer, roce(0x55, psn=2))
+    send(steer, roce(0x55, psn=3))
+    after = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x55)
+    same = ("vtep", "path", "slot", "hash", "port", "moves", "placed_ns", "first_ns")
+    assert {k: after[k] for k in same} == {k: before[k] for k in same}
+    assert (after["mac_gen"], after["packets"]) == (gen, 3)
+    assert event_counts(steer, "steer_events") == {STEER_PLACED_NEW: 1, STEER_HASH_SET: 3}
+
+
+def test_a_known_qp_whose_mac_is_gone_after_a_bump_is_left_to_the_kernel(steer):
+    setup_vtep(steer, n_paths=2, n_ports=2)
+    send(steer, roce(0x56))
+    steer.table("mac_vtep").clear()
+    bump_mac_gen(steer)
+    send(steer, roce(0x56, psn=2))
+    st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x56)
+    assert (st["packets"], st["moves"]) == (1, 0)
+    assert event_counts(steer, "steer_events") == {
+        STEER_PLACED_NEW: 1, STEER_HASH_SET: 1, STEER_NO_VTEP: 1}
+
+
+def test_last_ns_follows_the_packets_to_one_tick(steer):
+    """The steady state reads no clock: last_ns is this CPU's time at the
+    start of the current jiffy, so it moves on, never back, and lags the
+    true time by at most one tick."""
+    setup_vtep(steer, n_paths=1, n_ports=2)
+    send(steer, roce(0x57))
+    placed = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x57)
+    deadline = time.monotonic() + 2.0
+    st = placed
+    while st["last_ns"] == placed["last_ns"]:
+        assert time.monotonic() < deadline, "last_ns never moved on"
+        send(steer, roce(0x57))
+        st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x57)
+    assert st["last_ns"] > placed["last_ns"] and st["placed_ns"] == placed["placed_ns"]
+
+    before = time.monotonic_ns()          # bpf_ktime_get_ns's clock
+    send(steer, roce(0x57))
+    after = time.monotonic_ns()
+    last = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x57)["last_ns"]
+    assert before - TICK_BOUND_NS <= last <= after, (before, last, after)

@@ -91,3 +91,18 @@ def test_retry_limit_surfaces_as_error(two_ns):
     with Engine(hosts, cfg) as eng:
         with pytest.raises(EngineError, match="retry limit 2 exceeded"):
             run_collective(eng, "ring", 4096, iterations=1, timeout=10)
+
+
+def test_pacing_holds_a_host_to_its_rate(two_ns):
+    from qplab.workloads.driver import verify
+    from qplab.workloads.schedules import Transfer
+    ns_a, ns_b = two_ns
+    hosts = [Host("a1", A[0], ns_a), Host("b1", B[0], ns_b)]
+    size, rate = 1 << 20, 40.0
+    with Engine(hosts, EngineConfig(rate_mbit=rate), qps_per_conn=2) as eng:
+        schedule = [[Transfer("a1", "b1", size)]]
+        replies = eng.run_iteration(schedule, 0, 1 << 16)
+    took = replies["a1"]["end"] - replies["a1"]["start"]
+    assert verify(schedule, replies) == (size, [])
+    wire_floor = size * 8 / (rate * 1e6)          # payload alone, headers make it longer
+    assert wire_floor * 0.95 <= took <= wire_floor * 3

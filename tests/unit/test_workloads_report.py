@@ -129,3 +129,32 @@ def test_report_renders_tables_and_plots(tmp_path):
                 "busbw-vs-model.png"):
         assert (tmp_path / png).stat().st_size > 1000
         assert f"({png})" in md
+
+
+def test_qp_links_attributes_each_data_direction_before_and_after_a_cut():
+    from qplab.workloads.driver import Host
+    hosts = [Host("a", "10.0.0.1", None, "dc1"), Host("b", "10.0.0.2", None, "dc2")]
+    result = {"qps": [{"src": "a", "dst": "b", "lqpn": 11, "rqpn": 22, "sport": 0xC001, "index": 0,
+                       "bytes_src_to_dst": 1000, "bytes_dst_to_src": 0}]}
+    seen = {
+        (0, "w1", "10.0.0.1", "10.0.0.2", 22): [90, 1.0, 2.0],    # data a->b before the cut
+        (0, "w2", "10.0.0.1", "10.0.0.2", 22): [10, 1.5, 1.6],
+        (1, "w2", "10.0.0.1", "10.0.0.2", 22): [50, 2.5, 3.0],    # after the cut
+        (0, "w3", "10.0.0.2", "10.0.0.1", 11): [80, 1.0, 3.0],    # ACKs b->a: no data that way
+    }
+    assert experiment.qp_links(seen, result, hosts) == [{
+        "from": "a", "to": "b", "dqpn": 22, "sport": 0xC001, "index": 0, "bytes": 1000,
+        "links": {"w1": {"packets": 90, "first": 1.0, "last": 2.0},
+                  "w2": {"packets": 10, "first": 1.5, "last": 1.6}},
+        "links_after": {"w2": {"packets": 50, "first": 2.5, "last": 3.0}},
+        "main_link": "w1", "main_link_after": "w2"}]
+
+
+def test_run_cli_parses_hosts_and_rejects_bad_ones():
+    from qplab.workloads.driver import Host
+    from qplab.workloads.run import parse_hosts
+    assert parse_hosts("a=10.0.0.1@ns1/dc1, b=10.0.0.2") == [
+        Host("a", "10.0.0.1", "ns1", "dc1"), Host("b", "10.0.0.2", None, "")]
+    for bad in ("a=10.0.0.1", "a10.0.0.1,b=1.2.3.4", ""):
+        with pytest.raises(ValueError):
+            parse_hosts(bad)

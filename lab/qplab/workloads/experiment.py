@@ -226,7 +226,11 @@ def run_scenario(labh: LabHandle, sc: Scenario, st: Settings, baseline_routes: d
         def cut():
             failure.update(link=target, t_blackhole=time.time())
             labh.blackhole(target, True)
-            sniffer.mark()
+            # Where QPs went: counted from 1 s after the cut (BFD takes ~0.3 s),
+            # so frames still entering the dead link just after it do not count.
+            later = threading.Timer(1.0, sniffer.mark)
+            later.start()
+            timers.append(later)
             log(f"  blackholed {target}")
         t = threading.Timer(0.1 + base / 2, cut)
         t.start()

@@ -91,18 +91,23 @@ def totals(samples: list[dict], t0: float | None = None, t1: float | None = None
     return out
 
 
-def rates(samples: list[dict]) -> list[dict]:
-    """Per-interval rates (bit/s) per link and direction: the load over time."""
+def rates(samples: list[dict], min_interval: float = 0.0) -> list[dict]:
+    """Per-interval rates (bit/s) per link and direction: the load over time.
+    Intervals shorter than min_interval are merged (smoother plots)."""
     out = []
-    for a, b in zip(samples, samples[1:]):
+    if not samples:
+        return out
+    a = samples[0]
+    for b in samples[1:]:
         dt = b["t"] - a["t"]
-        if dt <= 0:
+        if dt <= 0 or dt < min_interval:
             continue
         row = {"t": b["t"]}
         for name, per in b.items():
             if name != "t":
                 row[name] = {d: (v - a.get(name, {}).get(d, v)) * 8 / dt for d, v in per.items()}
         out.append(row)
+        a = b
     return out
 
 

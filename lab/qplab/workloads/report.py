@@ -34,7 +34,7 @@ def _group_key(run: dict) -> tuple:
 def plot_link_load(runs: list[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.4 * len(runs)), sharex=True, squeeze=False)
     for ax, run in zip(axes[:, 0], runs):
-        rs = observe.rates(run["wan_samples"])
+        rs = observe.rates(run["wan_samples"], min_interval=0.25)
         if not rs:
             continue
         t0 = run["wan_samples"][0]["t"]
