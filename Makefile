@@ -21,6 +21,7 @@ test-unit: deps
 bench: deps
 	$(PY) tests/bench/bench_bpf.py
 	$(PY) tests/bench/bench_reaction.py
+	$(PY) tests/bench/bench_engine.py
 
 bench-lab: deps
 	$(PY) tests/bench/bench_lab.py

@@ -47,6 +47,7 @@ class SteerSettings:
     source_ports: tuple[int, int] = (49152, 65535)
     ports_per_path: int = 16
     rebalance: bool = True
+    end_to_end: bool = False    # group ports by every hop (TTL probes), not the first
 
 
 @dataclass(frozen=True)
@@ -369,6 +370,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "source_ports": (_port_range, False),
         "ports_per_path": (_integer(1, MAX_PORTS_PER_PATH), False),
         "rebalance": (_boolean, False),
+        "end_to_end": (_boolean, False),
     },
     "count": {
         "xdp": (_ifnames(required=False), False),

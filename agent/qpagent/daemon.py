@@ -24,7 +24,7 @@ from qpagent import __version__
 from qpagent import bpfsys
 from qpagent.config import Config
 from qpagent.metrics import ReactionHistogram
-from qpagent.placement import imbalance, rebalance
+from qpagent.placement import diverse_order, imbalance, rebalance
 from qpagent.portmath import hash_for_port
 from qpagent.tables import MAX_PATHS, PORTS_PER_PATH, QpTables
 
@@ -46,19 +46,35 @@ class AgentError(RuntimeError):
 
 
 @dataclass
+class Found:
+    """A path as discovered: its first hop, the hops beyond (end-to-end
+    mode; empty otherwise) and the ports that take it."""
+    ifindex: int
+    ifname: str
+    gateway: str | None
+    hops: tuple
+    ports: list[int]
+
+    @property
+    def identity(self):
+        return (self.ifname, self.gateway, self.hops)
+
+
+@dataclass
 class PathState:
     index: int
     ifindex: int
     uplink: str
     gateway: str | None
     ports: list[int]
+    hops: tuple = ()
     alive: bool = True
     packets: int = 0   # attributed from per-QP deltas
     bytes: int = 0
 
     @property
     def identity(self):
-        return (self.uplink, self.gateway)
+        return (self.uplink, self.gateway, self.hops)
 
 
 @dataclass
@@ -275,7 +291,12 @@ class Agent:
         moves = 0
         for key, vtep in list(self.vteps.items()):
             gone = key not in self._present
-            discovered = [] if gone else self._discover(vtep)
+            if gone:
+                discovered = []
+            elif self.cfg.steer.end_to_end and not full:
+                discovered = self._verify_first_hops(vtep)
+            else:
+                discovered = self._discover(vtep)
             discovered = [p for p in discovered if p.ifname not in bfd_down]
             changed = self._merge_paths(vtep, discovered)
             qps = {k: q for k, q in qps_all.items() if q.vtep == vtep.index}
@@ -289,18 +310,73 @@ class Agent:
             self._event("reaction", f"{reason}: {moves} QP moves", reaction_ms=elapsed * 1e3)
         return moves
 
-    def _discover(self, vtep: VtepState) -> list:
+    def _discover(self, vtep: VtepState) -> list[Found]:
+        """Paths to one remote VTEP, numbered so that the first QPs of an
+        idle VTEP take disjoint links (placement.diverse_order)."""
         from qpagent.fib import FibError
         from qpagent.paths import discover_paths
+        e2e = self.cfg.steer.end_to_end
+        per_path = self.cfg.steer.ports_per_path
         try:
-            return discover_paths(vtep.local, vtep.address,
-                                  self._candidate_ports(vtep.port_range),
-                                  set(self.cfg.steer.uplinks),
-                                  ports_per_path=self.cfg.steer.ports_per_path,
-                                  fib=self._fib)
+            first = discover_paths(vtep.local, vtep.address,
+                                   self._candidate_ports(vtep.port_range),
+                                   set(self.cfg.steer.uplinks),
+                                   # beyond the first hop a path splits again
+                                   ports_per_path=min(64, per_path * 4) if e2e else per_path,
+                                   fib=self._fib)
         except FibError as exc:   # no route at all: every path is dead
             self._warn(f"VTEP {vtep.address}: {exc}")
             return []
+        found = [Found(p.ifindex, p.ifname, p.gateway, (), p.ports[:per_path]) for p in first]
+        if e2e:
+            found = self._split_by_hops(vtep, first, per_path) or found
+        order = diverse_order([(f.ifname, f.gateway) + f.hops for f in found])
+        return [found[i] for i in order]
+
+    def _split_by_hops(self, vtep: VtepState, first, per_path: int) -> list[Found]:
+        """Group each first-hop path's ports by every hop they cross."""
+        from qpagent.probe import ProbeError, trace_ports
+        ports = [port for p in first for port in p.ports]
+        try:
+            traces = trace_ports(vtep.local, vtep.address, ports)
+        except ProbeError as exc:
+            self._warn(f"end-to-end probes to {vtep.address}: {exc}")
+            return []
+        # A port with a hop unanswered would make a path of its own: keep
+        # only ports traced as far as the longest trace.
+        depth = max((len(h) for h in traces.values()), default=0)
+        if depth == 0:
+            self._warn(f"end-to-end probes to {vtep.address}: no router answered")
+            return []
+        groups: dict[tuple, list[int]] = {}
+        for p in first:
+            for port in p.ports:
+                hops = tuple(traces.get(port, ()))
+                if len(hops) == depth:
+                    groups.setdefault((p.ifindex, p.ifname, p.gateway, hops), []).append(port)
+        return [Found(i, name, gw, hops, ports[:per_path])
+                for (i, name, gw, hops), ports in groups.items()]
+
+    def _verify_first_hops(self, vtep: VtepState) -> list[Found]:
+        """Fast check after a route event in end-to-end mode (probing takes
+        a round trip per hop): keep each live path's ports that the FIB still
+        sends to its first hop; the periodic refresh re-probes the rest."""
+        from qpagent.fib import FibError
+        found = []
+        for path in vtep.paths.values():
+            if not path.alive:
+                continue
+            ok = []
+            for port in path.ports:
+                try:
+                    route = self._fib.lookup(vtep.address, src=vtep.local, sport=port)
+                except FibError:
+                    break
+                if (route.oif_name, route.gateway) == (path.uplink, path.gateway):
+                    ok.append(port)
+            if ok:
+                found.append(Found(path.ifindex, path.uplink, path.gateway, path.hops, ok))
+        return found
 
     def _free_vtep_index(self) -> int:
         used = {v.index for v in self.vteps.values()}
@@ -309,23 +385,22 @@ class Agent:
                 return i
         raise AgentError("too many remote VTEPs")
 
-    def _merge_paths(self, vtep: VtepState, discovered) -> bool:
-        """Keep path indexes stable by identity (uplink, gateway)."""
+    def _merge_paths(self, vtep: VtepState, discovered: list[Found]) -> bool:
+        """Keep path indexes stable by identity (uplink, gateway, hops)."""
         changed = False
         by_identity = {p.identity: p for p in vtep.paths.values()}
         seen = set()
         for found in discovered:
-            ident = (found.ifname, found.gateway)
-            seen.add(ident)
+            seen.add(found.identity)
             ports = list(found.ports)[:PORTS_PER_PATH]
-            old = by_identity.get(ident)
+            old = by_identity.get(found.identity)
             if old is None:
-                free = [i for i in range(MAX_PATHS) if i not in vtep.paths]
-                if not free:
+                index = self._free_path_index(vtep, seen)
+                if index is None:
                     self._warn(f"VTEP {vtep.address}: more than {MAX_PATHS} paths")
                     continue
-                vtep.paths[free[0]] = PathState(free[0], found.ifindex, found.ifname,
-                                                found.gateway, ports)
+                vtep.paths[index] = PathState(index, found.ifindex, found.ifname,
+                                              found.gateway, ports, found.hops)
                 changed = True
             elif old.ports != ports or not old.alive or old.ifindex != found.ifindex:
                 old.ports, old.alive, old.ifindex = ports, True, found.ifindex
@@ -335,6 +410,19 @@ class Agent:
                 path.alive = False
                 changed = True
         return changed
+
+    @staticmethod
+    def _free_path_index(vtep: VtepState, keep: set) -> int | None:
+        """A never-used index, else one of a dead path (its QPs were moved
+        when it died), so hop changes do not exhaust the table."""
+        for i in range(MAX_PATHS):
+            if i not in vtep.paths:
+                return i
+        for i, path in sorted(vtep.paths.items()):
+            if not path.alive and path.identity not in keep:
+                del vtep.paths[i]
+                return i
+        return None
 
     def _write_paths(self, vtep: VtepState, qps: dict) -> None:
         counts = Counter(q.path for q in qps.values())
@@ -494,6 +582,7 @@ class Agent:
             vteps.append({
                 "index": vtep.index, "address": vtep.address, "device": vtep.device,
                 "paths": [{"index": p.index, "uplink": p.uplink, "gateway": p.gateway,
+                       "hops": list(p.hops),
                            "alive": p.alive, "ports": list(p.ports), "qps": counts.get(p.index, 0),
                            "packets": p.packets, "bytes": p.bytes}
                           for p in sorted(vtep.paths.values(), key=lambda p: p.index)],

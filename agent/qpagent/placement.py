@@ -103,3 +103,24 @@ def imbalance(counts: Mapping[int, int], live_paths: Iterable[int]) -> float:
     if not live or total == 0:
         return 0.0
     return max(counts.get(p, 0) for p in live) / (total / len(live))
+
+
+def diverse_order(paths: list[tuple]) -> list[int]:
+    """An order of paths (each a tuple of the links it crosses) in which
+    every prefix spreads over links as evenly as it can.
+
+    The data plane gives a new QP the lowest-index path among the least
+    loaded, so numbering paths in this order makes the first QPs of an
+    idle VTEP take disjoint links wherever the topology has them (e.g.
+    4 QPs over 2 uplinks x 4 WAN links: 2 per uplink, 1 per WAN link)."""
+    load: dict = {}
+    remaining = list(range(len(paths)))
+    order = []
+    while remaining:
+        best = min(remaining, key=lambda i: (max((load.get(l, 0) for l in paths[i]), default=0),
+                                             sum(load.get(l, 0) for l in paths[i]), i))
+        order.append(best)
+        remaining.remove(best)
+        for link in paths[best]:
+            load[link] = load.get(link, 0) + 1
+    return order

@@ -211,5 +211,26 @@ def export_containerlab(outdir, topology):
                f"{os.path.join(outdir, files[0])})")
 
 
+@main.command(name="run", context_settings={"ignore_unknown_options": True,
+                                            "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run_workload(args):
+    """Run a training collective on the lab's hosts (`qplab run --help`):
+    ring AllReduce, hierarchical or Parameter Server over RoCEv2 framing."""
+    from .workloads import run as workload_run
+    workload_run.main(list(args))
+
+
+@main.command(name="experiment", context_settings={"ignore_unknown_options": True,
+                                                   "allow_extra_args": True,
+                                                   "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run_experiment(args):
+    """Sweep scenarios (kernel hashing vs qpagent, delay, loss, failure) and
+    write a report with plots (`qplab experiment --help`)."""
+    from .workloads import experiment
+    sys.exit(experiment.main(list(args)))
+
+
 if __name__ == "__main__":
     main()

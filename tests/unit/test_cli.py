@@ -232,6 +232,7 @@ uplinks = ["eth1", "eth2"]
 source_ports = [49152, 65535]
 ports_per_path = 4
 rebalance = true
+end_to_end = false
 
 [count]
 xdp = []

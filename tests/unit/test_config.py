@@ -76,7 +76,8 @@ def test_full_file_is_read_whole(tmp_path):
         "agent": {"metrics_address": "[::1]:9500", "control_socket": "/run/qpagent/leaf1.sock",
                   "top_qps": 5, "poll_interval": 0.05, "bpf_stats": True, "node": "leaf1"},
         "steer": {"vxlan_devices": ("vxlan100", "vxlan200"), "uplinks": ("eth1", "eth2"),
-                  "source_ports": (40000, 40100), "ports_per_path": 8, "rebalance": False},
+                  "source_ports": (40000, 40100), "ports_per_path": 8, "rebalance": False,
+                  "end_to_end": False},
         "count": {"xdp": ("eth1",), "tc_egress": ("eth1", "eth2"), "xdp_mode": "native"},
         "frr": {"enabled": True, "namespace": "leaf1", "vtysh": "/usr/bin/vtysh"},
     }
@@ -151,7 +152,7 @@ BAD_TOML = [
                  id="range-smaller-than-ports-per-path"),
     pytest.param(MINIMAL + "uplink = [\"eth3\"]\n",
                  "qpagent.toml:4: steer.uplink: unknown key (did you mean steer.uplinks?); "
-                 "known: ports_per_path, rebalance, source_ports, uplinks, vxlan_devices",
+                 "known: end_to_end, ports_per_path, rebalance, source_ports, uplinks, vxlan_devices",
                  id="unknown-key-suggestion"),
     pytest.param("[stear]\nuplinks = [\"eth1\"]\n",
                  "qpagent.toml:1: stear: unknown section (did you mean steer?); "
@@ -193,7 +194,7 @@ BAD_TOML = [
                  id="frr-enabled"),
     pytest.param(MINIMAL + "agent = 3\n",
                  "qpagent.toml:4: steer.agent: unknown key; "
-                 "known: ports_per_path, rebalance, source_ports, uplinks, vxlan_devices",
+                 "known: end_to_end, ports_per_path, rebalance, source_ports, uplinks, vxlan_devices",
                  id="unknown-key-no-suggestion"),
     pytest.param("agent = 3\n" + MINIMAL,
                  "qpagent.toml:1: agent: expected a table of settings, got integer 3",

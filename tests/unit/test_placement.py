@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from qpagent.placement import Move, imbalance, place_new, quotas, rebalance
+from qpagent.placement import Move, diverse_order, imbalance, place_new, quotas, rebalance
 
 
 def apply(assignment, moves):
@@ -113,3 +113,22 @@ def test_random_histories_stay_balanced():
         assert sum(c.values()) == len(assignment)
         if assignment:
             assert max(c.values()) == math.ceil(len(assignment) / len(live))
+
+
+def test_diverse_order_spreads_every_prefix_over_links():
+    # 2 uplinks x 2 borders x 2 WAN links per border = 8 end-to-end paths.
+    paths = [(f"up{u}", f"border{b}", f"wan{b}{w}")
+             for u in range(2) for b in range(2) for w in range(2)]
+    order = diverse_order(paths)
+    assert sorted(order) == list(range(8))
+    first4 = [paths[i] for i in order[:4]]
+    assert sorted(p[0] for p in first4) == ["up0", "up0", "up1", "up1"]
+    assert len({p[2] for p in first4}) == 4          # one QP per WAN link
+    first2 = [paths[i] for i in order[:2]]
+    assert len({p[0] for p in first2}) == 2 and len({p[1] for p in first2}) == 2
+
+
+def test_diverse_order_of_disjoint_or_empty_paths_is_index_order():
+    assert diverse_order([("a",), ("b",), ("c",)]) == [0, 1, 2]
+    assert diverse_order([(), ()]) == [0, 1]
+    assert diverse_order([]) == []
