@@ -45,13 +45,20 @@ static __always_inline void steer_count(__u32 event)
 		(*v)++;
 }
 
-/* Remote VTEP of an inner destination MAC, else the default remote. */
-static __always_inline int find_vtep(const __u8 *dmac, __u32 *vtep)
+/* Remote VTEP of the frame's destination MAC, else the default remote.
+ * The frame is not encapsulated (qp_steer checked), so its first Ethernet
+ * header is the inner one. */
+static __always_inline int find_vtep(struct __sk_buff *skb, __u32 *vtep)
 {
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
 	struct mac_key key = {};
 	__u32 *v;
 
-	__builtin_memcpy(key.mac, dmac, ETH_ALEN);
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__builtin_memcpy(key.mac, eth->h_dest, ETH_ALEN);
 	v = mac_vtep.lookup(&key);
 	if (!v) {
 		struct mac_key any = {};
@@ -172,8 +179,7 @@ static __always_inline void set_hash(struct __sk_buff *skb, __u32 hash)
 /* Everything but the steady state: a new QP, a QP whose path died, or one
  * whose MAC -> VTEP mapping the agent may have changed (mac_gen moved on). */
 static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
-				      struct qp_state *qs, const __u8 *dmac,
-				      __u32 gen)
+				      struct qp_state *qs, __u32 gen)
 {
 	struct clock_cache *cc = this_cpu_clock();
 	struct qp_state st = {};
@@ -181,7 +187,7 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 	__u64 now;
 	int path;
 
-	if (find_vtep(dmac, &vtep) < 0) {
+	if (find_vtep(skb, &vtep) < 0) {
 		steer_count(STEER_NO_VTEP);
 		return TC_PASS;
 	}
@@ -277,5 +283,5 @@ int qp_steer(struct __sk_buff *skb)
 		account(qs, skb->len, clock_tick(this_cpu_clock()));
 		return TC_PASS;
 	}
-	return steer_slow(skb, &key, qs, p.dmac, gen);
+	return steer_slow(skb, &key, qs, gen);
 }

@@ -34,6 +34,7 @@ HOOK_NAMES = {0: "xdp ingress", 1: "tc egress", 2: "qp_steer", 3: "path_pin"}
 RECONCILE_EVERY_S = 1.0
 TOPOLOGY_EVERY_S = 5.0
 HYSTERESIS_S = 10.0
+PROBE_EVERY_S = 2.0
 REPLACEMENT_REASONS = ("dead_path", "path_up", "rebalance", "port_remap")
 
 
@@ -189,6 +190,8 @@ class Agent:
         if self.cfg.frr.enabled is not False:
             self._bfd_thread = threading.Thread(target=self._bfd_loop, name="bfd", daemon=True)
             self._bfd_thread.start()
+        if self.cfg.steer.end_to_end:
+            threading.Thread(target=self._probe_loop, name="probe", daemon=True).start()
 
     def _stop_services(self) -> None:
         self._stop.set()
@@ -233,7 +236,14 @@ class Agent:
                 return items
 
     def _react(self, batch) -> None:
-        relevant = [e for e in batch if e[0] != "stop"]
+        probes = [e for e in batch if e[0] == "probe"]
+        relevant = [e for e in batch if e[0] not in ("stop", "probe")]
+        with self._lock:
+            for _, _, traced in probes:
+                moves = self._refresh_topology(reason="probe", seen=None, full=False,
+                                               found=traced)
+                if moves:
+                    self._event("probe", f"end-to-end paths changed: {moves} QP moves")
         if not relevant:
             return
         seen = min(e[1] for e in relevant)
@@ -280,23 +290,31 @@ class Agent:
         self._present = present
         self.tables.set_mac_vteps({mac: self.vteps[k].index for mac, k in macs.items()})
 
-    def _refresh_topology(self, reason: str, seen: float | None, full: bool = True) -> int:
-        """Re-learn each remote VTEP's paths from the FIB, write the maps,
-        move QPs whose path died or whose port now leads elsewhere.
-        full: also re-read the FDB and look for paths beyond the live uplinks."""
+    def _refresh_topology(self, reason: str, seen: float | None, full: bool = True,
+                          found: dict | None = None) -> int:
+        """Re-learn each remote VTEP's paths, write the maps, move QPs whose
+        path died or whose port now leads elsewhere. Returns the moves.
+        full: also re-read the FDB.
+        found: paths the prober thread traced, per VTEP key (end-to-end mode);
+        only those VTEPs are touched."""
         if full:
             self._read_fdb()
         bfd_down = self._bfd_down_uplinks()   # BFD may know before the FIB does
         qps_all = self.tables.all_qps()
         moves = 0
         for key, vtep in list(self.vteps.items()):
-            gone = key not in self._present
-            if gone:
+            if key not in self._present:
                 discovered = []
-            elif self.cfg.steer.end_to_end and not full:
+            elif found is not None:
+                if key not in found:
+                    continue
+                discovered = found[key]
+            elif self.cfg.steer.end_to_end and vtep.paths:
+                # Probing takes a round trip per hop: the prober thread does
+                # it; here only what the FIB alone can tell.
                 discovered = self._verify_first_hops(vtep)
             else:
-                discovered = self._discover(vtep)
+                discovered = self._discover(vtep, self._fib)
             discovered = [p for p in discovered if p.ifname not in bfd_down]
             changed = self._merge_paths(vtep, discovered)
             qps = {k: q for k, q in qps_all.items() if q.vtep == vtep.index}
@@ -310,9 +328,10 @@ class Agent:
             self._event("reaction", f"{reason}: {moves} QP moves", reaction_ms=elapsed * 1e3)
         return moves
 
-    def _discover(self, vtep: VtepState) -> list[Found]:
+    def _discover(self, vtep: VtepState, fib) -> list[Found]:
         """Paths to one remote VTEP, numbered so that the first QPs of an
-        idle VTEP take disjoint links (placement.diverse_order)."""
+        idle VTEP take disjoint links (placement.diverse_order). Reads only
+        the VTEP's fixed fields, so the prober thread may call it."""
         from qpagent.fib import FibError
         from qpagent.paths import discover_paths
         e2e = self.cfg.steer.end_to_end
@@ -323,7 +342,7 @@ class Agent:
                                    set(self.cfg.steer.uplinks),
                                    # beyond the first hop a path splits again
                                    ports_per_path=min(64, per_path * 4) if e2e else per_path,
-                                   fib=self._fib)
+                                   fib=fib)
         except FibError as exc:   # no route at all: every path is dead
             self._warn(f"VTEP {vtep.address}: {exc}")
             return []
@@ -335,7 +354,7 @@ class Agent:
 
     def _split_by_hops(self, vtep: VtepState, first, per_path: int) -> list[Found]:
         """Group each first-hop path's ports by every hop they cross."""
-        from qpagent.probe import ProbeError, trace_ports
+        from qpagent.probe import SILENT_HOP, ProbeError, trace_ports
         ports = [port for p in first for port in p.ports]
         try:
             traces = trace_ports(vtep.local, vtep.address, ports)
@@ -352,7 +371,7 @@ class Agent:
         for p in first:
             for port in p.ports:
                 hops = tuple(traces.get(port, ()))
-                if len(hops) == depth:
+                if len(hops) == depth and SILENT_HOP not in hops:
                     groups.setdefault((p.ifindex, p.ifname, p.gateway, hops), []).append(port)
         return [Found(i, name, gw, hops, ports[:per_path])
                 for (i, name, gw, hops), ports in groups.items()]
@@ -525,6 +544,22 @@ class Agent:
             last = down
             if not result.available and self.cfg.frr.enabled is True:
                 self._warn(f"FRR: {result.reason}")
+
+    # ------------------------------------------------------------ probes
+    def _probe_loop(self) -> None:
+        """Trace every remote VTEP's ports now and then, off the decision
+        thread (a trace waits a round trip per hop), and hand the paths
+        found to it through the wake-up queue."""
+        from qpagent.fib import Fib
+        fib = Fib()
+        try:
+            while not self._stop.wait(PROBE_EVERY_S):
+                with self._lock:
+                    targets = [(k, v) for k, v in self.vteps.items() if k in self._present]
+                traced = {key: self._discover(vtep, fib) for key, vtep in targets}
+                self._wake.put(("probe", time.monotonic(), traced))
+        finally:
+            fib.close()
 
     def _bfd_down_uplinks(self) -> set[str]:
         uplinks = set(self.cfg.steer.uplinks)

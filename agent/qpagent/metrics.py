@@ -110,7 +110,7 @@ def _families(node: str, snap: dict, reactions: ReactionHistogram) -> Iterable[M
     yield from (path_bytes, path_packets, path_qps, path_alive)
 
     imbalance = gauge("qpagent_imbalance_ratio",
-                      "QPs on the busiest live path over the mean of live paths (1 = balanced)",
+                      "QPs on the busiest live path over ceil(QPs/live paths), the best possible (1 = balanced)",
                       ["vtep"])
     for vtep, ratio in sorted(snap.get("imbalance", {}).items()):
         if ratio is not None:

@@ -11,6 +11,7 @@ path carries ceil(K/P)), then by bytes, reached with the fewest moves:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Mapping
 
@@ -97,12 +98,14 @@ def place_new(counts: Mapping[int, int], live_paths: Iterable[int]) -> int | Non
 
 
 def imbalance(counts: Mapping[int, int], live_paths: Iterable[int]) -> float:
-    """Busiest live path over the mean (1.0 = perfect; 0 when idle)."""
+    """Busiest live path over the best it could be, ceil(K/P): 1.0 is as
+    even as K QPs on P paths can be (0 when idle). With more paths than
+    QPs the plain busiest/mean would read P/K even for a perfect spread."""
     live = list(set(live_paths))
     total = sum(counts.get(p, 0) for p in live)
     if not live or total == 0:
         return 0.0
-    return max(counts.get(p, 0) for p in live) / (total / len(live))
+    return max(counts.get(p, 0) for p in live) / math.ceil(total / len(live))
 
 
 def diverse_order(paths: list[tuple]) -> list[int]:

@@ -144,7 +144,7 @@ def _paths(snap: dict) -> str:
     if imbalance:
         ratios = "  ".join(f"{vtep} {ratio:.2f}" if ratio is not None else f"{vtep} -"
                            for vtep, ratio in sorted(imbalance.items()))
-        text += f"\nImbalance (busiest/mean, 1.00 = even): {ratios}"
+        text += f"\nImbalance (busiest/best possible, 1.00 = even): {ratios}"
     return text
 
 

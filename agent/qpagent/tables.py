@@ -39,7 +39,7 @@ def _addr(family: int, words) -> str:
 
 def _table(obj, name):
     try:
-        return obj[name]
+        return obj[name.encode()]   # BCC wants bytes names
     except (KeyError, TypeError):
         return None
 
@@ -60,6 +60,7 @@ class QpTables:
         self.dp = dp
         self.qp_table = _table(dp.steer, "qp_table")
         self.mac_vtep = _table(dp.steer, "mac_vtep")
+        self.mac_gen = _table(dp.steer, "mac_gen")
         self.path_table = _table(dp.steer, "path_table")
         self.steer_events = _table(dp.steer, "steer_events")
         self.pin_events = _table(dp.pin, "pin_events") if dp.pin is not None else None
@@ -101,11 +102,20 @@ class QpTables:
             for i, byte in enumerate(bytes.fromhex(mac.replace(":", ""))):
                 key.mac[i] = byte
             wanted[bytes(key)] = (key, vtep)
+        changed = False
         for key in list(self.mac_vtep.keys()):
             if bytes(key) not in wanted:
                 del self.mac_vtep[key]
+                changed = True
         for key, vtep in wanted.values():
-            self.mac_vtep[key] = ctypes.c_uint32(vtep)
+            current = self.mac_vtep.get(key)
+            if current is None or current.value != vtep:
+                self.mac_vtep[key] = ctypes.c_uint32(vtep)
+                changed = True
+        if changed and self.mac_gen is not None:
+            # qp_steer skips the MAC lookup for known QPs until this moves.
+            gen = self.mac_gen.Key(0)
+            self.mac_gen[gen] = self.mac_gen.Leaf(self.mac_gen[gen].value + 1)
 
     def set_pin_uplinks(self, ifindexes: list[int]) -> None:
         if self.pin_uplinks is None:

@@ -26,8 +26,8 @@
 #define VXLAN_FLAG_I    0x08
 
 /* What the parser learnt. The tuple is the outermost one; for an outer VXLAN
- * packet vni and the inner dqp come from inside. dmac/smac are the MACs of
- * the innermost Ethernet header parsed. */
+ * packet vni and the inner dqp come from inside. MACs are not copied: the
+ * one program that needs one (qp_steer, on a new QP) reads it itself. */
 struct pkt_info {
 	__u32 saddr[4];     /* IPv4 in [0], network order */
 	__u32 daddr[4];
@@ -40,8 +40,6 @@ struct pkt_info {
 	__u8  has;          /* FLOW_HAS_VNI | FLOW_HAS_QP */
 	__u8  has_ports;    /* sport/dport parsed (UDP or TCP) */
 	__u8  outer_vxlan;  /* UDP 4789 with a complete VXLAN header */
-	__u8  dmac[ETH_ALEN];
-	__u8  smac[ETH_ALEN];
 };
 
 /* Addresses and ports of one IP/L4 layer. */
@@ -60,15 +58,12 @@ struct cursor {
 	void *end;
 };
 
-static __always_inline int parse_eth(struct cursor *c, __u16 *h_proto,
-				     __u8 *dmac, __u8 *smac)
+static __always_inline int parse_eth(struct cursor *c, __u16 *h_proto)
 {
 	struct ethhdr *eth = c->pos;
 
 	if ((void *)(eth + 1) > c->end)
 		return PARSE_TRUNCATED;
-	__builtin_memcpy(dmac, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(smac, eth->h_source, ETH_ALEN);
 	*h_proto = eth->h_proto;
 	c->pos = eth + 1;
 	/* A VLAN tag, ARP and everything else is not ours to parse. */
@@ -184,12 +179,12 @@ static __always_inline int parse_bth(struct cursor *c, __u32 *dqp)
 
 /* Ethernet/IP/L4/BTH of one frame, without looking into VXLAN. */
 static __always_inline int parse_frame(struct cursor *c, struct l3l4 *t,
-				       __u8 *dmac, __u8 *smac, __u32 *dqp)
+				       __u32 *dqp)
 {
 	__u16 h_proto = 0;
 	int rc;
 
-	rc = parse_eth(c, &h_proto, dmac, smac);
+	rc = parse_eth(c, &h_proto);
 	if (rc != PARSE_CONTINUE)
 		return rc;
 	rc = parse_ip(c, h_proto, t);
@@ -214,7 +209,7 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	__u32 dqp = 0;
 	int rc;
 
-	rc = parse_frame(&c, &outer, p->dmac, p->smac, &dqp);
+	rc = parse_frame(&c, &outer, &dqp);
 	__builtin_memcpy(p->saddr, outer.saddr, sizeof(p->saddr));
 	__builtin_memcpy(p->daddr, outer.daddr, sizeof(p->daddr));
 	p->sport = outer.sport;
@@ -242,7 +237,7 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	p->has |= FLOW_HAS_VNI;
 	c.pos = vx + VXLAN_LEN;
 
-	rc = parse_frame(&c, &inner, p->dmac, p->smac, &dqp);
+	rc = parse_frame(&c, &inner, &dqp);
 	if (rc == PARSE_ROCE) {
 		p->dqp = dqp;
 		p->has |= FLOW_HAS_QP;

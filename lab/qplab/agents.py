@@ -45,6 +45,7 @@ def render_config(plan: Plan, node: str, ctx: LabContext) -> str:
         f"vxlan_devices = {q(vxlans)}",
         f"uplinks = {q(uplinks)}",
         "source_ports = [49152, 65535]",
+        "end_to_end = true   # balance over WAN links too, learnt by TTL probes",
         "",
         "[count]",
         f"xdp = {q(count)}",

@@ -39,6 +39,9 @@ def containerlab(topo: Topology, outdir: str | Path) -> list[str]:
         exec_cmds = ["sysctl -w net.ipv4.ip_forward=1", "sysctl -w net.ipv4.fib_multipath_hash_policy=1",
                      "sysctl -w net.ipv4.icmp_ratelimit=0",
                      "sysctl -w net.ipv4.icmp_errors_use_inbound_ifaddr=1", f"ip addr add {r.loopback}/32 dev lo"]
+        if r.role != "leaf":   # hash the outer 5-tuple, never the sender's skb hash (see lab.py)
+            exec_cmds[1:2] = ["sysctl -w net.ipv4.fib_multipath_hash_policy=3",
+                              "sysctl -w net.ipv4.fib_multipath_hash_fields=0x0037"]
         for i in r.interfaces:
             exec_cmds += [f"ip addr add {i.address} dev {i.name}", f"ip link set dev {i.name} mtu {UNDERLAY_MTU}"]
         for vni in r.vnis:

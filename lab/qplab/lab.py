@@ -8,8 +8,10 @@ row.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -27,6 +29,26 @@ ROUTER_SYSCTLS = ["net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1
                   # Time-exceeded from the inbound link's address: a traceroute hop then names the link crossed.
                   "net.ipv4.icmp_errors_use_inbound_ifaddr=1"]
 HOST_SYSCTLS = ["net.ipv4.icmp_ratelimit=0"]
+
+
+# Transit routers hash the outer 5-tuple like a hardware router: policy 3
+# with fields src/dst IP, protocol, src/dst port. Policy 1 would take a short
+# cut on packets that arrive with an L4 skb hash, and veth carries the
+# sender's skb hash across namespaces: every tier would then decide by the
+# VTEP's internal hash instead of the headers on the wire (seen here: QPs on
+# four probed paths all crossing one WAN link). VTEPs keep policy 1.
+TRANSIT_SYSCTLS = ["net.ipv4.fib_multipath_hash_policy=3",
+                   "net.ipv4.fib_multipath_hash_fields=0x0037"]
+
+
+def _hash_seed(name: str) -> list[str]:
+    """A multipath hash seed of the router's own. Namespaces all start with
+    the same seed, so every tier would make the same choice for a given
+    port (hash polarisation: a port's whole WAN path fixed by its first
+    hop), which real routers, seeded apart, do not do. Kernel 6.11+."""
+    if not os.path.exists("/proc/sys/net/ipv4/fib_multipath_hash_seed"):
+        return []
+    return [f"net.ipv4.fib_multipath_hash_seed={zlib.crc32(name.encode()) or 1}"]
 
 
 class LabError(RuntimeError):
@@ -153,7 +175,8 @@ def _router_lines(plan: Plan, r, ctx: LabContext) -> tuple[list[str], list[str]]
 def _configure_nodes(plan: Plan, ctx: LabContext, progress: Progress) -> None:
     def router(r):
         ns = ctx.ns(r.name)
-        netns.ns_exec(ns, ["sysctl", "-qw"] + ROUTER_SYSCTLS)
+        transit = TRANSIT_SYSCTLS if r.role != "leaf" else []
+        netns.ns_exec(ns, ["sysctl", "-qw"] + ROUTER_SYSCTLS + transit + _hash_seed(r.name))
         ip_lines, bridge_lines = _router_lines(plan, r, ctx)
         netns.ip_batch(ip_lines, ns)
         if bridge_lines:

@@ -36,6 +36,13 @@ def build_vtep(ns, srcport):
     ns.ip("link", "set", "vxlan0", "up")
 
 
+def is_vxlan_roce(pkt):
+    if UDP not in pkt or pkt[UDP].dport != 4789 or VXLAN not in pkt:
+        return False
+    inner = Ether(raw(pkt[VXLAN].payload))
+    return UDP in inner and inner[UDP].dport == 4791
+
+
 def send_and_capture(ns, steer, frames):
     """Inside the namespace: attach qp_steer to vxlan0's egress, send the
     inner frames on vxlan0, return the outer frames seen on the wire."""
@@ -60,7 +67,7 @@ def send_and_capture(ns, steer, frames):
                 except socket.timeout:
                     continue
                 pkt = Ether(data)
-                if UDP in pkt and pkt[UDP].dport == 4789:
+                if is_vxlan_roce(pkt):     # not the namespace's own ND/RS
                     seen.append(pkt)
             return seen
         finally:

@@ -118,11 +118,19 @@ def test_default_lab_converges(default_lab):
 
 
 def test_router_sysctls(default_lab):
+    """VTEPs hash L4 (policy 1); transit routers hash the outer 5-tuple
+    fields (policy 3, 0x37) so a sender's skb hash cannot steer them."""
     ctx = default_lab["ctx"]
-    for node in ("dc1-leaf1", "dc2-spine2", "dc1-border2"):
+    for node, policy in (("dc1-leaf1", "1"), ("dc2-spine2", "3"), ("dc1-border2", "3")):
         out = netns.ns_exec(ctx.ns(node), ["sysctl", "-n", "net.ipv4.fib_multipath_hash_policy",
                                            "net.ipv4.icmp_ratelimit", "net.ipv4.ip_forward"]).stdout
-        assert out.split() == ["1", "0", "1"], node
+        assert out.split() == [policy, "0", "1"], node
+    fields = netns.ns_exec(ctx.ns("dc2-spine2"), ["sysctl", "-n",
+                                                  "net.ipv4.fib_multipath_hash_fields"]).stdout
+    assert fields.strip() in ("0x0037", "55")
+    seeds = {netns.ns_exec(ctx.ns(n), ["sysctl", "-n", "net.ipv4.fib_multipath_hash_seed"]).stdout
+             for n in ("dc1-spine1", "dc1-spine2", "dc1-border1")}
+    assert len(seeds) == 3, "every router hashes with a seed of its own"
 
 
 def test_qplab_status_cli(default_lab):

@@ -56,7 +56,7 @@ def test_attach_then_detach_leaves_nothing(twovtep):
                            (dp.pin, ("pin_events", "pin_uplinks", "parse_stats")),
                            (dp.flows, ("flow_table", "parse_stats"))):
             for name in names:
-                assert obj[name] is not None
+                assert obj[name.encode()] is not None
     finally:
         dp.detach()
     assert hooks_state(ns, devices) == before

@@ -55,7 +55,7 @@ Paths
 VTEP        PATH  UPLINK  GATEWAY   STATE  QPS  PACKETS    BYTES  PORTS
 10.255.0.2     0  eth1    10.1.0.1  up       2     3.0k  3.0 GiB  49152-49153,49160
 10.255.0.2     1  eth2    10.1.1.1  DOWN     0        7    700 B  49154
-Imbalance (busiest/mean, 1.00 = even): 10.255.0.2 2.00
+Imbalance (busiest/best possible, 1.00 = even): 10.255.0.2 2.00
 
 QPs (top 1 of 2 by bytes)
 SRC -> DST                    DQP  VTEP         PORT  PATH  UPLINK  PACKETS    BYTES  MOVES

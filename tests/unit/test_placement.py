@@ -95,9 +95,12 @@ def test_no_live_path_means_no_moves_and_no_placement():
     assert place_new({}, []) is None
 
 
-def test_imbalance():
+def test_imbalance_is_busiest_over_the_best_possible():
     assert imbalance({0: 2, 1: 2}, [0, 1]) == 1.0
     assert imbalance({0: 4, 1: 0}, [0, 1]) == 2.0
+    assert imbalance({0: 2, 1: 1}, [0, 1]) == 1.0          # 3 QPs on 2 paths: 2 is the best
+    assert imbalance({i: 1 for i in range(4)}, range(16)) == 1.0   # 4 QPs on 16 paths
+    assert imbalance({0: 4}, range(16)) == 4.0
     assert imbalance({}, [0, 1]) == 0.0
 
 

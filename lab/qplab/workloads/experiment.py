@@ -66,7 +66,7 @@ class Settings:
     qps_per_conn: int = 4
     msg_size: int = 1 << 16
     sport_policy: str = "qpn"
-    wan_rate_mbit: float = 20.0
+    wan_rate_mbit: float = 5.0
     wan_buffer_ms: float = 400.0   # deep WAN buffers: RoCE fabrics are run lossless
     engine: EngineConfig = None
     host_rate_bps: float = 1.0e9   # the engine's own rate, for the model
@@ -482,7 +482,7 @@ def main(argv=None) -> None:
     ap.add_argument("--qps", type=int, default=4, help="QPs per connection")
     ap.add_argument("--policy", choices=("qpn", "fixed"), default="qpn", help="inner UDP source port policy")
     ap.add_argument("--delay-ms", type=float, default=5.0, help="WAN delay of the quick run (one way)")
-    ap.add_argument("--wan-rate", type=float, default=20.0,
+    ap.add_argument("--wan-rate", type=float, default=5.0,
                     help="WAN link rate (Mbit/s); low enough that the WAN, not this machine's CPU, is the bottleneck")
     ap.add_argument("--mgmt", help="management subnet for a lab this run brings up (default: the topology's)")
     ap.add_argument("--keep-lab", action="store_true", help="leave a lab this run brought up")
