@@ -12,7 +12,8 @@
 #include "clock.h"
 
 /* One parse outcome for (ifindex, hook); the entry is made on first use and
- * a full table drops the count, never the packet. */
+ * a full table drops the count, never the packet. Each program carries its
+ * own copy: BCC rewrites map calls only in the program's own .c file. */
 static __always_inline void count_parse(__u32 ifindex, __u32 hook, int outcome)
 {
 	struct parse_key key = { .ifindex = ifindex, .hook = hook };

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import signal
@@ -660,10 +661,12 @@ class Agent:
 
 
 def _summary_ms(samples: list[float]) -> dict:
+    """Nearest-rank percentiles of sorted samples (seconds), in ms."""
     if not samples:
         return {"count": 0, "p50": None, "p99": None, "max": None}
+
     def pct(q):
-        return round(samples[min(len(samples) - 1, int(q * len(samples)))] * 1e3, 3)
+        return round(samples[max(0, math.ceil(q * len(samples)) - 1)] * 1e3, 3)
     return {"count": len(samples), "p50": pct(0.5), "p99": pct(0.99),
             "max": round(samples[-1] * 1e3, 3)}
 

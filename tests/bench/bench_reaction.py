@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,7 +33,7 @@ def ecmp_route(topo, links) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--qps", type=int, default=16)
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -60,13 +59,11 @@ def main() -> int:
             status = agent.status()
         finally:
             agent.stop()
-    samples = sorted(e["reaction_ms"] for e in status["events"] if e["reaction_ms"] is not None)
     print(json.dumps({
         "benchmark": "agent_reaction",
         "paths": 4, "qps": args.qps, "events": status["reaction_ms"]["count"],
         "reaction_ms": status["reaction_ms"],
         "target_p99_ms": 5.0,
-        "last_events_ms": samples,
         "replacements": status["replacements"],
     }, indent=2))
     return 0
