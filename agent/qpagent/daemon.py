@@ -36,6 +36,10 @@ RECONCILE_EVERY_S = 1.0
 TOPOLOGY_EVERY_S = 5.0
 HYSTERESIS_S = 10.0
 PROBE_EVERY_S = 2.0
+# A QP silent this long leaves the table: it no longer counts towards the
+# balance, and if it speaks again the data plane places it afresh (an idle
+# QP has nothing in flight to reorder).
+QP_IDLE_S = 10.0
 REPLACEMENT_REASONS = ("dead_path", "path_up", "rebalance", "port_remap")
 
 
@@ -498,8 +502,16 @@ class Agent:
         return len(moves)
 
     def _reconcile(self) -> None:
-        """Per-path counts and bytes from the QP table; balance when asked."""
+        """Per-path counts and bytes from the QP table; forget idle QPs;
+        balance when asked."""
         qps_all = self.tables.all_qps()
+        idle_before = time.monotonic_ns() - int(QP_IDLE_S * 1e9)   # bpf_ktime_get_ns's clock
+        idle = [k for k, q in qps_all.items() if q.last_ns < idle_before]
+        for key in idle:
+            self.tables.forget_qp(key)
+            del qps_all[key]
+        if idle:
+            self._event("expire", f"{len(idle)} QPs idle for {QP_IDLE_S:.0f} s forgotten")
         for key, state in qps_all.items():
             prev = self._qp_seen.get(key, (0, 0))
             d_pk, d_by = state.packets - prev[0], state.bytes - prev[1]

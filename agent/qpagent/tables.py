@@ -153,6 +153,12 @@ class QpTables:
         state.moves += 1
         self.qp_table[k] = state
 
+    def forget_qp(self, key: bytes) -> None:
+        try:
+            del self.qp_table[self.qp_table.Key.from_buffer_copy(key)]
+        except KeyError:
+            pass
+
     def describe_qp(self, key: bytes) -> tuple[str, str, int]:
         k = self.qp_table.Key.from_buffer_copy(key)
         return _addr(k.family, k.saddr), _addr(k.family, k.daddr), int(k.dqp)
