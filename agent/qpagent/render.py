@@ -132,15 +132,24 @@ def _paths(snap: dict) -> str:
     if not vteps:
         return "Paths: no remote VTEP known yet"
     imbalance = snap.get("imbalance") or {}
+    # End-to-end mode: the hops beyond the gateway tell paths of one uplink apart.
+    with_hops = any(p.get("hops") for v in vteps for p in v.get("paths") or [])
     rows = []
     for vtep in vteps:
         for path in vtep.get("paths") or []:
-            rows.append([vtep.get("address"), path.get("index"), path.get("uplink"),
-                         path.get("gateway"), "up" if path.get("alive") else "DOWN",
-                         path.get("qps", 0), human_count(path.get("packets")),
-                         human_bytes(path.get("bytes")), port_list(path.get("ports"))])
-    text = "Paths\n" + table(["VTEP", "PATH", "UPLINK", "GATEWAY", "STATE", "QPS", "PACKETS",
-                              "BYTES", "PORTS"], rows, right=(1, 5, 6, 7))
+            row = [vtep.get("address"), path.get("index"), path.get("uplink"),
+                   path.get("gateway"), "up" if path.get("alive") else "DOWN",
+                   path.get("qps", 0), human_count(path.get("packets")),
+                   human_bytes(path.get("bytes")), port_list(path.get("ports"))]
+            if with_hops:
+                row.insert(4, " > ".join((path.get("hops") or [])[1:]) or "-")
+            rows.append(row)
+    headers = ["VTEP", "PATH", "UPLINK", "GATEWAY", "STATE", "QPS", "PACKETS", "BYTES", "PORTS"]
+    right = (1, 5, 6, 7)
+    if with_hops:
+        headers.insert(4, "THEN")
+        right = (1, 6, 7, 8)
+    text = "Paths\n" + table(headers, rows, right=right)
     if imbalance:
         ratios = "  ".join(f"{vtep} {ratio:.2f}" if ratio is not None else f"{vtep} -"
                            for vtep, ratio in sorted(imbalance.items()))

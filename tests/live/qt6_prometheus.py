@@ -10,10 +10,8 @@ made.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,6 +20,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from processes import stop_group
 from qpagent import netnsutil
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -134,13 +133,7 @@ class Prometheus:
 
     def stop(self) -> None:
         try:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(5)
+            stop_group(self.proc, 10)
         finally:
             self._log.close()
             shutil.rmtree(self.workdir, ignore_errors=True)

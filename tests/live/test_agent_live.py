@@ -12,16 +12,15 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
+from processes import stop_group, wait_until
 from roce_wire import LinkCapture, roce_frame, send_frames
 from twovtep import VNI, VXLAN_DEV, sh
 
@@ -45,17 +44,6 @@ xdp_mode = "generic"
 [frr]
 enabled = false
 """
-
-
-def wait_until(what: str, check, deadline_s: float = 10.0, every_s: float = 0.05):
-    end = time.monotonic() + deadline_s
-    last = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}; last: {last!r}")
 
 
 class RunningAgent:
@@ -83,13 +71,7 @@ class RunningAgent:
         return Path(self.log_path).read_text()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc, 15)
         self.log.close()
 
 

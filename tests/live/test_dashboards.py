@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import twovtep as twovtep_module
 from qt6_prometheus import (PROMETHEUS, Prometheus, dashboard_variables, expand, free_ports,
                             http_get, panel_targets)
+from processes import stop_group, wait_until
 from roce_wire import roce_frame, send_frames
 from twovtep import VXLAN_DEV, sh, two_vteps
 
@@ -79,17 +80,6 @@ BFD_PEER = """\
   receive-interval 100
   transmit-interval 100
  exit"""
-
-
-def wait_until(what: str, check, deadline_s: float = 20.0, every_s: float = 0.2):
-    end = time.monotonic() + deadline_s
-    last = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}; last: {last!r}")
 
 
 def load_dashboard() -> dict:
@@ -213,13 +203,7 @@ class Agent:
 
     def stop(self) -> None:
         try:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                try:
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(5)
+            stop_group(self.proc, 15)
         finally:
             self._log.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -292,7 +276,8 @@ def stack():
                 traffic = RoceTraffic(topo, range(FIRST_QP, FIRST_QP + K_QPS))
                 live = Stack(topo, agent, prometheus)
                 wait_until(f"{K_QPS} QPs in Prometheus",
-                           lambda: agent.alive() and live.value(f'qpagent_qps{{node="{agent.node}"}}') == K_QPS)
+                           lambda: agent.alive() and live.value(f'qpagent_qps{{node="{agent.node}"}}') == K_QPS,
+                           deadline_s=20, every_s=0.2)
                 live.qps_before_cut = {
                     r["metric"]["uplink"]: float(r["value"][1]) for r in
                     prometheus.query(f'qpagent_path_qps{{node="{agent.node}"}}')["data"]["result"]}
@@ -301,7 +286,8 @@ def stack():
                 wait_until("a dead-path re-placement and a timed reaction in Prometheus",
                            lambda: agent.alive()
                            and (live.value('sum(qpagent_replacements_total{reason="dead_path"})') or 0) > 0
-                           and (live.value("sum(qpagent_reaction_seconds_count)") or 0) > 0)
+                           and (live.value("sum(qpagent_reaction_seconds_count)") or 0) > 0,
+                           deadline_s=20, every_s=0.2)
                 assert traffic.errors == []
                 yield live
             finally:

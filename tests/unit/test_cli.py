@@ -336,3 +336,22 @@ def test_unexpected_answer_is_one_line(tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("qpagent: the agent sent data this qpagent cannot show")
     assert result.output.endswith("try --json\n") and result.output.count("\n") == 1
+
+
+def test_end_to_end_paths_show_the_hops_beyond_the_gateway():
+    from qpagent.render import _paths
+    snap = {"vteps": [{"address": "10.255.0.9", "paths": [
+        {"index": 0, "uplink": "eth1", "gateway": "10.0.0.1", "alive": True, "qps": 1,
+         "packets": 10, "bytes": 1000, "ports": [49153],
+         "hops": ["10.0.0.1", "10.0.0.12", "10.0.0.39", "10.0.0.29"]},
+        {"index": 1, "uplink": "eth2", "gateway": "10.0.0.3", "alive": False, "qps": 0,
+         "packets": 0, "bytes": 0, "ports": [49152], "hops": []}]}],
+        "imbalance": {"10.255.0.9": 1.0}}
+    lines = _paths(snap).splitlines()
+    assert lines[1].split() == ["VTEP", "PATH", "UPLINK", "GATEWAY", "THEN", "STATE", "QPS",
+                                "PACKETS", "BYTES", "PORTS"]
+    assert lines[2].split() == ["10.255.0.9", "0", "eth1", "10.0.0.1",
+                                "10.0.0.12", ">", "10.0.0.39", ">", "10.0.0.29",
+                                "up", "1", "10", "1000", "B", "49153"]
+    assert lines[3].split() == ["10.255.0.9", "1", "eth2", "10.0.0.3", "-", "DOWN", "0",
+                                "0", "0", "B", "49152"]
