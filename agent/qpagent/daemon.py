@@ -113,9 +113,9 @@ class Agent:
         self._stats_fd = contextlib.ExitStack()
         self.warnings: list[str] = []
         self.bfd_state = {"available": False, "reason": "not polled yet", "peers": []}
-        self._qp_seen: dict[bytes, tuple[int, int]] = {}
-        self._present: set = set()
-        self._fib = None   # key -> (packets, bytes)
+        self._qp_seen: dict[bytes, tuple[int, int]] = {}   # QP -> (packets, bytes) last read
+        self._present: set = set()                          # (device, remote) in the FDB now
+        self._fib = None
         self._moved_at: dict[bytes, float] = {}
         self.dp = None
         self.tables: QpTables | None = None
