@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import signal
 import json
 import statistics
 import sys
@@ -435,6 +436,8 @@ def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool,
             log(f"run {sc.name}")
             rec = run_scenario(labh, sc, st, baseline_routes, baselines)
             records.append(rec)
+            # A long sweep keeps what it has measured if it is stopped.
+            (out / "runs-so-far.json").write_text(json.dumps(records, indent=1, default=str))
             res = rec.get("result")
             if res:
                 log(f"  median {res['summary']['median_duration_s']:.3f} s/iter, busbw "
@@ -450,6 +453,7 @@ def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool,
                "model": asdict(net), "elapsed_s": round(time.time() - t0, 1),
                "headline": headline(records, st, net), "runs": records}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "runs-so-far.json").unlink(missing_ok=True)
     from .report import write_report
     write_report(results, out)
     log(f"wrote {out / 'results.json'} and {out / 'report.md'} in {results['elapsed_s']} s")
@@ -493,6 +497,8 @@ def main(argv=None) -> None:
                   fail_iterations=max(args.iterations, 5), qps_per_conn=args.qps,
                   sport_policy=args.policy, wan_rate_mbit=args.wan_rate)
     scenarios = full_scenarios() if args.full else quick_scenarios(args.delay_ms)
+    # SIGTERM as Ctrl-C, so the lab this run brought up is taken down.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run(scenarios, st, Path(args.out), args.keep_lab, args.mgmt)
     except KeyboardInterrupt:
