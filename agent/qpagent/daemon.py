@@ -413,9 +413,14 @@ class Agent:
         """Keep path indexes stable by identity (uplink, gateway, hops)."""
         changed = False
         by_identity = {p.identity: p for p in vtep.paths.values()}
-        seen = set()
+        seen = {found.identity for found in discovered}
+        # Paths that are gone die first, so their indexes can be reused by
+        # the paths that replace them (a full table must not block those).
+        for ident, path in by_identity.items():
+            if ident not in seen and path.alive:
+                path.alive = False
+                changed = True
         for found in discovered:
-            seen.add(found.identity)
             ports = list(found.ports)[:PORTS_PER_PATH]
             old = by_identity.get(found.identity)
             if old is None:
@@ -428,10 +433,6 @@ class Agent:
                 changed = True
             elif old.ports != ports or not old.alive or old.ifindex != found.ifindex:
                 old.ports, old.alive, old.ifindex = ports, True, found.ifindex
-                changed = True
-        for ident, path in by_identity.items():
-            if ident not in seen and path.alive:
-                path.alive = False
                 changed = True
         return changed
 
@@ -569,10 +570,24 @@ class Agent:
             while not self._stop.wait(PROBE_EVERY_S):
                 with self._lock:
                     targets = [(k, v) for k, v in self.vteps.items() if k in self._present]
-                traced = {key: self._discover(vtep, fib) for key, vtep in targets}
+                traced = {}
+                for key, vtep in targets:
+                    found = self._discover(vtep, fib)
+                    if self._trustworthy(vtep, found):
+                        traced[key] = found
                 self._wake.put(("probe", time.monotonic(), traced))
         finally:
             fib.close()
+
+    def _trustworthy(self, vtep: VtepState, found: list[Found]) -> bool:
+        """A probe round that saw fewer hops than the live paths have (a
+        router too busy to answer every TTL, a lost reply) says nothing about
+        the paths: adopting it would kill them all. First-hop changes still
+        reach the agent through route events and the FIB."""
+        with self._lock:
+            depth_now = max((len(p.hops) for p in vtep.paths.values() if p.alive), default=0)
+        depth_new = max((len(f.hops) for f in found), default=0)
+        return bool(found) and depth_new >= depth_now
 
     def _bfd_down_uplinks(self) -> set[str]:
         uplinks = set(self.cfg.steer.uplinks)
