@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import signal
 import json
 import statistics
 import sys
@@ -497,8 +496,6 @@ def main(argv=None) -> None:
                   fail_iterations=max(args.iterations, 5), qps_per_conn=args.qps,
                   sport_policy=args.policy, wan_rate_mbit=args.wan_rate)
     scenarios = full_scenarios() if args.full else quick_scenarios(args.delay_ms)
-    # SIGTERM as Ctrl-C, so the lab this run brought up is taken down.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         run(scenarios, st, Path(args.out), args.keep_lab, args.mgmt)
     except KeyboardInterrupt:
