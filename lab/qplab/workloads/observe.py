@@ -26,7 +26,35 @@ from pyroute2.netns import popns, pushns
 ETH_P_ALL = 0x0003
 
 
-class WanCounters:
+class Periodic:
+    """Calls `sample()` once at start and then every `interval` seconds in a
+    thread until stop()."""
+
+    interval: float
+    _thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self):
+        self._stop = threading.Event()
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+
+class WanCounters(Periodic):
     """Samples every WAN link's delivered bytes per direction in a thread."""
 
     def __init__(self, wans: dict, nodes: dict, interval: float = 0.1):
@@ -38,8 +66,6 @@ class WanCounters:
             self.links[name] = {"ns": w["ns"], "dirs": {"b": dir_ab, "a": dir_ba}}
         self.samples: list[dict] = []      # {"t": wall, name: {dir: tx_bytes}}
         self._iprs = {n: IPRoute(netns=l["ns"]) for n, l in self.links.items()}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def read(self) -> dict:
         out = {"t": time.time()}
@@ -54,23 +80,14 @@ class WanCounters:
             out[name] = per
         return out
 
-    def _loop(self):
-        while not self._stop.wait(self.interval):
-            try:
-                self.samples.append(self.read())
-            except OSError:
-                pass
-
-    def start(self) -> "WanCounters":
-        self.samples.append(self.read())
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
+    def sample(self) -> None:
+        try:
+            self.samples.append(self.read())
+        except OSError:
+            pass
 
     def stop(self) -> list[dict]:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
+        self._join()
         self.samples.append(self.read())
         for ipr in self._iprs.values():
             ipr.close()
@@ -205,15 +222,13 @@ class QpSniffer:
         return self.seen
 
 
-class BfdWatch:
+class BfdWatch(Periodic):
     """Polls `show bfd peers json` on the given routers; records transitions."""
 
     def __init__(self, namespaces: list[str], peers: set[str], interval: float = 0.05):
         self.namespaces, self.peers, self.interval = namespaces, peers, interval
         self.transitions: list[dict] = []
         self._state: dict[tuple, str] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def poll(self) -> None:
         for ns in self.namespaces:
@@ -236,20 +251,11 @@ class BfdWatch:
                                                  "from": self._state[key], "to": st})
                     self._state[key] = st
 
-    def _loop(self):
-        while not self._stop.wait(self.interval):
-            self.poll()
-
-    def start(self) -> "BfdWatch":
+    def sample(self) -> None:
         self.poll()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
 
     def stop(self) -> list[dict]:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
+        self._join()
         return self.transitions
 
     def all_up(self) -> bool:
