@@ -1,10 +1,32 @@
-"""The agent's local control socket: one JSON request line in, one JSON response line out.
+"""The agent's local control socket: one JSON request line in, one JSON reply line out.
 
-Requests: {"cmd": "ping"}, {"cmd": "status", "top": N}, {"cmd": "flows", "limit": N}.
-Responses: {"ok": true, "data": ...} or {"ok": false, "error": "..."}.
-`qpagent status` and `qpagent flows` are its clients.
+This is the one control protocol: production serves `agent_handler`, the
+tests call the same handler, and `qpagent status --json` / `flows --json`
+print the `data` of its replies unchanged.
+
+Requests (unknown commands or arguments are refused, naming them):
+    {"cmd": "ping"}                    -> {"node", "pid", "version"}
+    {"cmd": "status", "top": N}        N optional, 1..1000 (default agent.top_qps)
+    {"cmd": "flows", "limit": N}       N optional, 1..100000 (default 50)
+Replies: {"ok": true, "data": ...} or {"ok": false, "error": "one line"}.
+
+status data:
+    node, version, pid, uptime_s
+    vteps: [{index, address, device, paths: [{index, uplink, gateway, hops,
+            alive, ports, qps, packets, bytes}]}]
+    qp_total; qps (top N by bytes): [{src, dst, dqp, vtep, path, uplink, port,
+            packets, bytes, moves}]
+    imbalance: {vtep address: busiest path / ceil(K/P)}
+    bfd: {available, reason, peers: [FRR's peer objects]}
+    replacements: {reason: count} for every reason in core.actions.REPLACEMENT_REASONS
+    reaction_ms: {count, p50, p99, max}; events: [{time, kind, detail, reaction_ms}]
+    warnings: [text]
+    programs: [{name, hook, interface, ifindex, prog_id, run_cnt, run_time_ns}]
+    parse: [{interface, hook, <one count per parse outcome>}]
+    steer_events, pin_events: {event name: count}
+flows data: [{interface, hook, family, proto, src, dst, sport, dport, vni, dqp,
+        packets, bytes, first_seen, last_seen}] by bytes, largest first.
 """
-
 from __future__ import annotations
 
 import errno
@@ -177,23 +199,33 @@ def _jsonable(value):
 # ---------------------------------------------------------------- the agent's commands
 
 def agent_handler(agent) -> Handler:
-    """The request handler for a running agent (anything with snapshot() and flows())."""
+    """The one request handler of a running agent (anything with node,
+    snapshot(top) and flows(limit)): production serves it, tests call it."""
 
     def handle(request: dict):
         cmd = request["cmd"]
+        unknown = set(request) - _ARGS.get(cmd, set()) - {"cmd"}
+        if cmd not in _ARGS:
+            raise RequestError(f"unknown command {cmd!r} (known: {', '.join(_ARGS)})")
+        if unknown:
+            raise RequestError(f"{cmd}: unknown argument(s) {', '.join(sorted(unknown))}")
         if cmd == "ping":
-            return {"pid": os.getpid(), "version": __version__}
+            return {"node": agent.node, "pid": os.getpid(), "version": __version__}
         if cmd == "status":
-            return agent.snapshot(_count(request, "top", 20, 1000))
-        if cmd == "flows":
-            return agent.flows(_count(request, "limit", 50, 100000))
-        raise RequestError(f"unknown command {cmd!r} (known: ping, status, flows)")
+            top = _count(request, "top", None, 1000)
+            return agent.snapshot(top)
+        return agent.flows(_count(request, "limit", 50, 100000))
 
     return handle
 
 
-def _count(request: dict, key: str, default: int, most: int) -> int:
-    value = request.get(key, default)
+_ARGS = {"ping": set(), "status": {"top"}, "flows": {"limit"}}
+
+
+def _count(request: dict, key: str, default: int | None, most: int) -> int | None:
+    if key not in request:
+        return default
+    value = request[key]
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
         raise RequestError(f"{key!r} must be an integer 1..{most}, got {value!r}")
     return value

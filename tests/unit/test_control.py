@@ -16,6 +16,8 @@ from qpagent.control import (AgentNotRunning, ControlClient, ControlError, Contr
 class FixedAgent:
     """The two calls the control socket makes of the agent, with fixed answers."""
 
+    node = "qt5-node"
+
     def __init__(self):
         self.asked = []
 
@@ -71,9 +73,15 @@ def test_flows_round_trip(served, sock_path):
     assert agent.asked == [("flows", 7)]
 
 
-def test_ping_names_pid_and_version(served, sock_path):
+def test_ping_names_node_pid_and_version(served, sock_path):
     assert ControlClient(sock_path).request({"cmd": "ping"}) == \
-        {"pid": os.getpid(), "version": __version__}
+        {"node": "qt5-node", "pid": os.getpid(), "version": __version__}
+
+
+def test_status_without_top_leaves_the_number_to_the_agent(served, sock_path):
+    _server, agent = served
+    ControlClient(sock_path).request({"cmd": "status"})
+    assert agent.asked == [("snapshot", None)]
 
 
 def test_socket_file_mode_and_parent_created(served, sock_path):
@@ -89,6 +97,8 @@ def test_socket_file_mode_and_parent_created(served, sock_path):
      {"ok": False, "error": "'top' must be an integer 1..1000, got 0"}),
     (b'{"cmd": "flows", "limit": "all"}\n',
      {"ok": False, "error": "'limit' must be an integer 1..100000, got 'all'"}),
+    (b'{"cmd": "status", "limit": 3}\n',
+     {"ok": False, "error": "status: unknown argument(s) limit"}),
     (b'not json\n', {"ok": False, "error": "bad request: expected one JSON object on one line"}),
     (b'[1, 2]\n', {"ok": False, "error": 'bad request: expected an object with a "cmd" string'}),
 ])

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from qpagent.placement import Move, diverse_order, imbalance, place_new, quotas, rebalance
+from qpagent.core.placement import Move, diverse_order, imbalance, place_new, quotas, rebalance
 
 
 def apply(assignment, moves):

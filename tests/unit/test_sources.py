@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from qpagent import events
+from qpagent.sources import bfd, routes
+from qpagent.sources.signals import BfdChanged, RouteChanged
 from qt2_netns import needs_root, netns, sh
 
 
@@ -32,14 +33,14 @@ def test_route_monitor_sees_routes_and_links_in_a_namespace():
         sh(f"ip -n {ns} link add up0 type veth peer name far0")
         sh(f"ip -n {ns} link set far0 up && ip -n {ns} link set up0 up")
         sh(f"ip -n {ns} addr add 10.9.0.1/24 dev up0")
-        mon = events.RouteMonitor(netns=ns).start()
+        mon = routes.RouteMonitor(netns=ns).start()
         try:
             t0 = time.monotonic()
             sh(f"ip -n {ns} route add 10.7.0.0/24 via 10.9.0.2")
             added = _wait_for(mon.events, lambda e: e.kind == "route_add" and "10.7.0.0/24" in e.summary)
             index = int(sh(f"ip netns exec {ns} cat /sys/class/net/up0/ifindex").stdout)
             assert added.summary == f"10.7.0.0/24 via 10.9.0.2 oif {index}"
-            assert added.t >= t0
+            assert added.seen >= t0
             sh(f"ip -n {ns} route del 10.7.0.0/24")
             _wait_for(mon.events, lambda e: e.kind == "route_del" and "10.7.0.0/24" in e.summary)
             sh(f"ip -n {ns} link set up0 down")
@@ -55,17 +56,16 @@ def test_route_monitor_sees_routes_and_links_in_a_namespace():
 def test_route_monitor_shares_the_callers_queue():
     wake = queue.Queue()
     with netns("ev2") as ns:
-        with events.RouteMonitor(wake, netns=ns):
+        with routes.RouteMonitor(wake, netns=ns):
             sh(f"ip -n {ns} addr add 10.8.0.1/24 dev lo")
             sh(f"ip -n {ns} route add 10.6.0.0/16 dev lo")
-            event = _wait_for(wake, lambda e: e[0] == "route_add" and "10.6.0.0/16" in e[2])
-    kind, t, summary = event
-    assert kind == "route_add" and isinstance(t, float)
+            event = _wait_for(wake, lambda e: e.kind == "route_add" and "10.6.0.0/16" in e.summary)
+    assert isinstance(event, RouteChanged) and isinstance(event.seen, float)
 
 
 def test_route_monitor_bad_namespace_is_a_clear_error():
     with pytest.raises(Exception, match="no such network namespace: qt2-absent"):
-        events.RouteMonitor(netns="qt2-absent").start()
+        routes.RouteMonitor(netns="qt2-absent").start()
 
 
 @pytest.fixture
@@ -82,18 +82,18 @@ def fake_bin(tmp_path):
 
 def _poll_with_path(monkeypatch, path_dir, **kw):
     monkeypatch.setenv("PATH", path_dir)
-    return events.BfdPoller(**kw).poll()
+    return bfd.BfdPoller(**kw).poll()
 
 
 def test_bfd_vtysh_absent(monkeypatch, fake_bin):
     got = _poll_with_path(monkeypatch, fake_bin.dir)
-    assert got == events.BfdResult(False, "vtysh not found on PATH (is FRR installed?)", [])
+    assert got == bfd.BfdResult(False, "vtysh not found on PATH (is FRR installed?)", [])
 
 
 def test_bfd_vtysh_failing(monkeypatch, fake_bin):
     fake_bin("vtysh", "echo 'Exiting: failed to connect to any daemons.' >&2\nexit 1\n")
     got = _poll_with_path(monkeypatch, fake_bin.dir, namespace="dc1")
-    assert got == events.BfdResult(
+    assert got == bfd.BfdResult(
         False, "vtysh exited with 1: Exiting: failed to connect to any daemons.", [])
 
 
@@ -137,9 +137,32 @@ def test_an_attribute_change_is_not_a_link_event():
     with netns("ev3") as ns:
         sh(f"ip -n {ns} link add up0 type veth peer name far0")
         sh(f"ip -n {ns} link set far0 up && ip -n {ns} link set up0 up")
-        with events.RouteMonitor(netns=ns) as mon:
+        with routes.RouteMonitor(netns=ns) as mon:
             sh(f"ip -n {ns} link set up0 mtu 1400")
             sh(f"ip -n {ns} route add 10.5.0.0/16 dev up0")
             seen = []
             _wait_for(mon.events, lambda e: seen.append(e) or e.kind == "route_add")
     assert [e.kind for e in seen] == ["route_add"], seen
+
+
+def test_bfd_watcher_reports_the_first_poll_and_each_change_only(monkeypatch, fake_bin, tmp_path):
+    state = tmp_path / "status"
+    state.write_text("up")
+    fake_bin("vtysh", f"""read s < {state}\n"""
+             """echo "[{\\"peer\\":\\"10.1.1.2\\",\\"interface\\":\\"up1\\",\\"status\\":\\"$s\\"},"""
+             """{\\"peer\\":\\"10.9.9.9\\",\\"interface\\":\\"other\\",\\"status\\":\\"down\\"}]"\n""")
+    monkeypatch.setenv("PATH", fake_bin.dir)
+    got = queue.Queue()
+    watcher = bfd.BfdWatcher(bfd.BfdPoller(), {"up0", "up1"}, got, interval=0.02).start()
+    try:
+        first = _wait_for(got, lambda e: True)
+        assert isinstance(first, BfdChanged) and first.bfd.available
+        assert first.bfd.down_uplinks == frozenset()     # "other" is not a managed uplink
+        state.write_text("down")
+        second = _wait_for(got, lambda e: True)
+        assert second.bfd.down_uplinks == frozenset({"up1"})
+        state.write_text("down")
+        with pytest.raises(queue.Empty):
+            got.get(timeout=0.3)                        # no change, no event
+    finally:
+        watcher.stop()

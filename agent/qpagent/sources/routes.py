@@ -1,40 +1,30 @@
-"""Things that move paths: kernel route/link changes and FRR's BFD peers.
+"""Kernel route and link changes, the first sign that a path moved.
 
 RouteMonitor listens to rtnetlink multicast groups in a background thread and
-queues what it sees, stamped with time.monotonic() at receipt so reactions
-can be timed from the moment the agent learnt of a change. BfdPoller asks
-FRR through vtysh; FRR missing or misbehaving is an answer, not an error.
+queues a RouteChanged for each change that matters, stamped with
+time.monotonic() at receipt so reactions can be timed from the moment the
+agent learnt of it.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import queue
 import select
-import shutil
 import socket
-import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from qpagent import netnsutil
+from qpagent.sources.signals import RouteChanged
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
 RT_TABLE_LOCAL = 255
-
-
-class Event(NamedTuple):
-    kind: str       # route_add | route_del | link_up | link_down | resync
-    t: float        # time.monotonic() when the agent read it
-    summary: str
 
 
 def _route_summary(msg) -> str | None:
@@ -118,7 +108,7 @@ class RouteMonitor:
                     data = sock.recv(1 << 20)
                 except OSError as exc:
                     if exc.errno == errno.ENOBUFS:  # we fell behind: state unknown
-                        self.events.put(Event("resync", now, "netlink overflow: events lost"))
+                        self.events.put(RouteChanged("resync", now, "netlink overflow: events lost"))
                         continue
                     raise
                 for msg in marshal.parse(data):
@@ -140,13 +130,13 @@ class RouteMonitor:
         finally:
             ipr.close()
 
-    def _interpret(self, now: float, msg) -> Event | None:
+    def _interpret(self, now: float, msg) -> RouteChanged | None:
         kind = msg.get("event")
         if kind in ("RTM_NEWROUTE", "RTM_DELROUTE"):
             summary = _route_summary(msg)
             if summary is None:
                 return None
-            return Event("route_add" if kind == "RTM_NEWROUTE" else "route_del", now, summary)
+            return RouteChanged("route_add" if kind == "RTM_NEWROUTE" else "route_del", now, summary)
         if kind in ("RTM_NEWLINK", "RTM_DELLINK"):
             index, name = msg["index"], msg.get("ifname")
             flags = msg["flags"]
@@ -158,71 +148,5 @@ class RouteMonitor:
             else:
                 self._link_state[index] = up
             suffix = " deleted" if kind == "RTM_DELLINK" else ""
-            return Event("link_up" if up else "link_down", now, f"{name} index {index}{suffix}")
+            return RouteChanged("link_up" if up else "link_down", now, f"{name} index {index}{suffix}")
         return None
-
-
-@dataclass
-class BfdResult:
-    available: bool
-    reason: str | None = None
-    peers: list[dict] = field(default_factory=list)
-
-
-# Keys every peer dict carries, whatever FRR version answered.
-_PEER_KEYS = ("peer", "local", "interface", "status", "diagnostic", "uptime",
-              "downtime", "remote-diagnostic", "vrf", "multihop")
-
-
-def _normalise_peer(raw: dict) -> dict:
-    peer = {key: raw.get(key) for key in _PEER_KEYS}
-    peer.update({k: v for k, v in raw.items() if k not in peer})
-    return peer
-
-
-class BfdPoller:
-    """FRR's BFD peer table via `vtysh [-N ns] -c 'show bfd peers json'`."""
-
-    def __init__(self, namespace: str | None = None, vtysh: str = "vtysh", timeout_s: float = 3.0):
-        self.namespace = namespace or None
-        self.vtysh = vtysh
-        self.timeout_s = timeout_s
-
-    def command(self) -> list[str]:
-        cmd = [self.vtysh]
-        if self.namespace:
-            cmd += ["-N", self.namespace]
-        return cmd + ["-c", "show bfd peers json"]
-
-    def poll(self) -> BfdResult:
-        exe = shutil.which(self.vtysh)
-        if exe is None:
-            return BfdResult(False, f"{self.vtysh} not found on PATH (is FRR installed?)")
-        cmd = [exe, *self.command()[1:]]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            return BfdResult(False, f"{' '.join(cmd)} timed out after {self.timeout_s:g}s")
-        except OSError as exc:
-            return BfdResult(False, f"cannot run {exe}: {exc.strerror or exc}")
-        out, err = done.stdout.strip(), done.stderr.strip()
-        if done.returncode != 0:
-            detail = _first_line(err) or _first_line(out) or "no output"
-            return BfdResult(False, f"vtysh exited with {done.returncode}: {detail}")
-        try:
-            data = json.loads(out) if out else None
-        except json.JSONDecodeError:
-            return BfdResult(False, f"vtysh did not answer JSON (is bfdd running?): {_first_line(out)!r}")
-        if isinstance(data, dict):  # some versions wrap peers in an object
-            data = data.get("peers", [data] if "peer" in data else [])
-        if not isinstance(data, list) or not all(isinstance(p, dict) for p in data):
-            return BfdResult(False, f"unexpected BFD JSON shape: {type(data).__name__}")
-        return BfdResult(True, None, [_normalise_peer(p) for p in data])
-
-
-def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:200]
-    return ""

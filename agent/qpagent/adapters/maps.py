@@ -1,0 +1,35 @@
+"""Apply the core's actions to the BPF maps, in the order given."""
+
+from __future__ import annotations
+
+from qpagent.core.actions import (ForgetQp, MoveQp, Note, SetMacVteps, SetPathCounts,
+                                  Warn, WritePath)
+
+
+class MapWriter:
+    def __init__(self, tables):
+        self.tables = tables
+
+    def apply(self, actions) -> tuple[list[Note], list[str]]:
+        """Write every map action; hand back the notes and warnings for the log."""
+        notes, warnings = [], []
+        for action in actions:
+            if isinstance(action, WritePath):
+                self.tables.write_path(action.vtep, action.path, action.ifindex, action.alive,
+                                       list(action.ports), list(action.hashes), action.qps)
+            elif isinstance(action, MoveQp):
+                self.tables.move_qp(action.qp, action.vtep, action.path, action.slot,
+                                    action.port, action.hash)
+            elif isinstance(action, ForgetQp):
+                self.tables.forget_qp(action.qp)
+            elif isinstance(action, SetMacVteps):
+                self.tables.set_mac_vteps(dict(action.macs))
+            elif isinstance(action, SetPathCounts):
+                self.tables.set_path_counts(action.vtep, dict(action.counts))
+            elif isinstance(action, Note):
+                notes.append(action)
+            elif isinstance(action, Warn):
+                warnings.append(action.text)
+            else:
+                raise TypeError(f"no adapter for {type(action).__name__}")
+        return notes, warnings

@@ -1,0 +1,60 @@
+"""What the core asks the adapters to do. Plain values, compared whole in
+tests; qpagent.adapters.maps applies them to the BPF maps in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WritePath:
+    vtep: int
+    path: int
+    ifindex: int
+    alive: bool
+    ports: tuple[int, ...]
+    hashes: tuple[int, ...]
+    qps: int
+
+
+@dataclass(frozen=True)
+class MoveQp:
+    qp: bytes
+    vtep: int
+    path: int
+    slot: int
+    port: int
+    hash: int
+    reason: str          # one of REPLACEMENT_REASONS
+
+
+@dataclass(frozen=True)
+class ForgetQp:
+    qp: bytes
+
+
+@dataclass(frozen=True)
+class SetMacVteps:
+    macs: tuple[tuple[str, int], ...]    # (mac, VTEP index), sorted
+
+
+@dataclass(frozen=True)
+class SetPathCounts:
+    vtep: int
+    counts: tuple[tuple[int, int], ...]  # (path, QPs), sorted
+
+
+@dataclass(frozen=True)
+class Note:
+    """A line for the event log (and `qpagent status`)."""
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Warn:
+    text: str
+
+
+REPLACEMENT_REASONS = ("dead_path", "path_up", "rebalance", "port_remap")
+MAP_WRITES = (WritePath, MoveQp, ForgetQp, SetMacVteps, SetPathCounts)

@@ -1,0 +1,294 @@
+"""Core: the agent's decisions. Events and the QP table go in, map writes,
+QP moves and log lines come out. No threads, sockets, netlink or BPF, and
+time is passed in, so every decision can be replayed in a unit test.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple
+
+from qpagent.core import pathtable
+from qpagent.core.actions import (REPLACEMENT_REASONS, MoveQp, Note, SetMacVteps,
+                                  SetPathCounts, Warn, WritePath, ForgetQp)
+from qpagent.core.inputs import BfdSeen, FdbSeen, PathsSeen, Tick
+from qpagent.core.model import Found, PathState, VtepKey, VtepState
+from qpagent.core.placement import rebalance
+from qpagent.portmath import hash_for_port
+from qpagent.tables import MAX_PATHS
+
+HYSTERESIS_S = 10.0
+# A QP silent this long leaves the table: it no longer counts towards the
+# balance, and if it speaks again the data plane places it afresh (an idle
+# QP has nothing in flight to reorder).
+QP_IDLE_S = 10.0
+MAX_VTEPS = 64
+
+
+class QpView(NamedTuple):
+    """One QP as the maps hold it (qpagent.tables reads them)."""
+    vtep: int
+    path: int
+    slot: int
+    port: int
+    packets: int
+    bytes: int
+    moves: int
+    last_ns: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    rebalance: bool = True          # restore exact balance, not only move orphans
+    end_to_end: bool = False        # paths are whole paths (probe rounds refine them)
+    hysteresis_s: float = HYSTERESIS_S
+    qp_idle_s: float = QP_IDLE_S
+
+
+class Core:
+    def __init__(self, settings: Settings = Settings()):
+        self.settings = settings
+        self.vteps: dict[VtepKey, VtepState] = {}
+        self.present: set[VtepKey] = set()
+        self.bfd = BfdSeen(False, "not polled yet")
+        self.replacements: Counter = Counter({r: 0 for r in REPLACEMENT_REASONS})
+        self.generation = 0          # bumped whenever the path table changes
+        self._found: dict[VtepKey, list[Found]] = {}   # last discovery, before BFD
+        self._moved_at: dict[bytes, float] = {}        # QP -> seconds (now_ns clock)
+        self._qp_seen: dict[bytes, tuple[int, int]] = {}
+
+    # ------------------------------------------------------------ inputs
+    def paths_seen(self, event: PathsSeen, qps: Mapping[bytes, QpView], now: float) -> list:
+        """New discovery results (with the FDB, when it was read too)."""
+        out: list = []
+        if event.fdb is not None:
+            out += self._fdb_seen(event.fdb)
+        touched = set()
+        for key, vtep in self.vteps.items():
+            if key not in self.present:
+                found = []
+            elif key in event.paths:
+                found = list(event.paths[key])
+                if event.cause == "probe" and not pathtable.trustworthy(vtep, found):
+                    continue
+            else:
+                continue
+            self._found[key] = found
+            touched.add(key)
+        out += self._apply(touched, qps, event.cause, now, force_write=event.cause == "start")
+        return out
+
+    def bfd_seen(self, event: BfdSeen, qps: Mapping[bytes, QpView], now: float) -> list:
+        """FRR's BFD may know of a dead uplink before the FIB does."""
+        before = self.bfd.down_uplinks
+        self.bfd = event
+        if event.down_uplinks == before:
+            return []
+        return self._apply(set(self.vteps), qps, "bfd", now)
+
+    def tick(self, event: Tick, qps: dict[bytes, QpView]) -> list:
+        """Forget idle QPs, attribute traffic to paths, restore balance,
+        and make the data plane's per-path counts true again (evictions
+        and moves make them drift). `qps` loses the forgotten QPs."""
+        out: list = []
+        now = event.now_ns / 1e9
+        idle_before = event.now_ns - int(self.settings.qp_idle_s * 1e9)
+        idle = [k for k, q in qps.items() if q.last_ns < idle_before]
+        for key in idle:
+            out.append(ForgetQp(key))
+            del qps[key]
+        if idle:
+            out.append(Note("expire", f"{len(idle)} QPs idle for "
+                                      f"{self.settings.qp_idle_s:.0f} s forgotten"))
+        self._attribute_traffic(qps)
+        for vtep in self.vteps.values():
+            mine = {k: q for k, q in qps.items() if q.vtep == vtep.index}
+            if self.settings.rebalance and mine:
+                moves = self._replace_qps(vtep, mine, "periodic", now)
+                for m in moves:
+                    if isinstance(m, MoveQp):
+                        mine[m.qp] = qps[m.qp] = qps[m.qp]._replace(path=m.path, slot=m.slot,
+                                                                    port=m.port)
+                out += moves
+            counts = Counter(q.path for q in mine.values())
+            out.append(SetPathCounts(vtep.index, tuple(sorted(counts.items()))))
+        cutoff = now - self.settings.hysteresis_s
+        for key in [k for k, t in self._moved_at.items() if t < cutoff]:
+            del self._moved_at[key]
+        return out
+
+    # ------------------------------------------------------------ queries
+    def vtep_by_index(self, index: int) -> VtepState | None:
+        for vtep in self.vteps.values():
+            if vtep.index == index:
+                return vtep
+        return None
+
+    def probe_targets(self) -> list[VtepState]:
+        return [v for k, v in self.vteps.items() if k in self.present]
+
+    # ------------------------------------------------------------ restart
+    def export_state(self) -> dict:
+        """The path table, as plain data for adapters.statefile."""
+        return {"vteps": [
+            {"device": v.device, "address": v.address, "index": v.index, "local": v.local,
+             "port_range": list(v.port_range),
+             "paths": [{"index": p.index, "ifindex": p.ifindex, "uplink": p.uplink,
+                        "gateway": p.gateway, "hops": list(p.hops), "ports": list(p.ports),
+                        "alive": p.alive} for p in sorted(v.paths.values(), key=lambda p: p.index)]}
+            for v in sorted(self.vteps.values(), key=lambda v: v.index)]}
+
+    def restore_state(self, saved: dict, pinned_paths: Mapping[tuple[int, int], tuple]) -> list:
+        """Take back the path table an earlier agent saved, when the adopted
+        maps still hold exactly those paths (pinned_paths: (vtep, path) ->
+        (ifindex, alive, ports) of every used path_table entry). Then the
+        first discovery merges by identity, every index stays, and no QP
+        moves. Anything that does not match is dropped whole."""
+        try:
+            vteps = {}
+            for v in saved["vteps"]:
+                vtep = VtepState(int(v["index"]), v["device"], v["address"], v["local"],
+                                 tuple(v["port_range"]))
+                for p in v["paths"]:
+                    vtep.paths[int(p["index"])] = PathState(
+                        int(p["index"]), int(p["ifindex"]), p["uplink"], p["gateway"],
+                        [int(x) for x in p["ports"]], tuple(p["hops"]), bool(p["alive"]))
+                vteps[vtep.key] = vtep
+        except (KeyError, TypeError, ValueError) as exc:
+            return [Warn(f"saved state unusable ({exc!r}): placements start afresh")]
+        held = {(v.index, p.index): (p.ifindex, p.alive, tuple(p.ports))
+                for v in vteps.values() for p in v.paths.values()}
+        if held != dict(pinned_paths):
+            return [Warn("saved state does not match the pinned path table: "
+                         "placements start afresh")]
+        self.vteps = vteps
+        self.present = set(vteps)
+        return [Note("restore", f"{len(vteps)} remote VTEPs and "
+                                f"{len(held)} paths taken over from the pinned data plane")]
+
+    # ------------------------------------------------------------ internals
+    def _fdb_seen(self, fdb: FdbSeen) -> list:
+        out: list = []
+        for key, addr in fdb.vteps.items():
+            if key not in self.vteps:
+                index = self._free_vtep_index()
+                if index is None:
+                    out.append(Warn(f"more than {MAX_VTEPS} remote VTEPs: "
+                                    f"{key[1]} on {key[0]} is not steered"))
+                    continue
+                self.vteps[key] = VtepState(index, key[0], key[1], addr.local, addr.port_range)
+        self.present = {k for k in fdb.vteps if k in self.vteps}
+        macs = tuple(sorted((mac, self.vteps[k].index) for mac, k in fdb.macs.items()
+                            if k in self.vteps))
+        out.append(SetMacVteps(macs))
+        return out
+
+    def _free_vtep_index(self) -> int | None:
+        used = {v.index for v in self.vteps.values()}
+        return next((i for i in range(MAX_VTEPS) if i not in used), None)
+
+    def _apply(self, keys: set, qps: Mapping[bytes, QpView], cause: str, now: float,
+               force_write: bool = False) -> list:
+        """Merge each touched VTEP's discovery (less BFD-down uplinks) into
+        its path table, write what changed, move the QPs that must move."""
+        out: list = []
+        warnings: list[str] = []
+        down = self.bfd.down_uplinks
+        for key in sorted(keys):
+            vtep = self.vteps[key]
+            found = [f for f in self._found.get(key, []) if f.ifname not in down]
+            changed = pathtable.merge_paths(vtep, found, warnings.append)
+            if changed:
+                self.generation += 1
+            mine = {k: q for k, q in qps.items() if q.vtep == vtep.index}
+            if changed or force_write:
+                out += self._write_paths(vtep, mine)
+            out += self._replace_qps(vtep, mine, cause, now)
+        out += [Warn(w) for w in warnings]
+        return out
+
+    def _write_paths(self, vtep: VtepState, qps: Mapping[bytes, QpView]) -> list[WritePath]:
+        counts = Counter(q.path for q in qps.values())
+        out = []
+        for i in range(MAX_PATHS):
+            path = vtep.paths.get(i)
+            if path is None:
+                continue
+            out.append(WritePath(
+                vtep.index, i, path.ifindex, path.alive, tuple(path.ports),
+                tuple(hash_for_port(p, *vtep.port_range) for p in path.ports),
+                counts.get(i, 0)))
+        return out
+
+    def _replace_qps(self, vtep: VtepState, qps: Mapping[bytes, QpView], cause: str,
+                     now: float) -> list:
+        """Move orphans, re-slot QPs whose port now leads elsewhere and (when
+        settings.rebalance) restore exact balance, with the fewest moves."""
+        if not qps:
+            return []
+        qps = dict(qps)
+        live = vtep.live_paths()
+        assignment = {k: (q.path if q.path in live else None) for k, q in qps.items()}
+        recent = {k for k, t in self._moved_at.items() if now - t < self.settings.hysteresis_s}
+        if not self.settings.rebalance:
+            assignment = {k: p for k, p in assignment.items() if p is None}
+        moves = rebalance(assignment, live, {k: q.bytes for k, q in qps.items()}, recent)
+        moved = {m.qp for m in moves}
+        # Ports in use per path, so a moved QP gets a port of its own.
+        taken: dict[int, set[int]] = {}
+        for k, q in qps.items():
+            if k not in moved and q.path in live and q.port in vtep.paths[q.path].ports:
+                taken.setdefault(q.path, set()).add(q.port)
+        plan = [(m.qp, m.new_path, m.old_path) for m in moves]
+        plan += [(k, q.path, q.path) for k, q in sorted(qps.items())
+                 if k not in moved and q.path in live and q.port not in vtep.paths[q.path].ports]
+        out: list = []
+        for key, new_path, old_path in plan:
+            path = vtep.paths[new_path]
+            slot = _free_slot(path.ports, taken.setdefault(new_path, set()))
+            port = path.ports[slot]
+            taken[new_path].add(port)
+            why = _reason(old_path, new_path, cause)
+            out.append(MoveQp(key, vtep.index, new_path, slot, port,
+                              hash_for_port(port, *vtep.port_range), why))
+            qps[key] = qps[key]._replace(path=new_path, slot=slot, port=port)
+            self.replacements[why] += 1
+            if why != "port_remap":
+                self._moved_at[key] = now
+        if plan:
+            out += self._write_paths(vtep, qps)
+        return out
+
+    def _attribute_traffic(self, qps: Mapping[bytes, QpView]) -> None:
+        for key, state in qps.items():
+            prev = self._qp_seen.get(key, (0, 0))
+            d_pk, d_by = state.packets - prev[0], state.bytes - prev[1]
+            if d_pk < 0 or d_by < 0:   # evicted and re-created
+                d_pk, d_by = state.packets, state.bytes
+            self._qp_seen[key] = (state.packets, state.bytes)
+            vtep = self.vtep_by_index(state.vtep)
+            if vtep is not None and state.path in vtep.paths:
+                vtep.paths[state.path].packets += d_pk
+                vtep.paths[state.path].bytes += d_by
+        for stale in set(self._qp_seen) - set(qps):
+            del self._qp_seen[stale]
+
+
+def _reason(old_path: int | None, new_path: int, cause: str) -> str:
+    if old_path == new_path:
+        return "port_remap"
+    if old_path is None:
+        return "dead_path"
+    return "rebalance" if cause == "periodic" else "path_up"
+
+
+def _free_slot(ports: list[int], taken: set[int]) -> int:
+    """First slot whose port no other QP of the path uses (else wrap)."""
+    for slot, port in enumerate(ports):
+        if port not in taken:
+            return slot
+    return len(taken) % len(ports)
+
+
+__all__ = ["Core", "Settings", "QpView", "Found", "PathState"]

@@ -1,0 +1,43 @@
+"""The typed events that reach the core. Sources make them; the daemon's
+loop hands them to Core together with the QP table it read from the maps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qpagent.core.model import Found, VtepAddress, VtepKey
+
+
+@dataclass(frozen=True)
+class FdbSeen:
+    """The VXLAN FDB: every remote VTEP present, and which inner MAC goes
+    to which of them."""
+    vteps: dict[VtepKey, VtepAddress]
+    macs: dict[str, VtepKey] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PathsSeen:
+    """Paths discovered towards some remote VTEPs. VTEPs not named are left
+    alone. cause names what prompted the look ("start", "periodic",
+    "route_del", "probe", ...); a probe round can only refine, never kill
+    every path (see pathtable.trustworthy)."""
+    paths: dict[VtepKey, list[Found]]
+    cause: str
+    fdb: FdbSeen | None = None
+
+
+@dataclass(frozen=True)
+class BfdSeen:
+    """FRR's BFD peers; `down_uplinks` are managed uplinks with a peer not up."""
+    available: bool
+    reason: str | None
+    peers: tuple[dict, ...] = ()
+    down_uplinks: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The once-a-second reconciliation: counters, idle QPs, balance.
+    now_ns is on bpf_ktime_get_ns's clock (CLOCK_MONOTONIC)."""
+    now_ns: int

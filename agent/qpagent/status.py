@@ -1,0 +1,53 @@
+"""The status reply: what `qpagent status --json` returns and what the
+metrics exporter reads. Built from the core's path table and the maps."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from qpagent.core.placement import imbalance
+
+
+def core_view(core, qps_all: dict, describe_qp, top_n: int) -> dict:
+    """The core's part: VTEPs, paths, top QPs, imbalance, BFD, re-placements."""
+    vteps = []
+    imb = {}
+    by_index = {v.index: v for v in core.vteps.values()}
+    for vtep in sorted(core.vteps.values(), key=lambda v: v.index):
+        counts = Counter(s.path for s in qps_all.values() if s.vtep == vtep.index)
+        vteps.append({
+            "index": vtep.index, "address": vtep.address, "device": vtep.device,
+            "paths": [{"index": p.index, "uplink": p.uplink, "gateway": p.gateway,
+                       "hops": list(p.hops), "alive": p.alive, "ports": list(p.ports),
+                       "qps": counts.get(p.index, 0), "packets": p.packets, "bytes": p.bytes}
+                      for p in sorted(vtep.paths.values(), key=lambda p: p.index)],
+        })
+        imb[vtep.address] = round(imbalance(counts, vtep.live_paths()), 4)
+    qps = []
+    for key, s in sorted(qps_all.items(), key=lambda kv: -kv[1].bytes)[:top_n]:
+        vtep = by_index.get(s.vtep)
+        path = vtep.paths.get(s.path) if vtep else None
+        src, dst, dqp = describe_qp(key)
+        qps.append({"src": src, "dst": dst, "dqp": dqp,
+                    "vtep": vtep.address if vtep else None, "path": s.path,
+                    "uplink": path.uplink if path else None, "port": s.port,
+                    "packets": s.packets, "bytes": s.bytes, "moves": s.moves})
+    bfd = core.bfd
+    return {
+        "vteps": vteps, "qp_total": len(qps_all), "qps": qps, "imbalance": imb,
+        "bfd": {"available": bfd.available, "reason": bfd.reason,
+                "peers": [dict(p) for p in bfd.peers]},
+        "replacements": dict(core.replacements),
+    }
+
+
+def summary_ms(samples: list[float]) -> dict:
+    """Nearest-rank percentiles of sorted samples (seconds), in ms."""
+    if not samples:
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+
+    def pct(q):
+        return round(samples[max(0, math.ceil(q * len(samples)) - 1)] * 1e3, 3)
+    return {"count": len(samples), "p50": pct(0.5), "p99": pct(0.99),
+            "max": round(samples[-1] * 1e3, 3)}

@@ -1,0 +1,324 @@
+"""The decision core, table-driven: events in, map writes and QP moves out.
+
+No root, no kernel: a QP table as the maps would hold it is kept beside the
+core and updated with the moves it asks for, so a sequence of events plays
+out as it would in the agent.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from qpagent.core.actions import (ForgetQp, MoveQp, Note, SetMacVteps, SetPathCounts, Warn,
+                                  WritePath)
+from qpagent.core.decisions import Core, QpView, Settings
+from qpagent.core.inputs import BfdSeen, FdbSeen, PathsSeen, Tick
+from qpagent.core.model import Found, VtepAddress
+from qpagent.portmath import hash_for_port
+from qpagent.tables import MAX_PATHS
+
+RANGE = (49152, 65535)
+DEV, REMOTE = "vxlan100", "10.255.0.9"
+KEY = (DEV, REMOTE)
+FDB = FdbSeen({KEY: VtepAddress("10.255.0.3", RANGE)}, {"aa:bb:cc:00:00:01": KEY})
+NOW_NS = 1_000 * 10**9
+
+
+def first_hop(uplink: str, ports, hops=()) -> Found:
+    index = {"eth1": 11, "eth2": 12, "eth3": 13, "eth4": 14}.get(uplink, 20)
+    gateway = {"eth1": "10.0.0.1", "eth2": "10.0.0.3"}.get(uplink, "10.0.9.1")
+    return Found(index, uplink, gateway, tuple(hops), tuple(ports))
+
+
+PATH_A = first_hop("eth1", [49152, 49153, 49154])
+PATH_B = first_hop("eth2", [49160, 49161, 49162])
+
+
+def write(path: int, found: Found, alive=True, qps=0, vtep=0) -> WritePath:
+    return WritePath(vtep, path, found.ifindex, alive, found.ports,
+                     tuple(hash_for_port(p, *RANGE) for p in found.ports), qps)
+
+
+def move(qp: bytes, path: int, slot: int, port: int, reason: str) -> MoveQp:
+    return MoveQp(qp, 0, path, slot, port, hash_for_port(port, *RANGE), reason)
+
+
+class World:
+    """The core plus the QP table the data plane would hold."""
+
+    def __init__(self, **settings):
+        self.core = Core(Settings(**settings))
+        self.qps: dict[bytes, QpView] = {}
+        self.now = 100.0
+
+    def qp(self, name: str, path: int, port: int, slot: int = 0, nbytes: int = 1000,
+           last_ns: int = NOW_NS) -> None:
+        self.qps[name.encode()] = QpView(0, path, slot, port, 10, nbytes, 0, last_ns)
+
+    def paths(self, *found: Found, cause="route_del", fdb=None) -> list:
+        out = self.core.paths_seen(PathsSeen({KEY: list(found)}, cause, fdb), self.qps, self.now)
+        return self._play(out)
+
+    def bfd(self, *down: str) -> list:
+        return self._play(self.core.bfd_seen(BfdSeen(True, None, (), frozenset(down)),
+                                             self.qps, self.now))
+
+    def tick(self, now_ns=NOW_NS) -> list:
+        return self._play(self.core.tick(Tick(now_ns), self.qps))
+
+    def _play(self, actions: list) -> list:
+        for a in actions:
+            if isinstance(a, MoveQp):
+                self.qps[a.qp] = self.qps[a.qp]._replace(path=a.path, slot=a.slot, port=a.port)
+        return actions
+
+    def placement(self) -> dict[str, int]:
+        return {k.decode(): q.path for k, q in sorted(self.qps.items())}
+
+
+def started(**settings) -> World:
+    world = World(**settings)
+    world.paths(PATH_A, PATH_B, cause="start", fdb=FDB)
+    return world
+
+
+# ---------------------------------------------------------------- start
+
+def test_start_writes_the_mac_table_and_every_path():
+    world = World()
+    assert world.paths(PATH_A, PATH_B, cause="start", fdb=FDB) == [
+        SetMacVteps((("aa:bb:cc:00:00:01", 0),)),
+        write(0, PATH_A),
+        write(1, PATH_B),
+    ]
+
+
+def test_start_with_qps_already_in_place_moves_nothing():
+    world = World()
+    world.qp("q1", 0, 49152)
+    world.qp("q2", 1, 49160)
+    out = world.paths(PATH_A, PATH_B, cause="start", fdb=FDB)
+    assert [a for a in out if isinstance(a, MoveQp)] == []
+    assert out[1:] == [write(0, PATH_A, qps=1), write(1, PATH_B, qps=1)]
+
+
+def test_a_second_identical_discovery_writes_nothing():
+    world = started()
+    assert world.paths(PATH_A, PATH_B, cause="periodic", fdb=FDB) == [
+        SetMacVteps((("aa:bb:cc:00:00:01", 0),))]
+
+
+# ---------------------------------------------------------------- death and return
+
+def test_a_dead_first_hop_moves_only_its_qps_each_to_a_port_of_its_own():
+    world = started()
+    world.qp("a1", 0, 49152, 0)
+    world.qp("a2", 0, 49153, 1)
+    world.qp("b1", 1, 49160, 0)
+    out = world.paths(PATH_B)
+    assert out == [
+        write(0, PATH_A, alive=False, qps=2),
+        write(1, PATH_B, qps=1),
+        move(b"a1", 1, 1, 49161, "dead_path"),
+        move(b"a2", 1, 2, 49162, "dead_path"),
+        write(0, PATH_A, alive=False, qps=0),
+        write(1, PATH_B, qps=3),
+    ]
+    assert world.core.replacements["dead_path"] == 2
+
+
+def test_a_returning_path_takes_back_the_fewest_qps():
+    world = started()
+    for i in range(4):
+        world.qp(f"b{i}", 1, 49160 + i % 3, i % 3)
+    world.paths(PATH_B)                       # A dies: nothing on it
+    out = world.paths(PATH_A, PATH_B, cause="route_add")
+    moves = [a for a in out if isinstance(a, MoveQp)]
+    assert [(m.path, m.reason) for m in moves] == [(0, "path_up"), (0, "path_up")]
+    assert sorted(world.placement().values()) == [0, 0, 1, 1]
+
+
+def test_hysteresis_keeps_a_just_moved_qp_where_it_is_when_another_can_go():
+    world = started()
+    world.qp("a1", 0, 49152, nbytes=10)
+    world.qp("b1", 1, 49160, nbytes=10)
+    world.qp("b2", 1, 49161, 1, nbytes=10)
+    world.paths(PATH_B)                       # a1 moves to B: just moved
+    world.now += 1
+    world.paths(PATH_A, PATH_B, cause="route_add")
+    # B holds a1, b1, b2; one goes back to A, and it is not a1.
+    assert world.placement()["a1"] == 1
+    assert sorted(world.placement().values()) == [0, 1, 1]
+
+
+def test_without_rebalance_only_orphans_move():
+    world = started(rebalance=False)
+    for i in range(3):
+        world.qp(f"b{i}", 1, 49160 + i, i)
+    assert [a for a in world.paths(PATH_A, PATH_B, cause="route_add")
+            if isinstance(a, MoveQp)] == []
+    assert [a for a in world.tick() if isinstance(a, MoveQp)] == []
+
+
+def test_periodic_tick_restores_exact_balance_and_counts():
+    world = started()
+    for i in range(3):
+        world.qp(f"b{i}", 1, 49160 + i, i)
+    out = world.tick()
+    assert [(m.qp, m.path, m.reason) for m in out if isinstance(m, MoveQp)] == [
+        (b"b0", 0, "rebalance")]
+    assert out[-1] == SetPathCounts(0, ((0, 1), (1, 2)))
+
+
+def test_a_qp_whose_port_now_leads_elsewhere_is_re_slotted_on_its_path():
+    world = started()
+    world.qp("a1", 0, 49152)
+    narrowed = first_hop("eth1", [49153, 49154])
+    out = world.paths(narrowed, PATH_B)
+    assert move(b"a1", 0, 0, 49153, "port_remap") in out
+    assert world.core.replacements["port_remap"] == 1
+
+
+def test_a_vtep_gone_from_the_fdb_loses_every_path():
+    world = started()
+    world.qp("a1", 0, 49152)
+    out = world.core.paths_seen(PathsSeen({}, "periodic", FdbSeen({}, {})), world.qps, world.now)
+    assert out == [SetMacVteps(()), write(0, PATH_A, alive=False, qps=1),
+                   write(1, PATH_B, alive=False)]
+
+
+def test_no_route_at_all_kills_every_path_and_moves_nothing_nowhere():
+    world = started()
+    world.qp("a1", 0, 49152)
+    out = world.paths()
+    assert out == [write(0, PATH_A, alive=False, qps=1), write(1, PATH_B, alive=False)]
+
+
+# ---------------------------------------------------------------- BFD
+
+def test_bfd_down_uplink_kills_its_paths_before_the_fib_knows_and_up_brings_them_back():
+    world = started()
+    world.qp("a1", 0, 49152)
+    world.qp("b1", 1, 49160)
+    out = world.bfd("eth1")
+    assert [(m.qp, m.path, m.reason) for m in out if isinstance(m, MoveQp)] == [
+        (b"a1", 1, "dead_path")]
+    assert world.bfd("eth1") == []            # nothing new: nothing done
+    out = world.bfd()
+    assert write(0, PATH_A) in out or write(0, PATH_A, qps=0) in out
+
+
+# ---------------------------------------------------------------- end-to-end probe rounds
+
+def e2e(uplink, ports, *hops):
+    return first_hop(uplink, ports, hops)
+
+
+def test_probe_round_that_splits_a_first_hop_adds_paths():
+    world = World(end_to_end=True)
+    world.paths(PATH_A, cause="start", fdb=FDB)
+    split = [e2e("eth1", [49152], "10.1.0.1", "10.2.0.1"), e2e("eth1", [49153], "10.1.0.1", "10.2.0.5")]
+    out = world.paths(*split, cause="probe")
+    assert out == [write(0, PATH_A, alive=False), write(1, split[0]), write(2, split[1])]
+
+
+def test_probe_round_that_saw_fewer_hops_is_ignored():
+    world = World(end_to_end=True)
+    deep = [e2e("eth1", [49152], "10.1.0.1", "10.2.0.1"), e2e("eth2", [49160], "10.1.0.3", "10.2.0.3")]
+    world.paths(*deep, cause="start", fdb=FDB)
+    world.qp("q", 0, 49152)
+    shallow = [e2e("eth1", [49152], "10.1.0.1")]
+    assert world.paths(*shallow, cause="probe") == []
+    assert world.paths(cause="probe") == []   # an empty round says nothing either
+    assert all(p.alive for p in world.core.vteps[KEY].paths.values())
+
+
+def test_probe_round_that_changes_a_hop_moves_the_qps_of_the_old_path():
+    world = World(end_to_end=True)
+    old = [e2e("eth1", [49152], "10.1.0.1", "10.2.0.1"), e2e("eth2", [49160], "10.1.0.3", "10.2.0.3")]
+    world.paths(*old, cause="start", fdb=FDB)
+    world.qp("q", 0, 49152)
+    new = [e2e("eth1", [49152], "10.1.0.1", "10.2.0.9"), old[1]]
+    out = world.paths(*new, cause="probe")
+    assert [(m.path, m.reason) for m in out if isinstance(m, MoveQp)] == [(1, "dead_path")]
+    assert world.core.vteps[KEY].paths[2].hops == ("10.1.0.1", "10.2.0.9")
+
+
+def test_a_full_path_table_and_a_changed_round_keeps_paths_alive():
+    """The bug found in the long sweep: every index used, a round with new
+    hops must reuse dead indexes, not leave every path dead."""
+    world = World(end_to_end=True)
+    full = [e2e("eth1", [49152 + i], "10.1.0.1", f"10.2.0.{i}") for i in range(MAX_PATHS)]
+    world.paths(*full, cause="start", fdb=FDB)
+    changed = full[1:] + [e2e("eth1", [49300], "10.1.0.1", "10.2.1.99")]
+    world.paths(*changed, cause="probe")
+    paths = world.core.vteps[KEY].paths
+    assert len(paths) == MAX_PATHS
+    assert sum(p.alive for p in paths.values()) == MAX_PATHS
+    assert paths[0].hops == ("10.1.0.1", "10.2.1.99")
+
+
+def test_more_paths_than_the_table_holds_is_a_warning_not_a_crash():
+    world = World(end_to_end=True)
+    many = [e2e("eth1", [49152 + i], "10.1.0.1", f"10.2.0.{i}") for i in range(MAX_PATHS + 1)]
+    out = world.paths(*many, cause="start", fdb=FDB)
+    assert Warn(f"VTEP {REMOTE}: more than {MAX_PATHS} paths") in out
+    assert len(world.core.vteps[KEY].paths) == MAX_PATHS
+
+
+# ---------------------------------------------------------------- idle QPs
+
+def test_idle_qps_are_forgotten_and_no_longer_count():
+    world = started()
+    world.qp("busy", 0, 49152, last_ns=NOW_NS)
+    world.qp("idle", 1, 49160, last_ns=NOW_NS - 11 * 10**9)
+    out = world.tick()
+    assert out[:2] == [ForgetQp(b"idle"), Note("expire", "1 QPs idle for 10 s forgotten")]
+    assert out[-1] == SetPathCounts(0, ((0, 1),))
+    assert "idle" not in world.placement()
+
+
+def test_traffic_is_attributed_to_paths_by_deltas():
+    world = started()
+    world.qp("a1", 0, 49152, nbytes=1000)
+    world.tick()
+    world.qp("a1", 0, 49152, nbytes=1500)
+    world.tick()
+    assert world.core.vteps[KEY].paths[0].bytes == 1500
+
+
+# ---------------------------------------------------------------- restart
+
+def test_restore_then_start_discovery_moves_no_qp():
+    world = started()
+    world.qp("a1", 0, 49153, 1)
+    world.qp("b1", 1, 49160, 0)
+    saved = world.core.export_state()
+    pinned = {(0, 0): (PATH_A.ifindex, True, PATH_A.ports), (0, 1): (PATH_B.ifindex, True, PATH_B.ports)}
+
+    again = World()
+    again.qps = dict(world.qps)
+    assert again.core.restore_state(saved, pinned) == [
+        Note("restore", "1 remote VTEPs and 2 paths taken over from the pinned data plane")]
+    out = again.paths(PATH_B, PATH_A, cause="start", fdb=FDB)   # discovery order differs
+    assert [a for a in out if isinstance(a, MoveQp)] == []
+    assert again.placement() == {"a1": 0, "b1": 1}
+
+
+@pytest.mark.parametrize("pinned", [
+    {},
+    {(0, 0): (PATH_A.ifindex, True, PATH_A.ports)},
+    {(0, 0): (PATH_A.ifindex, True, PATH_A.ports), (0, 1): (99, True, PATH_B.ports)},
+])
+def test_restore_refuses_state_that_the_pinned_maps_do_not_hold(pinned):
+    saved = started().core.export_state()
+    core = Core()
+    out = core.restore_state(saved, pinned)
+    assert out == [Warn("saved state does not match the pinned path table: "
+                        "placements start afresh")]
+    assert core.vteps == {}
+
+
+def test_restore_refuses_malformed_state():
+    out = Core().restore_state({"vteps": [{"index": "x"}]}, {})
+    assert len(out) == 1 and isinstance(out[0], Warn) and "start afresh" in out[0].text
