@@ -7,7 +7,6 @@ the BPF maps then. Per-QP series are bounded to the top N QPs by bytes.
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -57,11 +56,11 @@ class ReactionHistogram:
 class AgentCollector:
     """Turns `agent.snapshot(top_n)` and `agent.reaction_histogram` into metric families."""
 
-    def __init__(self, agent, top_n: int | None = None, node: str | None = None):
+    def __init__(self, agent, top_n: int | None = None):
         # top_n None lets the agent use its own configured agent.top_qps.
         self.agent = agent
         self.top_n = top_n
-        self.fallback_node = node or socket.gethostname().split(".")[0]
+        self.fallback_node = str(getattr(agent, "node", ""))
 
     def collect(self) -> Iterable[Metric]:
         try:

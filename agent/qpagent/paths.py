@@ -34,7 +34,7 @@ def _order_key(hop: tuple[int, str, str | None]) -> tuple:
 
 def discover_paths(local_ip: str, remote_ip: str, port_candidates: Iterable[int],
                    uplinks: set[str] | frozenset[str], ports_per_path: int = 16,
-                   ipr=None, dport: int = VXLAN_PORT,
+                   dport: int = VXLAN_PORT,
                    max_lookups: int = MAX_LOOKUPS, fib: Fib | None = None,
                    expected_paths: int | None = None) -> list[Path]:
     """Paths to remote_ip via the configured uplinks, with ports that take them.
@@ -50,7 +50,7 @@ def discover_paths(local_ip: str, remote_ip: str, port_candidates: Iterable[int]
         raise ValueError("ports_per_path must be at least 1")
     uplinks = set(uplinks)
     own_fib = fib is None
-    fib = Fib(ipr) if own_fib else fib
+    fib = Fib() if own_fib else fib
     if expected_paths is None:
         hops = fib.next_hops(remote_ip)
         if hops is not None:

@@ -52,6 +52,8 @@ SNAPSHOT = {
 
 
 class FixedAgent:
+    node = "qt5-leaf1"
+
     def __init__(self, snapshot=SNAPSHOT, samples=(0.0004, 0.002, 0.3)):
         self._snapshot = snapshot
         self.reaction_histogram = ReactionHistogram()
@@ -210,8 +212,8 @@ def test_empty_snapshot_scrapes(exporter):
 def test_failing_agent_reports_down_instead_of_breaking_the_scrape(exporter):
     server = exporter(BrokenAgent())
     samples = scrape(server)
-    assert [(name, dict(labels)["node"] != "", value) for (name, labels), value in samples.items()] \
-        == [("qpagent_up", True, 0)]
+    assert [(name, dict(labels)["node"], value) for (name, labels), value in samples.items()] \
+        == [("qpagent_up", "qt5-leaf1", 0)]
 
 
 def test_disabled_address_starts_nothing():
