@@ -1,15 +1,18 @@
 """The traffic engine between real processes in two network namespaces
 joined by a veth: collectives complete with every byte verified, loss is
-repaired by go-back-N, bad input is a clear error. No lab needed."""
+repaired by go-back-N, a path cut past the retry budget puts its QPs in
+error and fails the job, bad input is a clear error. No lab needed."""
 import os
 import subprocess
+import threading
+import time
 
 import pytest
 
 from qplab.workloads.collective import run_collective
-from qplab.workloads.driver import Engine, EngineError, Host
+from qplab.workloads.driver import Engine, EngineError, Host, QpInError
 from qplab.workloads.worker import EngineConfig
-from workloads_netns import veth_pair_namespaces
+from workloads_netns import rx_bytes, silent_cut, veth_pair_namespaces
 
 pytestmark = [pytest.mark.live, pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")]
@@ -53,7 +56,7 @@ def test_loss_on_the_wire_is_repaired(two_ns):
     for ns, dev in ((ns_a, "v0"), (ns_b, "v1")):
         subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root",
                         "tbf", "rate", "100mbit", "burst", "16kb", "limit", "24kb"], check=True)
-    cfg = EngineConfig(rto=0.02)
+    cfg = EngineConfig(timeout_exp=12)         # 16.8 ms local ACK timeout, 7 retries
     with Engine(four_hosts(ns_a, ns_b)[::2], cfg, qps_per_conn=2) as eng:
         res = run_collective(eng, "ring", 1 << 20, iterations=2, msg_size=30_000)
     s = res["summary"]
@@ -83,14 +86,73 @@ def test_unreachable_peer_fails_clearly(two_ns):
             run_collective(eng, "ring", 4096, iterations=1)
 
 
-def test_retry_limit_surfaces_as_error(two_ns):
+def cut_when_flowing(ns_a, ip_a, ns_b, ip_b, threshold, deadline_s=30.0):
+    """In the background: once ns_b has received `threshold` bytes, cut the
+    path between the two addresses for good (the namespaces go at the end)."""
+    box = {}
+
+    def watch():
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if rx_bytes(ns_b, "v1") >= threshold:
+                silent_cut(ns_a, ip_a, ns_b, ip_b)
+                box["cut_at"] = time.monotonic()
+                return
+            time.sleep(0.01)
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t, box
+
+
+def test_a_path_cut_past_the_retry_budget_fails_the_job_with_its_qps_in_error(two_ns):
+    """Ring a1 -> a2 -> b1 -> b2 -> a1; the a2 <-> b1 path is cut silently in
+    the middle of the run and stays cut. The QPs of that connection with data
+    outstanding run out of retries and go to error; the job fails at once,
+    not at the driver's timeout, and the result names them."""
     ns_a, ns_b = two_ns
-    subprocess.run(["ip", "-n", ns_b, "link", "set", "v1", "down"], check=True)
-    cfg = EngineConfig(rto=0.02, retry_limit=2)
-    hosts = [Host("a1", A[0], ns_a), Host("b1", B[0], ns_b)]
-    with Engine(hosts, cfg) as eng:
-        with pytest.raises(EngineError, match="retry limit 2 exceeded"):
-            run_collective(eng, "ring", 4096, iterations=1, timeout=10)
+    # 134 ms x (1 + 3 retries): well above a busy machine's scheduling hiccups
+    cfg = EngineConfig(timeout_exp=15, retry_cnt=3, rate_mbit=40)
+    watcher, box = cut_when_flowing(ns_a, A[1], ns_b, B[0], threshold=1 << 20)
+    with Engine(four_hosts(ns_a, ns_b), cfg, qps_per_conn=2) as eng:
+        with pytest.raises(QpInError) as info:
+            run_collective(eng, "ring", 8 << 20, iterations=2, timeout=60)
+        with pytest.raises(EngineError, match="failed earlier"):
+            run_collective(eng, "ring", 4096, iterations=1)
+    watcher.join()
+    assert "cut_at" in box, "the run never got going"
+    e = info.value
+    assert e.qps, "no QP reported in error"
+    for q in e.qps:
+        assert {q["host"], q["peer"]} == {"a2", "b1"}            # only the cut connection
+        assert q["error"].startswith("retry_cnt 3 exhausted: local ACK timeout (134.2 ms)")
+        assert q["error"].endswith("after 3 retries")
+        assert q["error_at"] > box["cut_at"]
+    summary = e.result["summary"]
+    assert summary["qps_in_error"] == e.qps
+    assert summary["failed_iteration"] == 0 and "in error" in summary["job_failed"]
+    assert not summary["all_verified"]
+    t = 0.134217728
+    assert e.result["retry"] == {"timeout_exp": 15, "retry_cnt": 3, "ack_timeout_s": pytest.approx(t),
+                                 "budget_s": pytest.approx(4 * t)}
+    # The QP gave up only after the whole budget of silence, not earlier.
+    failed = [q for q in e.reply["qps"] if q["error"]]
+    for q in failed:
+        since, until = q["stalls"][-1]
+        assert until == q["error_at"] and until - since >= 4 * t - 1e-6
+
+
+def test_engine_config_presets_and_validation():
+    nccl = EngineConfig.preset("nccl", window=64)
+    assert (nccl.timeout_exp, nccl.retry_cnt, nccl.window) == (20, 7, 64)
+    assert nccl.ack_timeout == pytest.approx(4.294967296)
+    assert EngineConfig.from_dict({"retry_preset": "tight", "retry_cnt": 2}).retry_summary() == {
+        "timeout_exp": 14, "retry_cnt": 2, "ack_timeout_s": pytest.approx(0.067108864),
+        "budget_s": pytest.approx(3 * 0.067108864)}
+    assert EngineConfig(rto=0.25).ack_timeout == 0.25
+    with pytest.raises(ValueError, match="retry_cnt 8"):
+        EngineConfig(retry_cnt=8)
+    with pytest.raises(ValueError, match="unknown retry preset 'fast'"):
+        EngineConfig.preset("fast")
 
 
 def test_pacing_holds_a_host_to_its_rate(two_ns):

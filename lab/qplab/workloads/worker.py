@@ -9,7 +9,9 @@ qplab.workloads.worker`. Commands (one JSON object a line):
    "steps": [{"sends": [[peer, bytes]], "recvs": [[peer, bytes]]}, ...]}
   {"cmd": "quit"}
 Every command is answered with one JSON line ({"ok": true, ...} or
-{"ok": false, "error": ...}); "run" is answered when the iteration is done.
+{"ok": false, "error": ...}); "run" is answered when the iteration is done,
+or at once with "ok": false when one of the host's QPs went to the error
+state (each QP's "state", "error" and "error_at" are in "qps").
 
 Each message carries a 16-byte header (iteration, step, index, count) and its
 CRC-32 as immediate data; the receiver recomputes the CRC of every message
@@ -38,38 +40,69 @@ STALL_MIN = 0.05          # a QP without progress this long is a stall worth rep
 class EngineConfig:
     mtu: int = 1024            # RoCE path MTU (payload bytes per packet)
     window: int = 128          # packets in flight per QP
-    rto: float = 0.1           # seconds without an ACK before going back
-    retry_limit: int | None = None
+    # RC retransmission as the verbs QP attributes set it (see gbn.RETRY_PRESETS):
+    timeout_exp: int = 14      # `timeout`: local ACK timeout 4.096 us x 2^timeout_exp (0: never)
+    retry_cnt: int = 7         # `retry_cnt`: retries without progress before the QP is in error
+    rto: float | None = None   # seconds instead of timeout_exp, for finer sweeps than powers of 2
     ack_every: int = 16
     rate_mbit: float = 0.0     # pacing per host (0 = as fast as it goes)
     icrc: bool = True          # compute and check the ICRC
 
+    def __post_init__(self):
+        gbn.RetryPolicy(self.timeout_exp, self.retry_cnt)     # validates both ranges
+        if self.rto is not None and self.rto <= 0:
+            raise ValueError("rto must be positive")
+
     @classmethod
     def from_dict(cls, d: dict) -> "EngineConfig":
+        """Known fields only; "retry_preset" names one of gbn.RETRY_PRESETS
+        and fields given beside it win."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        preset = d.get("retry_preset")
+        if preset:
+            return cls.preset(preset, **known)
         return cls(**known)
+
+    @classmethod
+    def preset(cls, name: str, **fields) -> "EngineConfig":
+        """A configuration with the retry policy of a named preset ("nccl", "tight")."""
+        policy = gbn.RETRY_PRESETS.get(name)
+        if policy is None:
+            raise ValueError(f"unknown retry preset {name!r}; choose one of {', '.join(gbn.RETRY_PRESETS)}")
+        return cls(**{"timeout_exp": policy.timeout_exp, "retry_cnt": policy.retry_cnt, **fields})
+
+    @property
+    def ack_timeout(self) -> float | None:
+        """Seconds of the local ACK timeout; None: the QP never times out."""
+        return self.rto if self.rto is not None else gbn.local_ack_timeout(self.timeout_exp)
+
+    def retry_summary(self) -> dict:
+        """What a run's result records about RC retransmission."""
+        t = self.ack_timeout
+        return {"timeout_exp": None if self.rto is not None else self.timeout_exp,
+                "retry_cnt": self.retry_cnt, "ack_timeout_s": t,
+                "budget_s": None if t is None else t * (self.retry_cnt + 1)}
 
 
 class QueuePair:
     def __init__(self, qpn, peer, peer_ip, rqpn, sport, cfg: EngineConfig):
         self.qpn, self.peer, self.peer_ip, self.rqpn, self.sport = qpn, peer, peer_ip, rqpn, sport
         # Both ends start at PSN 0 in each direction (exchanged out of band in reality).
-        self.tx = gbn.GbnSender(mtu=cfg.mtu, window=cfg.window, rto=cfg.rto,
-                                retry_limit=cfg.retry_limit)
+        self.tx = gbn.GbnSender(mtu=cfg.mtu, window=cfg.window, ack_timeout=cfg.ack_timeout,
+                                retry_cnt=cfg.retry_cnt, stall_min=STALL_MIN)
         self.rx = gbn.GbnReceiver(ack_every=cfg.ack_every)
-        self.stalls: list[tuple[float, float]] = []
-        self._stall_from: float | None = None
-
-    def note_progress(self, now: float) -> None:
-        if self._stall_from is not None and now - self._stall_from >= STALL_MIN:
-            self.stalls.append((self._stall_from, now))
-        self._stall_from = None
 
     def report(self) -> dict:
+        tx = self.tx
+        stalls = list(tx.stalls)
+        if tx.error_at is not None and tx.waiting_since is not None:
+            stalls.append((tx.waiting_since, tx.error_at))     # the stall that ended in error
         return {"qpn": self.qpn, "peer": self.peer, "rqpn": self.rqpn, "sport": self.sport,
-                "tx": asdict(self.tx.stats), "rx": asdict(self.rx.stats),
-                "stalls": [[round(a, 6), round(b, 6)] for a, b in self.stalls],
-                "error": self.tx.error}
+                "tx": asdict(tx.stats), "rx": asdict(self.rx.stats),
+                "stalls": [[round(a, 6), round(b, 6)] for a, b in stalls],
+                "state": "error" if tx.error else "rts",
+                "error": tx.error,
+                "error_at": None if tx.error_at is None else round(tx.error_at, 6)}
 
 
 class Payloads:
@@ -100,6 +133,7 @@ class Worker:
         self.bad_packets = 0
         self.stray_messages = 0
         self._tokens = 0.0
+        self._turn = 0
         self._icrc: dict[tuple, object] = {}
         self._last_refill = time.monotonic()
 
@@ -228,10 +262,11 @@ class Worker:
             self.bad_packets += 1
             return
         if pkt.is_ack:
-            before = qp.tx.progress
-            done = qp.tx.on_ack(pkt.psn, pkt.syndrome, now)
-            if qp.tx.progress != before:
-                qp.note_progress(now)
+            try:
+                done = qp.tx.on_ack(pkt.psn, pkt.syndrome, now)
+            except gbn.QpError as e:
+                self.qp_failed(qp, e)
+                return
             if done and self.run is not None:
                 self.run["pending_acks"] -= len(done)
             return
@@ -268,14 +303,19 @@ class Worker:
             self._last_refill = now
         more = False
         ep = self.ep
-        for qp in self.qps.values():
-            try:
-                if qp.tx.on_timer(now):
-                    qp._stall_from = qp._stall_from or now - qp.tx.rto
-            except gbn.QpError as e:
-                if self.run is not None and self.run["error"] is None:
-                    self.run["error"] = f"QP {qp.qpn:#x} to {qp.peer}: {e}"
-                continue
+        # Start one QP further each time, so pacing shares the tokens
+        # instead of the first QPs starving the rest.
+        order = list(self.qps.values())
+        if order:
+            self._turn = (self._turn + 1) % len(order)
+            order = order[self._turn:] + order[:self._turn]
+        for qp in order:              # every timer first: pacing may stop the sending loop
+            if not qp.tx.error:
+                try:
+                    qp.tx.on_timer(now)
+                except gbn.QpError as e:
+                    self.qp_failed(qp, e)
+        for qp in order:
             budget = 32
             if pacing:
                 budget = min(budget, int(self._tokens // (cfg.mtu + 60)))
@@ -294,6 +334,12 @@ class Worker:
             if len(segs) == budget:
                 more = True
         return more
+
+    def qp_failed(self, qp: QueuePair, e: gbn.QpError) -> None:
+        """A QP in error fails the iteration, as a completion error fails a
+        collective: the run is answered at once with every QP's state."""
+        if self.run is not None and self.run["error"] is None:
+            self.run["error"] = f"QP {qp.qpn:#x} to {qp.peer} in error: {e}"
 
     def next_deadline(self) -> float | None:
         dls = [d for d in (qp.tx.deadline() for qp in self.qps.values()) if d is not None]
