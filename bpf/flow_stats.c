@@ -8,25 +8,40 @@
 #define QPAGENT_MAPS_FLOWS
 #include "maps.h"
 #include "parse.h"
-#include "counters.h"
+#include "parse_helpers.h"
 #include "clock.h"
 
-/* One parse outcome for (ifindex, hook); the entry is made on first use and
- * a full table drops the count, never the packet. Each program carries its
- * own copy: BCC rewrites map calls only in the program's own .c file. */
-static __always_inline void count_parse(__u32 ifindex, __u32 hook, int outcome)
+/* One parse outcome for (ifindex, hook). Each program carries its own
+ * copy: BCC rewrites map calls only in the program's own .c file. */
+static __always_inline struct parse_counters *parse_slot_spill(__u32 ifindex, __u32 hook)
 {
 	struct parse_key key = { .ifindex = ifindex, .hook = hook };
-	struct parse_counters *pc;
+	struct parse_counters *pc = parse_stats_spill.lookup(&key);
 
-	if (!parse_outcome_valid(outcome))
-		return;
-	pc = parse_stats.lookup(&key);
 	if (!pc) {
-		struct parse_counters zero = {};
+		struct parse_counters fresh = { .ifindex = ifindex, .hook = hook };
 
-		parse_stats.insert(&key, &zero);
-		pc = parse_stats.lookup(&key);
+		/* A full table drops the count, never the packet. */
+		parse_stats_spill.insert(&key, &fresh);
+		pc = parse_stats_spill.lookup(&key);
+	}
+	return pc;
+}
+
+static __always_inline void count_parse(__u32 ifindex, __u32 hook, int outcome)
+{
+	__u32 slot = parse_slot_of(ifindex, hook);
+	struct parse_counters *pc = parse_stats.lookup(&slot);   /* inlined */
+
+	if (!parse_outcome_valid(outcome) || !pc)
+		return;
+	/* Per-CPU: this CPU alone reads and claims its copy of the slot. */
+	if (pc->ifindex == 0 && ifindex != 0) {
+		pc->ifindex = ifindex;
+		pc->hook = hook;
+	}
+	if (pc->ifindex != ifindex || pc->hook != hook) {
+		pc = parse_slot_spill(ifindex, hook);
 		if (!pc)
 			return;
 	}

@@ -12,24 +12,39 @@
 #define QPAGENT_MAPS_PIN
 #include "maps.h"
 #include "parse.h"
-#include "counters.h"
+#include "parse_helpers.h"
 
-/* One parse outcome for (ifindex, hook); the entry is made on first use and
- * a full table drops the count, never the packet. Each program carries its
- * own copy: BCC rewrites map calls only in the program's own .c file. */
-static __always_inline void count_parse(__u32 ifindex, __u32 hook, int outcome)
+/* One parse outcome for (ifindex, hook). Each program carries its own
+ * copy: BCC rewrites map calls only in the program's own .c file. */
+static __always_inline struct parse_counters *parse_slot_spill(__u32 ifindex, __u32 hook)
 {
 	struct parse_key key = { .ifindex = ifindex, .hook = hook };
-	struct parse_counters *pc;
+	struct parse_counters *pc = parse_stats_spill.lookup(&key);
 
-	if (!parse_outcome_valid(outcome))
-		return;
-	pc = parse_stats.lookup(&key);
 	if (!pc) {
-		struct parse_counters zero = {};
+		struct parse_counters fresh = { .ifindex = ifindex, .hook = hook };
 
-		parse_stats.insert(&key, &zero);
-		pc = parse_stats.lookup(&key);
+		/* A full table drops the count, never the packet. */
+		parse_stats_spill.insert(&key, &fresh);
+		pc = parse_stats_spill.lookup(&key);
+	}
+	return pc;
+}
+
+static __always_inline void count_parse(__u32 ifindex, __u32 hook, int outcome)
+{
+	__u32 slot = parse_slot_of(ifindex, hook);
+	struct parse_counters *pc = parse_stats.lookup(&slot);   /* inlined */
+
+	if (!parse_outcome_valid(outcome) || !pc)
+		return;
+	/* Per-CPU: this CPU alone reads and claims its copy of the slot. */
+	if (pc->ifindex == 0 && ifindex != 0) {
+		pc->ifindex = ifindex;
+		pc->hook = hook;
+	}
+	if (pc->ifindex != ifindex || pc->hook != hook) {
+		pc = parse_slot_spill(ifindex, hook);
 		if (!pc)
 			return;
 	}
@@ -74,6 +89,31 @@ static __always_inline void fib_params_from(struct bpf_fib_lookup *fib,
 	}
 }
 
+/* BCC 0.26 declares bpf_redirect_neigh() with the three arguments of a
+ * draft; the kernel's helper takes (ifindex, params, plen, flags). */
+static long (*redirect_neigh_call)(__u32 ifindex, struct bpf_redir_neigh *params,
+				   int plen, __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
+
+/* The FIB's uplink has no resolved neighbour for its next hop (first use
+ * of a path, or an entry that expired). Passing the packet would send it
+ * out of the VXLAN driver's cached uplink; instead the kernel resolves the
+ * next hop on the FIB's uplink and fills in the MACs itself (the packet
+ * waits in the neighbour queue while ARP/ND runs). */
+static __always_inline int redirect_resolving(const struct bpf_fib_lookup *fib)
+{
+	struct bpf_redir_neigh nh = {};
+
+	if (fib->family == AF_INET) {
+		nh.nh_family = AF_INET;
+		nh.ipv4_nh = fib->ipv4_dst;
+	} else {
+		nh.nh_family = AF_INET6;
+		__builtin_memcpy(nh.ipv6_nh, fib->ipv6_dst, sizeof(nh.ipv6_nh));
+	}
+	pin_count(PIN_REDIRECTED_NEIGH);
+	return redirect_neigh_call(fib->ifindex, &nh, sizeof(nh), 0);
+}
+
 int path_pin(struct __sk_buff *skb)
 {
 	struct bpf_fib_lookup fib = {};
@@ -94,7 +134,8 @@ int path_pin(struct __sk_buff *skb)
 
 	fib_params_from(&fib, &p, skb->ifindex);
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+	/* NO_NEIGH still names the uplink and fills in its next hop. */
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 		pin_count(PIN_FIB_FAILED);
 		return TC_PASS;
 	}
@@ -108,6 +149,8 @@ int path_pin(struct __sk_buff *skb)
 		pin_count(PIN_FIB_FAILED);
 		return TC_PASS;
 	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return redirect_resolving(&fib);
 
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;

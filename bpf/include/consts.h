@@ -1,5 +1,6 @@
-/* Constants shared by every qpagent BPF program and mirrored by the agent
- * (agent/qpagent/bpfmaps.py). Change both together. */
+/* Constants and enums shared by every qpagent BPF program. The agent reads
+ * them from this file (qpagent.contract): this is their one definition.
+ * Enums keep their values in order, new members go before the count. */
 #ifndef QPAGENT_CONSTS_H
 #define QPAGENT_CONSTS_H
 
@@ -17,17 +18,25 @@
 #ifndef MAX_FLOWS
 #define MAX_FLOWS        65536  /* LRU-bounded flow table                   */
 #endif
-#define MAX_PARSE_KEYS   256    /* (ifindex, hook) pairs with parse counters */
+/* Parse counters live in a per-CPU array (its lookup is inlined by the
+ * verifier) at slot (ifindex * HOOK_IDS + hook) % PARSE_SLOTS: interfaces
+ * with an index below PARSE_SLOTS / HOOK_IDS never share a slot. A slot
+ * another (ifindex, hook) holds already sends the count to a per-CPU hash
+ * of up to MAX_PARSE_SPILL keys instead. */
+#define PARSE_SLOTS      1024   /* a power of two */
+#define MAX_PARSE_SPILL  256
 
 /* Outcome of parsing one frame; every program counts one per packet. */
 enum parse_outcome {
 	PARSE_ROCE = 0,      /* IPv4/IPv6 + UDP 4791 + a sane BTH           */
 	PARSE_NOT_ROCE,      /* IP, but not RoCEv2 (other proto or port)     */
 	PARSE_NOT_IP,        /* ARP, VLAN-tagged, anything not IPv4/IPv6     */
-	PARSE_TRUNCATED,     /* frame ends before a header it announces      */
+	PARSE_TRUNCATED,     /* frame ends before a header its types and
+			      * lengths announce (a header cut short)       */
 	PARSE_FRAGMENT,      /* IPv4 fragment (no L4 header to trust)        */
 	PARSE_IPV6_EXT,      /* IPv6 with an extension header: not parsed    */
-	PARSE_BAD_BTH,       /* UDP 4791 but BTH transport version != 0      */
+	PARSE_BAD_BTH,       /* UDP 4791, but too short for a BTH or its
+			      * transport version != 0                     */
 	PARSE_OUTCOMES,
 };
 
@@ -37,6 +46,7 @@ enum hook_id {
 	HOOK_TC_EGRESS,        /* flow_stats, tc egress      */
 	HOOK_QP_STEER,         /* qp_steer, vxlan tc egress  */
 	HOOK_PATH_PIN,         /* path_pin, uplink tc egress */
+	HOOK_IDS,
 };
 
 /* qp_steer event counters (per-CPU array indexes). */
@@ -55,6 +65,8 @@ enum pin_event {
 	PIN_REDIRECTED,        /* moved to the uplink the FIB names           */
 	PIN_FIB_FAILED,        /* FIB lookup did not succeed: left alone      */
 	PIN_NOT_VXLAN,         /* not an outer VXLAN packet: left alone       */
+	PIN_REDIRECTED_NEIGH,  /* moved to the FIB's uplink, whose next hop the
+				* kernel resolves first (bpf_redirect_neigh) */
 	PIN_EVENTS,
 };
 

@@ -6,9 +6,11 @@
 
 #include "structs.h"
 
-/* Parse outcomes per (ifindex, hook): every program. */
+/* Parse outcomes per (ifindex, hook), every program: a per-CPU array slot
+ * on the fast path, a per-CPU hash when the slot is taken (consts.h). */
+BPF_TABLE("percpu_array", __u32, struct parse_counters, parse_stats, PARSE_SLOTS);
 BPF_TABLE("percpu_hash", struct parse_key, struct parse_counters,
-	  parse_stats, MAX_PARSE_KEYS);
+	  parse_stats_spill, MAX_PARSE_SPILL);
 
 #ifdef QPAGENT_MAPS_STEER
 BPF_TABLE("lru_hash", struct qp_key, struct qp_state, qp_table, MAX_QPS);

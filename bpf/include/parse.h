@@ -5,6 +5,14 @@
  * VXLAN, then the inner Ethernet/IP/UDP/BTH under the same rules. No loops:
  * the inner frame is parsed by the same inline helpers a second time.
  * Every pointer is checked against data_end right before it is read.
+ *
+ * Two ends bound each header. The packet's own length fields (IP total or
+ * payload length, UDP length) say where its payload ends: a payload too
+ * short for the header its type announces is simply not that protocol (a
+ * traceroute probe to port 4789 carrying a few bytes is not VXLAN, a
+ * runt on 4791 is no BTH). data_end says where the bytes we were handed
+ * end: a header the lengths announce but the frame does not hold is
+ * PARSE_TRUNCATED, and only that is.
  */
 #ifndef QPAGENT_PARSE_H
 #define QPAGENT_PARSE_H
@@ -19,6 +27,7 @@
 #include "consts.h"
 
 #define PARSE_CONTINUE  (-1)   /* internal: header fine, keep going */
+#define LEN_UNKNOWN     0x10000  /* above any 16-bit length: nothing bounds the payload */
 
 #define IPV4_MF_OFFSET  0x3fff /* More-Fragments flag + fragment offset */
 #define BTH_LEN         12
@@ -55,17 +64,36 @@ struct l3l4 {
 
 struct cursor {
 	void *pos;
-	void *end;
+	void *end;          /* data_end: where the bytes we have stop          */
+	__u32 left;         /* bytes from pos the enclosing headers announce   */
 };
+
+/* Step over a header of len bytes the caller checked against both ends. */
+static __always_inline void cursor_skip(struct cursor *c, __u32 len)
+{
+	c->pos += len;
+	if (c->left != LEN_UNKNOWN)
+		c->left -= len;
+}
+
+/* A payload of `len` bytes starts at pos, as a length field says (0: the
+ * field does not say, as in GSO and jumbo packets). */
+static __always_inline void cursor_bound(struct cursor *c, __u32 len)
+{
+	if (len && len < c->left)
+		c->left = len;
+}
 
 static __always_inline int parse_eth(struct cursor *c, __u16 *h_proto)
 {
 	struct ethhdr *eth = c->pos;
 
+	if (c->left < sizeof(*eth))
+		return PARSE_NOT_ROCE;   /* inside VXLAN: no frame, just bytes */
 	if ((void *)(eth + 1) > c->end)
 		return PARSE_TRUNCATED;
 	*h_proto = eth->h_proto;
-	c->pos = eth + 1;
+	cursor_skip(c, sizeof(*eth));
 	/* A VLAN tag, ARP and everything else is not ours to parse. */
 	if (*h_proto != bpf_htons(ETH_P_IP) && *h_proto != bpf_htons(ETH_P_IPV6))
 		return PARSE_NOT_IP;
@@ -75,16 +103,22 @@ static __always_inline int parse_eth(struct cursor *c, __u16 *h_proto)
 static __always_inline int parse_ipv4(struct cursor *c, struct l3l4 *t)
 {
 	struct iphdr *ip = c->pos;
-	__u32 hlen;
+	__u32 hlen, tot_len;
 
+	if (c->left < sizeof(*ip))
+		return PARSE_NOT_IP;
 	if ((void *)(ip + 1) > c->end)
 		return PARSE_TRUNCATED;
 	if (ip->version != 4)
 		return PARSE_NOT_IP;
 	hlen = (__u32)ip->ihl * 4;
-	/* An IHL below 5 announces less than the fixed header: unusable. */
-	if (hlen < sizeof(*ip))
+	tot_len = bpf_ntohs(ip->tot_len);
+	/* An IHL below 5, or a total length below the header's own, announces
+	 * less than the fixed header: a header cut short by its own account. */
+	if (hlen < sizeof(*ip) || (tot_len && tot_len < hlen))
 		return PARSE_TRUNCATED;
+	if (hlen > c->left)
+		return PARSE_NOT_IP;
 	if (c->pos + hlen > c->end)
 		return PARSE_TRUNCATED;
 	t->family = 4;
@@ -95,7 +129,9 @@ static __always_inline int parse_ipv4(struct cursor *c, struct l3l4 *t)
 	 * told apart from its siblings by port: count, do not parse. */
 	if (ip->frag_off & bpf_htons(IPV4_MF_OFFSET))
 		return PARSE_FRAGMENT;
-	c->pos += hlen;
+	cursor_skip(c, hlen);
+	/* 0 is what a GSO packet above 64 KiB carries (BIG TCP). */
+	cursor_bound(c, tot_len ? tot_len - hlen : 0);
 	return PARSE_CONTINUE;
 }
 
@@ -114,6 +150,8 @@ static __always_inline int parse_ipv6(struct cursor *c, struct l3l4 *t)
 {
 	struct ipv6hdr *ip6 = c->pos;
 
+	if (c->left < sizeof(*ip6))
+		return PARSE_NOT_IP;
 	if ((void *)(ip6 + 1) > c->end)
 		return PARSE_TRUNCATED;
 	if (ip6->version != 6)
@@ -124,7 +162,8 @@ static __always_inline int parse_ipv6(struct cursor *c, struct l3l4 *t)
 	__builtin_memcpy(t->daddr, &ip6->daddr, sizeof(t->daddr));
 	if (ipv6_is_ext_header(ip6->nexthdr))
 		return PARSE_IPV6_EXT;
-	c->pos = ip6 + 1;
+	cursor_skip(c, sizeof(*ip6));
+	cursor_bound(c, bpf_ntohs(ip6->payload_len));   /* 0: jumbo or GSO */
 	return PARSE_CONTINUE;
 }
 
@@ -142,18 +181,27 @@ static __always_inline int parse_l4(struct cursor *c, struct l3l4 *t)
 {
 	if (t->proto == IPPROTO_UDP) {
 		struct udphdr *udp = c->pos;
+		__u32 udp_len;
 
+		if (c->left < sizeof(*udp))
+			return PARSE_NOT_ROCE;
 		if ((void *)(udp + 1) > c->end)
 			return PARSE_TRUNCATED;
+		udp_len = bpf_ntohs(udp->len);
+		if (udp_len && udp_len < sizeof(*udp))
+			return PARSE_TRUNCATED;   /* says it is shorter than itself */
 		t->sport = bpf_ntohs(udp->source);
 		t->dport = bpf_ntohs(udp->dest);
 		t->has_ports = 1;
-		c->pos = udp + 1;
+		cursor_skip(c, sizeof(*udp));
+		cursor_bound(c, udp_len ? udp_len - sizeof(*udp) : 0);
 		return PARSE_CONTINUE;
 	}
 	if (t->proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = c->pos;
 
+		if (c->left < sizeof(*tcp))
+			return PARSE_NOT_ROCE;
 		if ((void *)(tcp + 1) > c->end)
 			return PARSE_TRUNCATED;
 		t->sport = bpf_ntohs(tcp->source);
@@ -168,6 +216,8 @@ static __always_inline int parse_bth(struct cursor *c, __u32 *dqp)
 {
 	__u8 *bth = c->pos;
 
+	if (c->left < BTH_LEN)
+		return PARSE_BAD_BTH;     /* UDP 4791 too short for a BTH */
 	if ((void *)(bth + BTH_LEN) > c->end)
 		return PARSE_TRUNCATED;
 	/* Transport version (low nibble of byte 1) is 0 for every RoCE. */
@@ -202,7 +252,7 @@ static __always_inline int parse_frame(struct cursor *c, struct l3l4 *t,
 static __always_inline int parse_packet(void *data, void *data_end,
 					struct pkt_info *p)
 {
-	struct cursor c = { .pos = data, .end = data_end };
+	struct cursor c = { .pos = data, .end = data_end, .left = LEN_UNKNOWN };
 	struct l3l4 outer = {};
 	struct l3l4 inner = {};
 	__u8 *vx;
@@ -228,6 +278,8 @@ static __always_inline int parse_packet(void *data, void *data_end,
 		return PARSE_NOT_ROCE;
 
 	vx = c.pos;
+	if (c.left < VXLAN_LEN)
+		return PARSE_NOT_ROCE;   /* port 4789, but no VXLAN header fits */
 	if ((void *)(vx + VXLAN_LEN) > c.end)
 		return PARSE_TRUNCATED;
 	p->outer_vxlan = 1;
@@ -235,7 +287,7 @@ static __always_inline int parse_packet(void *data, void *data_end,
 		return PARSE_NOT_ROCE;   /* no valid VNI: nothing inside to trust */
 	p->vni = ((__u32)vx[4] << 16) | ((__u32)vx[5] << 8) | vx[6];
 	p->has |= FLOW_HAS_VNI;
-	c.pos = vx + VXLAN_LEN;
+	cursor_skip(&c, VXLAN_LEN);
 
 	rc = parse_frame(&c, &inner, &dqp);
 	if (rc == PARSE_ROCE) {

@@ -83,7 +83,11 @@ struct parse_key {
 	__u32 hook;         /* enum hook_id */
 };
 
+/* Parse outcomes of one (ifindex, hook) on one CPU. In the parse_stats
+ * array a slot names its owner itself (ifindex 0: not taken yet). */
 struct parse_counters {
+	__u32 ifindex;
+	__u32 hook;         /* enum hook_id */
 	__u64 outcome[PARSE_OUTCOMES];
 };
 

@@ -6,7 +6,7 @@ import os
 import pytest
 from scapy.all import Ether, hexdump
 
-from qpagent import bpfobj, bpfsys
+from qpagent import bpfobj, bpfsys, contract
 
 TC_ACT_OK = 0
 TC_ACT_UNSPEC = 0xFFFFFFFF   # -1 as the u32 test_run returns: "next filter, then send"
@@ -15,7 +15,7 @@ XDP_PASS = 2
 TC_MIN_FRAME = 14     # the kernel refuses skb/XDP test runs below ETH_HLEN
 
 # Every map of bpf/include/maps.h.
-ALL_MAPS = ("parse_stats", "qp_table", "mac_vtep", "path_table", "steer_events", "mac_gen",
+ALL_MAPS = ("parse_stats", "parse_stats_spill", "qp_table", "mac_vtep", "path_table", "steer_events", "mac_gen",
             "pin_events", "pin_uplinks", "flow_table", "clock_cache")
 
 VERDICT_NAMES = {("tc", 0): "TC_ACT_OK", ("tc", TC_ACT_UNSPEC): "TC_ACT_UNSPEC", ("tc", 2): "TC_ACT_SHOT",
@@ -84,18 +84,19 @@ def percpu_sum(values):
 
 
 def parse_counts(prog, ifindex, hook):
-    """{outcome index: count} summed over CPUs for (ifindex, hook)."""
-    table = prog.table("parse_stats")
-    key = table.Key(ifindex=ifindex, hook=hook)
-    try:
-        per_cpu = table[key]
-    except KeyError:
-        return {}
+    """{outcome index: count} summed over CPUs for (ifindex, hook), from the
+    parse_stats array slot and the spill hash (each CPU's copy of a slot
+    names its owner)."""
     totals = {}
-    for leaf in per_cpu:
-        for i, n in enumerate(leaf.outcome):
-            if n:
-                totals[i] = totals.get(i, 0) + n
+    for name in ("parse_stats", "parse_stats_spill"):
+        table = prog.table(name)
+        for key in table.keys():
+            for leaf in table[key]:
+                if (leaf.ifindex, leaf.hook) != (ifindex, hook):
+                    continue
+                for i, n in enumerate(leaf.outcome):
+                    if n:
+                        totals[i] = totals.get(i, 0) + n
     return totals
 
 
@@ -159,6 +160,21 @@ def pin(pin_obj):
     pin_obj.clear_maps()
     yield pin_obj
     pin_obj.clear_maps()
+
+
+@pytest.fixture(params=["qp_steer", "path_pin", "flow_stats_tc", "flow_stats_xdp"])
+def program(request):
+    """(program, pass verdict, parse hook id) for each of the four programs."""
+    hooks = contract.ENUMS["hook_id"]
+    hook_of = {name: value for name, value in hooks.members}
+    if request.param == "qp_steer":
+        return request.getfixturevalue("steer"), TC_ACT_UNSPEC, hook_of["HOOK_QP_STEER"]
+    if request.param == "path_pin":
+        return request.getfixturevalue("pin"), TC_ACT_UNSPEC, hook_of["HOOK_PATH_PIN"]
+    tc, xdp = request.getfixturevalue("flows")
+    if request.param == "flow_stats_tc":
+        return tc, TC_ACT_UNSPEC, hook_of["HOOK_TC_EGRESS"]
+    return xdp, XDP_PASS, hook_of["HOOK_XDP_INGRESS"]
 
 
 @pytest.fixture

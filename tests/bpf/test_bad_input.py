@@ -10,9 +10,8 @@ comes back unchanged, and the right parse counter moves."""
 import pytest
 from scapy.all import IP, Ether, raw
 
-from conftest import TC_ACT_UNSPEC, TC_MIN_FRAME, XDP_PASS, assert_frame, parse_counts
-from qt1_maps import (HOOK_PATH_PIN, HOOK_QP_STEER, HOOK_TC_EGRESS,
-                      HOOK_XDP_INGRESS, PARSE_BAD_BTH, PARSE_FRAGMENT,
+from conftest import TC_ACT_UNSPEC, TC_MIN_FRAME, assert_frame, parse_counts
+from qt1_maps import (PARSE_BAD_BTH, PARSE_FRAGMENT,
                       PARSE_IPV6_EXT, PARSE_NOT_IP, PARSE_NOT_ROCE, PARSE_ROCE,
                       PARSE_TRUNCATED)
 from qt1_packets import (arp, icmp, roce, roce_bad_bth, roce_fragment,
@@ -51,20 +50,6 @@ FRAMES = [
     ("icmp", icmp(), ETH + IP4, PARSE_NOT_ROCE),
     ("ihl-below-5", ihl_below_five(), 10_000, PARSE_TRUNCATED),
 ]
-
-
-@pytest.fixture(params=["qp_steer", "path_pin", "flow_stats_tc", "flow_stats_xdp"])
-def program(request):
-    """(program, pass verdict, parse hook) for each of the four programs."""
-    if request.param == "qp_steer":
-        prog = request.getfixturevalue("steer")
-        return prog, TC_ACT_UNSPEC, HOOK_QP_STEER
-    if request.param == "path_pin":
-        return request.getfixturevalue("pin"), TC_ACT_UNSPEC, HOOK_PATH_PIN
-    tc, xdp = request.getfixturevalue("flows")
-    if request.param == "flow_stats_tc":
-        return tc, TC_ACT_UNSPEC, HOOK_TC_EGRESS
-    return xdp, XDP_PASS, HOOK_XDP_INGRESS
 
 
 def kernel_min_len(kind, data):

@@ -9,12 +9,16 @@ import pytest
 from scapy.all import Ether
 
 from conftest import TC_ACT_UNSPEC, TC_ACT_REDIRECT, event_counts, expect, parse_counts
-from qpagent import bpfsys
+from qpagent import bpfsys, contract
 from qt1_maps import (HOOK_PATH_PIN, PARSE_ROCE,
                       PIN_FIB_FAILED, PIN_NOT_VXLAN, PIN_ON_FIB_LINK,
                       PIN_REDIRECTED)
 from qt1_netns import NetNs
 from qt1_packets import roce, udp, vxlan
+
+# Added to enum pin_event with the NO_NEIGH redirect; read from the one
+# definition in bpf/include/consts.h.
+PIN_REDIRECTED_NEIGH = contract.CONSTANTS["PIN_REDIRECTED_NEIGH"]
 
 LOCAL_VTEP, REMOTE_VTEP = "10.255.0.1", "10.255.0.2"
 LOCAL_VTEP6, REMOTE_VTEP6 = "fd00:ff::1", "fd00:ff::2"
@@ -25,34 +29,53 @@ UPLINKS = {  # uplink: (our address, next hop, next hop's MAC, v6 next hop)
 SPORTS = range(49152, 49152 + 48)
 
 
-@pytest.fixture(scope="module")
-def vtep_ns():
-    """A VTEP's underlay: two veth uplinks, an ECMP route to the remote VTEP
-    (IPv4 and IPv6), permanent neighbours, forwarding on, L4 multipath hash."""
-    ns = NetNs()
-    try:
-        ns.ip("link", "set", "lo", "up")
-        ns.ip("addr", "add", f"{LOCAL_VTEP}/32", "dev", "lo")
-        ns.ip("addr", "add", f"{LOCAL_VTEP6}/128", "dev", "lo")
-        ns.sysctl("net.ipv4.conf.all.forwarding", 1)
-        ns.sysctl("net.ipv6.conf.all.forwarding", 1)
-        ns.sysctl("net.ipv4.fib_multipath_hash_policy", 1)
-        ns.sysctl("net.ipv6.fib_multipath_hash_policy", 1)
-        for i, (dev, (addr, nh, nh_mac, nh6)) in enumerate(UPLINKS.items(), 1):
-            ns.ip("link", "add", dev, "type", "veth", "peer", "name", f"{dev}p")
-            ns.ip("link", "set", dev, "address", f"02:00:00:00:1{i}:01")
-            ns.ip("addr", "add", addr, "dev", dev)
-            ns.ip("-6", "addr", "add", f"fd00:1{i}::1/64", "dev", dev, "nodad")
-            ns.ip("link", "set", dev, "up")
-            ns.ip("link", "set", f"{dev}p", "up")
+def build_underlay(ns, resolved):
+    """A VTEP's underlay in `ns`: two veth uplinks, an ECMP route to the
+    remote VTEP (IPv4 and IPv6), forwarding on, L4 multipath hash, and
+    permanent neighbour entries for the next hops of the `resolved` uplinks
+    only (the others have none: the FIB answers NO_NEIGH for them)."""
+    ns.ip("link", "set", "lo", "up")
+    ns.ip("addr", "add", f"{LOCAL_VTEP}/32", "dev", "lo")
+    ns.ip("addr", "add", f"{LOCAL_VTEP6}/128", "dev", "lo")
+    ns.sysctl("net.ipv4.conf.all.forwarding", 1)
+    ns.sysctl("net.ipv6.conf.all.forwarding", 1)
+    ns.sysctl("net.ipv4.fib_multipath_hash_policy", 1)
+    ns.sysctl("net.ipv6.fib_multipath_hash_policy", 1)
+    for i, (dev, (addr, nh, nh_mac, nh6)) in enumerate(UPLINKS.items(), 1):
+        ns.ip("link", "add", dev, "type", "veth", "peer", "name", f"{dev}p")
+        ns.ip("link", "set", dev, "address", f"02:00:00:00:1{i}:01")
+        ns.ip("addr", "add", addr, "dev", dev)
+        ns.ip("-6", "addr", "add", f"fd00:1{i}::1/64", "dev", dev, "nodad")
+        ns.ip("link", "set", dev, "up")
+        ns.ip("link", "set", f"{dev}p", "up")
+        if dev in resolved:
             ns.ip("neigh", "replace", nh, "lladdr", nh_mac, "dev", dev, "nud", "permanent")
             ns.ip("-6", "neigh", "replace", nh6, "lladdr", nh_mac, "dev", dev, "nud", "permanent")
-        hops = [a for dev, (_, nh, _, _) in UPLINKS.items() for a in ("nexthop", "via", nh, "dev", dev)]
-        ns.ip("route", "add", f"{REMOTE_VTEP}/32", *hops)
-        hops6 = [a for dev, (_, _, _, nh6) in UPLINKS.items() for a in ("nexthop", "via", nh6, "dev", dev)]
-        ns.ip("-6", "route", "add", f"{REMOTE_VTEP6}/128", *hops6)
-        ns.ifindexes = {dev: ns.ifindex(dev) for dev in UPLINKS}
-        ns.macs = {dev: ns.mac(dev) for dev in UPLINKS}
+    hops = [a for dev, (_, nh, _, _) in UPLINKS.items() for a in ("nexthop", "via", nh, "dev", dev)]
+    ns.ip("route", "add", f"{REMOTE_VTEP}/32", *hops)
+    hops6 = [a for dev, (_, _, _, nh6) in UPLINKS.items() for a in ("nexthop", "via", nh6, "dev", dev)]
+    ns.ip("-6", "route", "add", f"{REMOTE_VTEP6}/128", *hops6)
+    ns.ifindexes = {dev: ns.ifindex(dev) for dev in UPLINKS}
+    ns.macs = {dev: ns.mac(dev) for dev in UPLINKS}
+
+
+@pytest.fixture(scope="module")
+def vtep_ns():
+    """Both uplinks' next hops resolved."""
+    ns = NetNs()
+    try:
+        build_underlay(ns, resolved=UPLINKS)
+        yield ns
+    finally:
+        ns.delete()
+
+
+@pytest.fixture(scope="module")
+def unresolved_ns():
+    """up1's next hop resolved, up2's unknown (never used, or flushed)."""
+    ns = NetNs()
+    try:
+        build_underlay(ns, resolved=("up1",))
         yield ns
     finally:
         ns.delete()
@@ -148,3 +171,38 @@ def test_without_forwarding_the_fib_refuses_and_the_packet_passes(pin):
         assert event_counts(pin, "pin_events") == {PIN_FIB_FAILED: 1}
     finally:
         ns.delete()
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_an_uplink_without_a_resolved_next_hop_gets_the_packet_through_the_neighbour_layer(
+        pin, unresolved_ns, family):
+    """NO_NEIGH from the FIB: redirected to the uplink it names with the
+    kernel resolving the next hop (bpf_redirect_neigh), never passed to the
+    VXLAN driver's cached uplink. The MACs are the neighbour layer's to
+    write, so the frame leaves the program unchanged."""
+    ns = unresolved_ns
+    src, dst = (LOCAL_VTEP, REMOTE_VTEP) if family == "ipv4" else (LOCAL_VTEP6, REMOTE_VTEP6)
+    manage(pin, ns, UPLINKS)
+    wanted = fib_uplinks(ns, src, dst, SPORTS)
+    to_up2, to_up1 = SPORTS[wanted.index("up2")], SPORTS[wanted.index("up1")]
+    ctx1, ctx2 = (bpfsys.skb_ctx(ns.ifindexes[d]) for d in ("up1", "up2"))
+    ns.run_in(expect, pin, outer(to_up2, "up1", src, dst, ns), TC_ACT_REDIRECT, ctx=ctx1,
+              context=f"(sport {to_up2}: FIB names up2, next hop unresolved)")
+    # up1's next hop is resolved: the plain redirect, MACs rewritten.
+    moved = Ether(bytes(outer(to_up1, "up2", src, dst, ns)))
+    moved.src, moved.dst = ns.macs["up1"], UPLINKS["up1"][2]
+    ns.run_in(expect, pin, outer(to_up1, "up2", src, dst, ns), TC_ACT_REDIRECT, moved, ctx=ctx2)
+    # Already on the FIB's (unresolved) uplink: nothing to do.
+    ns.run_in(expect, pin, outer(to_up2, "up2", src, dst, ns), TC_ACT_UNSPEC, ctx=ctx2)
+    assert event_counts(pin, "pin_events") == {PIN_REDIRECTED_NEIGH: 1, PIN_REDIRECTED: 1,
+                                               PIN_ON_FIB_LINK: 1}
+
+
+def test_an_unresolved_uplink_the_agent_does_not_manage_is_never_a_target(pin, unresolved_ns):
+    ns = unresolved_ns
+    manage(pin, ns, ["up1"])
+    wanted = fib_uplinks(ns, LOCAL_VTEP, REMOTE_VTEP, SPORTS)
+    sport = SPORTS[wanted.index("up2")]
+    ctx = bpfsys.skb_ctx(ns.ifindexes["up1"])
+    ns.run_in(expect, pin, outer(sport, "up1", ns=ns), TC_ACT_UNSPEC, ctx=ctx)
+    assert event_counts(pin, "pin_events") == {PIN_FIB_FAILED: 1}
