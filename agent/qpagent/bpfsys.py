@@ -6,6 +6,9 @@
   (BPF_OBJ_GET_INFO_BY_FD).
 - bpf_stats: keep the kernel's per-program run-time accounting on while a
   block runs (BPF_ENABLE_STATS, falling back to kernel.bpf_stats_enabled).
+- map_lookup/update/delete/next_key, map_info: map access on a raw fd, so a
+  map opened from bpffs needs no BCC object.
+- obj_pin / obj_get: pin a program or map in bpffs and open it again.
 
 Layouts follow include/uapi/linux/bpf.h; only x86_64 and aarch64 syscall
 numbers are known.
@@ -23,6 +26,12 @@ from pathlib import Path
 
 _SYSCALL_NR = {"x86_64": 321, "aarch64": 280}
 
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_ENABLE_STATS = 32
@@ -75,6 +84,39 @@ class _InfoAttr(ctypes.Structure):
     ]
 
 
+class _ElemAttr(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),    # next_key for BPF_MAP_GET_NEXT_KEY
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [
+        ("pathname", ctypes.c_uint64),
+        ("bpf_fd", ctypes.c_uint32),
+        ("file_flags", ctypes.c_uint32),
+        ("path_fd", ctypes.c_int32),
+        ("_pad", ctypes.c_uint32),
+    ]
+
+
+class _MapInfo(ctypes.Structure):
+    # struct bpf_map_info, the leading fields.
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
 class _StatsAttr(ctypes.Structure):
     _fields_ = [("type", ctypes.c_uint32)]
 
@@ -121,6 +163,16 @@ class _ProgInfo(ctypes.Structure):
         ("verified_insns", ctypes.c_uint32),
         ("_pad", ctypes.c_uint32),
     ]
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    name: str
 
 
 @dataclass(frozen=True)
@@ -244,6 +296,70 @@ def prog_info(prog_fd: int) -> ProgInfo:
         run_cnt=info.run_cnt,
         tag=bytes(info.tag).hex(),
     )
+
+
+def map_info(map_fd: int) -> MapInfo:
+    """Type, id, key and value sizes, capacity and name of a map."""
+    info = _MapInfo()
+    attr = _InfoAttr(bpf_fd=map_fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, f"BPF_OBJ_GET_INFO_BY_FD on map fd {map_fd}")
+    return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
+                   info.name.decode(errors="replace"))
+
+
+def _elem(cmd: int, map_fd: int, key, value, flags: int, what: str) -> int:
+    attr = _ElemAttr(map_fd=map_fd, key=_addr(key), value=_addr(value), flags=flags)
+    return _bpf(cmd, attr, what)
+
+
+def map_lookup(map_fd: int, key, value) -> bool:
+    """Fill `value` (a ctypes buffer) with the entry for `key`; False if absent."""
+    try:
+        _elem(BPF_MAP_LOOKUP_ELEM, map_fd, key, value, 0, f"BPF_MAP_LOOKUP_ELEM on fd {map_fd}")
+    except BpfSyscallError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_update(map_fd: int, key, value, flags: int = 0) -> None:
+    _elem(BPF_MAP_UPDATE_ELEM, map_fd, key, value, flags, f"BPF_MAP_UPDATE_ELEM on fd {map_fd}")
+
+
+def map_delete(map_fd: int, key) -> bool:
+    """Delete `key`; False if it was not there."""
+    try:
+        _elem(BPF_MAP_DELETE_ELEM, map_fd, key, None, 0, f"BPF_MAP_DELETE_ELEM on fd {map_fd}")
+    except BpfSyscallError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def map_next_key(map_fd: int, key, next_key) -> bool:
+    """Fill `next_key` with the key after `key` (None: the first); False at the end."""
+    try:
+        _elem(BPF_MAP_GET_NEXT_KEY, map_fd, key, next_key, 0,
+              f"BPF_MAP_GET_NEXT_KEY on fd {map_fd}")
+    except BpfSyscallError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a program or map at `path`, which must lie in a bpffs."""
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    _bpf(BPF_OBJ_PIN, _ObjAttr(pathname=_addr(name), bpf_fd=fd), f"BPF_OBJ_PIN at {path}")
+
+
+def obj_get(path: str) -> int:
+    """Open a pinned program or map; the caller owns the returned fd."""
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    return _bpf(BPF_OBJ_GET, _ObjAttr(pathname=_addr(name)), f"BPF_OBJ_GET of {path}")
 
 
 def stats_enabled() -> bool:

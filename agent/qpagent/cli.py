@@ -137,6 +137,52 @@ def flows(socket_path, node, as_json, limit) -> None:
     emit(ask(path, {"cmd": "flows", "limit": limit}), as_json, render_flows)
 
 
+# ---------------------------------------------------------------- purge
+
+@main.command()
+@click.option("--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="The configuration the agent ran with (its node and interfaces).")
+def purge(config_path: str) -> None:
+    """Remove this node's data plane: programs from every hook, the clsact
+    qdiscs qpagent added, the pinned programs and maps. Stopping the agent
+    leaves them steering; this is how they go. Run it where the agent ran
+    (the same network namespace); refused while an agent runs."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    if os.geteuid() != 0:
+        fail("qpagent purge needs root (BPF, tc, XDP)")
+    try:
+        from .daemon import node_name
+        from .datapath import DataPlane
+        dp = DataPlane(vxlan_devices=list(config.steer.vxlan_devices),
+                       uplinks=list(config.steer.uplinks), count_xdp=list(config.count.xdp),
+                       count_tc=list(config.count.tc_egress), xdp_mode=config.count.xdp_mode,
+                       node=node_name(config))
+        where = dp.pin_dir
+        dp.purge()
+        _forget_saved_paths(dp.node)
+    except Exception as exc:  # noqa: BLE001 - known failures become one line
+        message = _user_message(exc)
+        if message is None:
+            raise
+        fail(message)
+    click.echo(f"purged the data plane of node {dp.node} (pins under {where})")
+
+
+def _forget_saved_paths(node: str) -> None:
+    """The path table an agent saved for the data plane just purged."""
+    try:
+        from .adapters.statefile import StateFile
+    except ImportError:
+        return
+    try:
+        StateFile(node).path.unlink()
+    except FileNotFoundError:
+        pass
+
+
 # ---------------------------------------------------------------- check-config
 
 @main.command("check-config")

@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from qpagent.contract import PORTS_PER_PATH
+
 IFNAMSIZ = 16            # kernel limit, including the terminating NUL
-MAX_PORTS_PER_PATH = 16  # bpf/include/consts.h PORTS_PER_PATH
+MAX_PORTS_PER_PATH = PORTS_PER_PATH   # the data plane's slots per path
 DEFAULT_SOCKET = "/run/qpagent/qpagent.sock"
 
 

@@ -14,12 +14,13 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 
 from .config import parse_address
+from .contract import PARSE_OUTCOME_NAMES
 
 log = logging.getLogger(__name__)
 
 # Reaction times (event seen -> maps updated), in seconds.
 REACTION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-PARSE_OUTCOMES = ("roce", "not_roce", "not_ip", "truncated", "fragment", "ipv6_ext", "bad_bth")
+PARSE_OUTCOMES = PARSE_OUTCOME_NAMES
 
 
 class MetricsError(RuntimeError):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Iterable, Sequence
 
+from qpagent.contract import PARSE_OUTCOME_NAMES
+
 
 def table(headers: Sequence[str], rows: Iterable[Sequence], right: Iterable[int] = ()) -> str:
     """Columns aligned with two spaces between them; `right` lists right-aligned columns."""
@@ -212,7 +214,7 @@ def _datapath(snap: dict) -> str:
                                                    for k, v in counts.items()))
     parse = snap.get("parse") or []
     if parse:
-        outcomes = ["roce", "not_roce", "not_ip", "truncated", "fragment", "ipv6_ext", "bad_bth"]
+        outcomes = PARSE_OUTCOME_NAMES
         rows = [[p.get("interface"), p.get("hook")] + [human_count(p.get(o, 0)) for o in outcomes]
                 for p in parse]
         lines.append("\nParse outcomes\n" + table(

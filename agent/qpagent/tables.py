@@ -1,7 +1,9 @@
-"""Read and write the BPF maps through BCC's generated ctypes.
+"""Read and write the BPF maps of one data plane.
 
-The layout is bpf/include/{consts,structs,maps}.h; the constants below
-mirror consts.h and a test checks them against the compiled program.
+The maps come from a DataPlane (or anything with the same `table(object,
+name)`): raw-fd maps typed by the contract's mirrors of
+bpf/include/structs.h, whether the programs were just compiled or adopted
+from bpffs. Constants and names come from qpagent.contract.
 """
 
 from __future__ import annotations
@@ -10,13 +12,19 @@ import ctypes
 import socket
 from typing import NamedTuple
 
-MAX_PATHS = 16
-PORTS_PER_PATH = 16
+from qpagent.contract import (FLOW_HAS_QP, FLOW_HAS_VNI, MAX_PATHS, PARSE_OUTCOME_NAMES,
+                              PIN_EVENT_NAMES, PORTS_PER_PATH, STEER_EVENT_NAMES)
 
-PARSE_OUTCOME_NAMES = ("roce", "not_roce", "not_ip", "truncated", "fragment",
-                       "ipv6_ext", "bad_bth")
-STEER_EVENT_NAMES = ("placed_new", "placed_dead", "hash_set", "no_vtep", "no_live_path")
-PIN_EVENT_NAMES = ("on_fib_link", "redirected", "fib_failed", "not_vxlan")
+__all__ = ["MAX_PATHS", "PORTS_PER_PATH", "PARSE_OUTCOME_NAMES", "STEER_EVENT_NAMES",
+           "PIN_EVENT_NAMES", "PathView", "QpView", "QpTables"]
+
+
+class PathView(NamedTuple):
+    ifindex: int
+    alive: bool
+    ports: tuple[int, ...]
+    hashes: tuple[int, ...]
+    qps: int
 
 
 class QpView(NamedTuple):
@@ -37,35 +45,19 @@ def _addr(family: int, words) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw)
 
 
-def _table(obj, name):
-    try:
-        return obj[name.encode()]   # BCC wants bytes names
-    except (KeyError, TypeError):
-        return None
-
-
-def _percpu_sum(values) -> list[int]:
-    """Sum a per-CPU struct parse_counters into one list."""
-    total = None
-    for v in values:
-        row = list(v.outcome)
-        total = row if total is None else [a + b for a, b in zip(total, row)]
-    return total or [0] * len(PARSE_OUTCOME_NAMES)
-
-
 class QpTables:
     """The agent's view of the maps of one DataPlane."""
 
     def __init__(self, dp):
         self.dp = dp
-        self.qp_table = _table(dp.steer, "qp_table")
-        self.mac_vtep = _table(dp.steer, "mac_vtep")
-        self.mac_gen = _table(dp.steer, "mac_gen")
-        self.path_table = _table(dp.steer, "path_table")
-        self.steer_events = _table(dp.steer, "steer_events")
-        self.pin_events = _table(dp.pin, "pin_events") if dp.pin is not None else None
-        self.pin_uplinks = _table(dp.pin, "pin_uplinks") if dp.pin is not None else None
-        self.flow_table = _table(dp.flows, "flow_table") if dp.flows is not None else None
+        self.qp_table = dp.table("steer", "qp_table")
+        self.mac_vtep = dp.table("steer", "mac_vtep")
+        self.mac_gen = dp.table("steer", "mac_gen")
+        self.path_table = dp.table("steer", "path_table")
+        self.steer_events = dp.table("steer", "steer_events")
+        self.pin_events = dp.table("pin", "pin_events")
+        self.pin_uplinks = dp.table("pin", "pin_uplinks")
+        self.flow_table = dp.table("flows", "flow_table")
 
     # ---------------------------------------------------------------- paths
     def write_path(self, vtep: int, path: int, ifindex: int, alive: bool,
@@ -80,11 +72,6 @@ class QpTables:
             entry.hash[i] = value
         self.path_table[self.path_table.Key(vtep * MAX_PATHS + path)] = entry
 
-    def clear_path(self, vtep: int, path: int) -> None:
-        key = self.path_table.Key(vtep * MAX_PATHS + path)
-        if self.path_table[key].n_ports:
-            self.path_table[key] = self.path_table.Leaf()
-
     def set_path_counts(self, vtep: int, counts: dict[int, int]) -> None:
         """Reconcile the data plane's per-path QP counts (LRU evictions and
         agent moves make the in-kernel counts drift)."""
@@ -94,6 +81,27 @@ class QpTables:
             if entry.n_ports and entry.qps != counts.get(path, 0):
                 entry.qps = counts.get(path, 0)
                 self.path_table[key] = entry
+
+    def paths(self) -> dict[tuple[int, int], PathView]:
+        """Every used path entry by (vtep, path): what an agent adopting a
+        running data plane starts from."""
+        out = {}
+        for key, entry in self.path_table.items():
+            if entry.n_ports:
+                n = min(entry.n_ports, PORTS_PER_PATH)
+                out[divmod(key.value, MAX_PATHS)] = PathView(
+                    entry.ifindex, bool(entry.alive), tuple(entry.port[:n]),
+                    tuple(entry.hash[:n]), entry.qps)
+        return out
+
+    def used_paths(self) -> dict[tuple[int, int], tuple[int, bool, tuple[int, ...]]]:
+        """(vtep, path) -> (ifindex, alive, ports) of every used entry."""
+        return {k: (v.ifindex, v.alive, v.ports) for k, v in self.paths().items()}
+
+    def mac_vteps(self) -> dict[str, int]:
+        """Inner MAC (aa:bb:..) -> VTEP index, as last written."""
+        return {":".join(f"{b:02x}" for b in bytes(key.mac)): value.value
+                for key, value in self.mac_vtep.items()}
 
     def set_mac_vteps(self, macs: dict[str, int]) -> None:
         wanted = {}
@@ -131,16 +139,6 @@ class QpTables:
                                      s.bytes, s.moves, s.last_ns)
         return out
 
-    def qps_of_vtep(self, vtep: int) -> dict[bytes, QpView]:
-        return {k: v for k, v in self.all_qps().items() if v.vtep == vtep}
-
-    def qp_counts_by_path(self, vtep: int) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for view in self.all_qps().values():
-            if view.vtep == vtep:
-                counts[view.path] = counts.get(view.path, 0) + 1
-        return counts
-
     def move_qp(self, key: bytes, vtep: int, path: int, slot: int, port: int,
                 hash_value: int) -> None:
         k = self.qp_table.Key.from_buffer_copy(key)
@@ -174,16 +172,20 @@ class QpTables:
 
     def parse_counters(self, hook_names: dict[int, str]) -> list[dict]:
         rows = {}
-        for obj in (self.dp.steer, self.dp.pin, self.dp.flows):
-            table = _table(obj, "parse_stats") if obj is not None else None
-            if table is None:
-                continue
-            for key, values in table.items():
-                totals = _percpu_sum(values if isinstance(values, (list, tuple))
-                                     else table.getvalue(key))
-                ident = (key.ifindex, key.hook)
-                row = rows.setdefault(ident, [0] * len(PARSE_OUTCOME_NAMES))
-                rows[ident] = [a + b for a, b in zip(row, totals)]
+        # parse_stats is an array whose per-CPU slots name their owner
+        # (ifindex 0: unused); parse_stats_spill holds slots taken twice.
+        for obj in ("steer", "pin", "flows"):
+            for name in ("parse_stats", "parse_stats_spill"):
+                table = self.dp.table(obj, name)
+                if table is None:
+                    continue
+                for _, per_cpu in table.items():
+                    for leaf in per_cpu:
+                        if not leaf.ifindex:
+                            continue
+                        ident = (leaf.ifindex, leaf.hook)
+                        row = rows.setdefault(ident, [0] * len(PARSE_OUTCOME_NAMES))
+                        rows[ident] = [a + int(b) for a, b in zip(row, leaf.outcome)]
         out = []
         for (ifindex, hook), totals in sorted(rows.items()):
             entry = {"interface": _ifname(ifindex), "hook": hook_names.get(hook, str(hook))}
@@ -202,7 +204,8 @@ class QpTables:
                 "family": k.family, "proto": k.proto,
                 "src": _addr(k.family, k.saddr), "dst": _addr(k.family, k.daddr),
                 "sport": k.sport, "dport": k.dport,
-                "vni": k.vni if k.has & 1 else None, "dqp": k.dqp if k.has & 2 else None,
+                "vni": k.vni if k.has & FLOW_HAS_VNI else None,
+                "dqp": k.dqp if k.has & FLOW_HAS_QP else None,
                 "packets": v.packets, "bytes": v.bytes,
                 "first_seen": round(boot + v.first_ns / 1e9, 6),
                 "last_seen": round(boot + v.last_ns / 1e9, 6),

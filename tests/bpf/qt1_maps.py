@@ -3,14 +3,13 @@
 import ctypes
 import ipaddress
 
+from qpagent.contract import ENUMS, MAX_PATHS
 from qpagent.portmath import hash_for_port
 
-MAX_PATHS = 16       # bpf/include/consts.h
-STEER_PLACED_NEW, STEER_PLACED_DEAD, STEER_HASH_SET, STEER_NO_VTEP, STEER_NO_LIVE_PATH = range(5)
-PIN_ON_FIB_LINK, PIN_REDIRECTED, PIN_FIB_FAILED, PIN_NOT_VXLAN = range(4)
-(PARSE_ROCE, PARSE_NOT_ROCE, PARSE_NOT_IP, PARSE_TRUNCATED, PARSE_FRAGMENT,
- PARSE_IPV6_EXT, PARSE_BAD_BTH) = range(7)
-HOOK_XDP_INGRESS, HOOK_TC_EGRESS, HOOK_QP_STEER, HOOK_PATH_PIN = range(4)
+# Every enum member of bpf/include (PARSE_ROCE, HOOK_QP_STEER, STEER_HASH_SET,
+# PIN_REDIRECTED, ...) with the value the C gives it, read by qpagent.contract:
+# a test importing a member the C no longer has fails at import.
+globals().update({member: value for enum in ENUMS.values() for member, value in enum.members})
 
 
 def mac_bytes(mac):

@@ -30,6 +30,7 @@ QPAGENT = str(Path(sys.executable).parent / "qpagent")
 
 CONFIG = """\
 [agent]
+node = "{node}"
 metrics_address = ""
 control_socket = "{socket}"
 top_qps = 100
@@ -51,9 +52,10 @@ class RunningAgent:
         self.topo = topo
         self.socket = os.path.join(workdir, "agent.sock")
         self.log_path = os.path.join(workdir, "agent.log")
-        config = os.path.join(workdir, "agent.toml")
+        config = self.config = os.path.join(workdir, "agent.toml")
         uplinks = ", ".join(f'"{u}"' for u in topo.a.uplinks)
-        Path(config).write_text(CONFIG.format(socket=self.socket, vxlan=VXLAN_DEV, uplinks=uplinks))
+        Path(config).write_text(CONFIG.format(node=topo.a.vtep_ns, socket=self.socket,
+                                              vxlan=VXLAN_DEV, uplinks=uplinks))
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", topo.a.vtep_ns, QPAGENT, "run", "--config", config],
@@ -73,6 +75,9 @@ class RunningAgent:
     def stop(self) -> None:
         stop_group(self.proc, 15)
         self.log.close()
+        # Stopping leaves the data plane pinned and steering: remove it.
+        subprocess.run(["ip", "netns", "exec", self.topo.a.vtep_ns, QPAGENT, "purge",
+                        "--config", self.config], capture_output=True, timeout=60)
 
 
 @pytest.fixture
@@ -131,9 +136,18 @@ def busiest(captured) -> int:
     return max(len(s) for s in per_link.values())
 
 
+def forget_neighbours(topo) -> None:
+    """As on a machine, or a path, never used before: no VTEP knows the MAC
+    of any next hop, so path_pin's FIB lookups start with NO_NEIGH."""
+    for ns in (topo.a.vtep_ns, topo.b.vtep_ns):
+        sh(f"ip -n {ns} neigh flush all")
+        assert not sh(f"ip -n {ns} -4 neigh show nud reachable").stdout.strip()
+
+
 def test_qps_are_placed_pinned_and_moved(twovtep, agent):
     topo = twovtep
     n_paths = topo.n_paths
+    forget_neighbours(topo)
     with LinkCapture(topo.b.vtep_ns, topo.b.uplinks) as cap:
         frames, captured, by_qp, _ = round_trip(topo, agent, cap, psn=1)
         check_wire(topo, frames, captured, by_qp)
@@ -164,6 +178,7 @@ def test_uplink_egress_counts_every_qp(twovtep, agent):
     flow must be counted on the link it left by (needs path_pin to hand the
     packet on with TC_ACT_UNSPEC rather than end the tc chain)."""
     topo = twovtep
+    forget_neighbours(topo)
     with LinkCapture(topo.b.vtep_ns, topo.b.uplinks) as cap:
         _, captured, by_qp, _ = round_trip(topo, agent, cap, psn=1)
 
@@ -172,7 +187,7 @@ def test_uplink_egress_counts_every_qp(twovtep, agent):
                                "--limit", "1000"], capture_output=True, text=True, timeout=10)
         rows = json.loads(done.stdout) if done.returncode == 0 else []
         return {(r["interface"], r["sport"], r["vni"], r["dqp"]) for r in rows
-                if r["hook"] == "tc egress" and r["dport"] == 4789}
+                if r["hook"] == "tc_egress" and r["dport"] == 4789}
 
     want = {(c.link, c.outer_sport, VNI, qp) for qp, c in captured.items()}
     try:

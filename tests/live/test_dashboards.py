@@ -180,10 +180,11 @@ class Agent:
     def __init__(self, topo, frr_name: str, metrics_port: int):
         self.workdir = tempfile.mkdtemp(prefix="qt6-agent-")
         self.node = f"{topo.a.vtep_ns}"
+        self.topo_ns = topo.a.vtep_ns
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.socket = os.path.join(self.workdir, "agent.sock")
         self.log_path = Path(self.workdir, "agent.log")
-        config = Path(self.workdir, "agent.toml")
+        config = self.config = Path(self.workdir, "agent.toml")
         config.write_text(AGENT_CONFIG.format(
             metrics_port=metrics_port, socket=self.socket, node=self.node, vxlan=VXLAN_DEV,
             uplinks=", ".join(f'"{u}"' for u in topo.a.uplinks), frr_name=frr_name))
@@ -204,6 +205,9 @@ class Agent:
     def stop(self) -> None:
         try:
             stop_group(self.proc, 15)
+            # Stopping leaves the data plane pinned and steering: remove it.
+            subprocess.run(["ip", "netns", "exec", self.topo_ns, QPAGENT, "purge",
+                            "--config", str(self.config)], capture_output=True, timeout=60)
         finally:
             self._log.close()
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,12 +1,77 @@
 """DataPlane attaches the real programs where the config says, detaches
-without a trace, refuses a second agent and follows recreated interfaces."""
+without a trace, refuses a second agent and follows recreated interfaces;
+its programs and maps are pinned, so a release keeps them steering, a new
+DataPlane adopts them without compiling, a changed program replaces them in
+place, and purge leaves nothing (hooks, clsact, pins, record)."""
 
+import json
 import os
+import time
+import uuid
 
 import pytest
 
-from qpagent.datapath import DataPlane, DataPlaneError
+from qpagent import pins
+from qpagent.datapath import ADOPTED, COMPILED, REPLACED, DataPlane, DataPlaneError
 from twovtep import VXLAN_DEV, sh
+
+
+KERNEL_FILES = {"maps.debug", "progs.debug"}
+
+
+@pytest.fixture
+def pin_base():
+    """A pin base of this test's own (bpffs mounted on first use), emptied
+    and unmounted afterwards whatever happens."""
+    base = f"/run/qt-pins-{uuid.uuid4().hex[:8]}"
+    try:
+        yield base
+    finally:
+        remove_pin_base(base)
+
+
+def remove_pin_base(base: str) -> None:
+    root = pins.PinStore("any", base).root(create=False)
+    for node in (set(os.listdir(root)) - KERNEL_FILES if root else []):
+        store = pins.PinStore(node, base)
+        for digest in store.digests():
+            store.remove(digest)
+    pinned = os.path.join(base, "pinned")
+    for name in (os.listdir(pinned) if os.path.isdir(pinned) else []):
+        os.unlink(os.path.join(pinned, name))
+    pins.unmount_bpffs(os.path.join(base, "bpffs"))
+    for sub in ("pinned", "bpffs", ""):
+        try:
+            os.rmdir(os.path.join(base, sub))
+        except OSError:
+            pass
+
+
+def pinned_files(base: str) -> list[str]:
+    """Everything under the bpffs of a pin base, relative paths (beside the
+    kernel's own maps.debug and progs.debug at its top)."""
+    root = pins.PinStore("any", base).root(create=False)
+    if root is None:
+        return []
+    return sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, files in os.walk(root) for f in files
+                  if d != root or f not in KERNEL_FILES) + \
+        sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+               and not os.listdir(os.path.join(root, d)))
+
+
+def hook_ids(ns: str, devices) -> dict:
+    """Program ids at each hook, as iproute2 reports them (JSON)."""
+    out = {}
+    for dev in devices:
+        egress = sh(f"tc -n {ns} -j filter show dev {dev} egress", check=False).stdout.strip()
+        link = json.loads(sh(f"ip -n {ns} -j -d link show dev {dev}").stdout)[0]
+        out[dev] = {
+            "tc": sorted(f["options"]["prog"]["id"] for f in json.loads(egress or "[]")
+                         if "options" in f),
+            "xdp": [link["xdp"]["prog"]["id"]] if "xdp" in link else [],
+        }
+    return out
 
 
 def hooks_state(ns: str, devices) -> dict:
@@ -25,18 +90,19 @@ def hooks_state(ns: str, devices) -> dict:
     return state
 
 
-def dataplane(topo, **over):
+def dataplane(topo, pin_base, **over):
     side = topo.a
     kw = dict(vxlan_devices=[VXLAN_DEV], uplinks=side.uplinks, count_xdp=side.uplinks,
-              count_tc=side.uplinks, xdp_mode="generic", netns=side.vtep_ns)
+              count_tc=side.uplinks, xdp_mode="generic", netns=side.vtep_ns,
+              node=side.vtep_ns, pin_base=pin_base)
     kw.update(over)
     return DataPlane(**kw)
 
 
-def test_attach_then_detach_leaves_nothing(twovtep):
+def test_attach_then_detach_leaves_nothing(twovtep, pin_base):
     ns, devices = twovtep.a.vtep_ns, [VXLAN_DEV, *twovtep.a.uplinks]
     before = hooks_state(ns, devices)
-    dp = dataplane(twovtep)
+    dp = dataplane(twovtep, pin_base)
     try:
         dp.attach()
         attached = hooks_state(ns, devices)
@@ -51,29 +117,31 @@ def test_attach_then_detach_leaves_nothing(twovtep):
             for prog in ("path_pin", "flow_stats_tc", "flow_stats_xdp")}
         assert all(r["prog_id"] > 0 and r["ifindex"] > 0 for r in rows.values())
         # The tables the agent and the metrics read are reachable.
-        for obj, names in ((dp.steer, ("qp_table", "mac_vtep", "path_table", "steer_events",
-                                       "parse_stats")),
-                           (dp.pin, ("pin_events", "pin_uplinks", "parse_stats")),
-                           (dp.flows, ("flow_table", "parse_stats"))):
+        for obj, names in (("steer", ("qp_table", "mac_vtep", "path_table", "steer_events",
+                                      "parse_stats")),
+                           ("pin", ("pin_events", "pin_uplinks", "parse_stats")),
+                           ("flows", ("flow_table", "parse_stats"))):
             for name in names:
-                assert obj[name.encode()] is not None
+                assert dp.table(obj, name) is not None, (obj, name)
+        assert pinned_files(pin_base)
     finally:
         dp.detach()
     assert hooks_state(ns, devices) == before
+    assert pinned_files(pin_base) == []
 
 
-def test_preexisting_clsact_stays_our_filters_go(twovtep2):
+def test_preexisting_clsact_stays_our_filters_go(twovtep2, pin_base):
     ns = twovtep2.a.vtep_ns
     sh(f"tc -n {ns} qdisc add dev up0 clsact")
-    dp = dataplane(twovtep2, vxlan_devices=[], uplinks=["up0"], count_xdp=[], count_tc=[])
+    dp = dataplane(twovtep2, pin_base, vxlan_devices=[], uplinks=["up0"], count_xdp=[], count_tc=[])
     with dp:
         assert hooks_state(ns, ["up0"])["up0"]["egress"] == ["path_pin"]
     assert hooks_state(ns, ["up0"]) == {"up0": {"clsact": True, "egress": [], "xdp": []}}
 
 
-def test_second_agent_on_the_same_interfaces_is_refused(twovtep2):
-    first = dataplane(twovtep2)
-    second = dataplane(twovtep2, vxlan_devices=[], uplinks=["up1"], count_xdp=[], count_tc=[])
+def test_second_agent_on_the_same_interfaces_is_refused(twovtep2, pin_base):
+    first = dataplane(twovtep2, pin_base)
+    second = dataplane(twovtep2, pin_base, vxlan_devices=[], uplinks=["up1"], count_xdp=[], count_tc=[])
     with first:
         with pytest.raises(DataPlaneError, match=rf"interface up1 is already managed by "
                                                  rf"another qpagent \(pid {os.getpid()}\)"):
@@ -85,27 +153,27 @@ def test_second_agent_on_the_same_interfaces_is_refused(twovtep2):
         assert hooks_state(twovtep2.a.vtep_ns, ["up1"])["up1"]["egress"] == ["path_pin"]
 
 
-def test_missing_interface_is_named_and_nothing_is_left(twovtep2):
+def test_missing_interface_is_named_and_nothing_is_left(twovtep2, pin_base):
     ns = twovtep2.a.vtep_ns
-    dp = dataplane(twovtep2, uplinks=["up0", "up7"])
+    dp = dataplane(twovtep2, pin_base, uplinks=["up0", "up7"])
     with pytest.raises(DataPlaneError, match=f"interface up7 not found in network namespace {ns}"):
         dp.attach()
     assert hooks_state(ns, [VXLAN_DEV, "up0"]) == {
         VXLAN_DEV: {"clsact": False, "egress": [], "xdp": []},
         "up0": {"clsact": False, "egress": [], "xdp": []}}
-    with dataplane(twovtep2, uplinks=["up0"]):  # and the locks were released
+    with dataplane(twovtep2, pin_base, uplinks=["up0"]):  # and the locks were released
         pass
 
 
-def test_a_non_vxlan_device_is_refused(twovtep2):
-    dp = dataplane(twovtep2, vxlan_devices=["up0"], uplinks=[], count_xdp=[], count_tc=[])
+def test_a_non_vxlan_device_is_refused(twovtep2, pin_base):
+    dp = dataplane(twovtep2, pin_base, vxlan_devices=["up0"], uplinks=[], count_xdp=[], count_tc=[])
     with pytest.raises(DataPlaneError, match="up0 is not a VXLAN device"):
         dp.attach()
 
 
-def test_recreated_uplink_is_reattached_and_a_missing_one_reported(twovtep2):
+def test_recreated_uplink_is_reattached_and_a_missing_one_reported(twovtep2, pin_base):
     a, b = twovtep2.a, twovtep2.b
-    dp = dataplane(twovtep2)
+    dp = dataplane(twovtep2, pin_base)
     with dp:
         assert dp.reattach_changed() == []
         old_index = int(sh(f"ip netns exec {a.vtep_ns} cat /sys/class/net/up1/ifindex").stdout)
@@ -129,6 +197,122 @@ def test_recreated_uplink_is_reattached_and_a_missing_one_reported(twovtep2):
         assert {r["ifindex"] for r in dp.programs() if r["interface"] == "up0"} == {newer}
     assert hooks_state(a.vtep_ns, ["up0", "up1", VXLAN_DEV]) == {
         dev: {"clsact": False, "egress": [], "xdp": []} for dev in ("up0", "up1", VXLAN_DEV)}
+
+
+def test_a_released_data_plane_keeps_steering_and_is_adopted_without_compiling(twovtep, pin_base):
+    ns, devices = twovtep.a.vtep_ns, [VXLAN_DEV, *twovtep.a.uplinks]
+    before = hooks_state(ns, devices)
+    first = dataplane(twovtep, pin_base)
+    second = dataplane(twovtep, pin_base)
+    try:
+        t0 = time.monotonic()
+        assert first.attach() == COMPILED and not first.adopted
+        compile_s = time.monotonic() - t0
+        attached, ids = hooks_state(ns, devices), hook_ids(ns, devices)
+        key = first.table("steer", "mac_gen").Key(0)
+        first.table("steer", "mac_gen")[key] = first.table("steer", "mac_gen").Leaf(41)
+        first.release()
+        # Nothing of the data plane went with the process's descriptors.
+        assert (hooks_state(ns, devices), hook_ids(ns, devices)) == (attached, ids)
+        assert pinned_files(pin_base)
+
+        t0 = time.monotonic()
+        assert second.attach() == ADOPTED and second.adopted
+        adopt_s = time.monotonic() - t0
+        assert (hooks_state(ns, devices), hook_ids(ns, devices)) == (attached, ids)
+        assert {r["prog_id"] for r in second.programs()} == \
+            {i for dev in ids.values() for i in dev["tc"] + dev["xdp"]}
+        assert second.table("steer", "mac_gen")[key].value == 41   # the same maps
+        print(f"\nstart: compiling {compile_s:.2f} s, adopting {adopt_s:.3f} s")
+    finally:
+        first.release()
+        second.release()
+        dataplane(twovtep, pin_base).purge()   # as `qpagent purge` does, from scratch
+    assert hooks_state(ns, devices) == before
+    assert pinned_files(pin_base) == []
+
+
+def test_adoption_reattaches_a_hook_that_went_missing(twovtep2, pin_base):
+    ns = twovtep2.a.vtep_ns
+    first = dataplane(twovtep2, pin_base)
+    first.attach()
+    ids = hook_ids(ns, ["up0"])
+    first.release()
+    sh(f"tc -n {ns} filter del dev up0 egress prio {0x7f02}")
+    sh(f"ip -n {ns} link set dev up0 xdpgeneric off")
+    second = dataplane(twovtep2, pin_base)
+    try:
+        assert second.attach() == ADOPTED
+        assert hook_ids(ns, ["up0"]) == ids
+    finally:
+        second.purge()
+
+
+def test_an_uplink_taken_out_of_the_config_loses_its_hooks_on_adoption(twovtep2, pin_base):
+    ns = twovtep2.a.vtep_ns
+    first = dataplane(twovtep2, pin_base)
+    first.attach()
+    first.release()
+    second = dataplane(twovtep2, pin_base, uplinks=["up0"], count_xdp=["up0"], count_tc=["up0"])
+    try:
+        assert second.attach() == ADOPTED
+        assert hooks_state(ns, ["up1"]) == {"up1": {"clsact": False, "egress": [], "xdp": []}}
+        assert hooks_state(ns, ["up0"])["up0"]["egress"] == ["flow_stats_tc", "path_pin"]
+    finally:
+        second.purge()
+
+
+def test_a_changed_program_replaces_every_hook_in_place(twovtep2, pin_base):
+    ns, devices = twovtep2.a.vtep_ns, [VXLAN_DEV, *twovtep2.a.uplinks]
+    before = hooks_state(ns, devices)
+    first = dataplane(twovtep2, pin_base)
+    first.attach()
+    old_digest, old_ids, attached = first.digest, hook_ids(ns, devices), hooks_state(ns, devices)
+    first.release()
+    second = dataplane(twovtep2, pin_base, cflags=("-DQPAGENT_UPGRADE_PROBE=1",))
+    try:
+        assert second.attach() == REPLACED and not second.adopted
+        assert second.digest != old_digest
+        new_ids = hook_ids(ns, devices)
+        assert hooks_state(ns, devices) == attached   # same hooks, same priorities
+        for dev in devices:   # every hook runs a new program, none runs an old one
+            assert len(new_ids[dev]["tc"]) == len(old_ids[dev]["tc"])
+            assert not set(new_ids[dev]["tc"] + new_ids[dev]["xdp"]) & \
+                set(old_ids[dev]["tc"] + old_ids[dev]["xdp"])
+        assert {f.split("/")[1] for f in pinned_files(pin_base)} == {second.digest}
+    finally:
+        second.purge()
+    assert hooks_state(ns, devices) == before
+    assert pinned_files(pin_base) == []
+
+
+def test_purge_needs_no_running_agent_and_refuses_a_running_one(twovtep2, pin_base):
+    ns, devices = twovtep2.a.vtep_ns, [VXLAN_DEV, *twovtep2.a.uplinks]
+    before = hooks_state(ns, devices)
+    running = dataplane(twovtep2, pin_base)
+    running.attach()
+    with pytest.raises(DataPlaneError, match="already managed by another qpagent"):
+        dataplane(twovtep2, pin_base).purge()
+    assert pinned_files(pin_base)            # the refused purge touched nothing
+    running.release()
+    dataplane(twovtep2, pin_base).purge()    # a fresh process, nothing attached
+    assert hooks_state(ns, devices) == before
+    assert pinned_files(pin_base) == []
+    assert not os.path.exists(pins.PinStore(ns, pin_base).record_path)
+
+
+def test_a_set_left_by_a_namespace_that_is_gone_is_not_adopted(twovtep2, pin_base):
+    """Same node name, same programs, but another network namespace (a lab
+    torn down and built again): its maps describe the old topology."""
+    other = dataplane(twovtep2, pin_base, netns=twovtep2.b.vtep_ns, uplinks=twovtep2.b.uplinks,
+                      count_xdp=[], count_tc=[], node=twovtep2.a.vtep_ns)
+    other.attach()
+    other.release()
+    dp = dataplane(twovtep2, pin_base)
+    try:
+        assert dp.attach() == COMPILED
+    finally:
+        dp.purge()   # vtepB's hooks go with its namespace
 
 
 def test_bad_xdp_mode_is_a_clear_error():
