@@ -22,10 +22,11 @@ import threading
 import time
 from collections import Counter, deque
 
-from qpagent import __version__, bpfsys
+from qpagent import __version__, bpfsys, neighbours
 from qpagent.adapters.maps import MapWriter
 from qpagent.adapters.statefile import StateFile
 from qpagent.config import Config
+from qpagent.contract import HOOK_NAMES
 from qpagent.core.actions import MoveQp
 from qpagent.core.decisions import Core, Settings
 from qpagent.core.inputs import PathsSeen, Tick
@@ -37,7 +38,6 @@ from qpagent.status import core_view, summary_ms
 
 log = logging.getLogger("qpagent")
 
-HOOK_NAMES = {0: "xdp ingress", 1: "tc egress", 2: "qp_steer", 3: "path_pin"}
 RECONCILE_EVERY_S = 1.0
 TOPOLOGY_EVERY_S = 5.0
 
@@ -78,6 +78,7 @@ class Agent:
         self._stats = contextlib.ExitStack()
         self._services: list = []
         self._prober: Prober | None = None
+        self._gateways: set = set()
 
     # ------------------------------------------------------------ lifecycle
     def run(self) -> None:
@@ -101,7 +102,7 @@ class Agent:
         self.dp = DataPlane(vxlan_devices=list(cfg.steer.vxlan_devices),
                             uplinks=list(cfg.steer.uplinks),
                             count_xdp=list(cfg.count.xdp), count_tc=list(cfg.count.tc_egress),
-                            xdp_mode=cfg.count.xdp_mode)
+                            xdp_mode=cfg.count.xdp_mode, node=self.node)
         self.dp.attach()
         if cfg.agent.bpf_stats:
             try:   # program run time for the metrics: a few ns per run
@@ -134,7 +135,8 @@ class Agent:
             self._discovery.close()
             self._discovery = None
         if self.dp is not None:
-            self.dp.detach()
+            # Programs stay attached and steering; `qpagent purge` removes them.
+            self.dp.release()
             self.dp = None
 
     def _discovery_args(self) -> dict:
@@ -247,6 +249,7 @@ class Agent:
         for text in self._discovery.take_warnings():
             self._warn(text)
         moves = self._decide(self.core.paths_seen, PathsSeen(paths, cause, fdb))
+        self._keep_gateways_resolved(force=full)
         if self._prober is not None:
             self._prober.set_targets([Target.of(v) for v in self.core.probe_targets()])
         if seen is not None:
@@ -275,6 +278,19 @@ class Agent:
         self.reactions.append(elapsed)
         self.reaction_histogram.observe(elapsed)
         self._note("reaction", f"{cause}: {moves} QP moves", reaction_ms=elapsed * 1e3)
+
+    def _keep_gateways_resolved(self, force: bool) -> None:
+        """Managed neighbour entries for the next hop of every live path, so
+        path_pin finds each MAC resolved (a flush removes them too: the
+        periodic refresh makes them again)."""
+        gateways = {(p.uplink, p.gateway) for v in self.core.vteps.values()
+                    for p in v.paths.values() if p.alive and p.gateway}
+        if not force and gateways == self._gateways:
+            return
+        self._gateways = gateways
+        for gw in neighbours.keep_resolved(sorted(gateways)):
+            if gw.outcome.startswith("error"):
+                self._warn(f"next hop {gw.address} on {gw.uplink}: {gw.outcome}")
 
     def _restore(self) -> None:
         saved = self._state.load()

@@ -15,7 +15,7 @@ from qpagent.core.decisions import Core, QpView, Settings
 from qpagent.core.inputs import BfdSeen, FdbSeen, PathsSeen, Tick
 from qpagent.core.model import Found, VtepAddress
 from qpagent.portmath import hash_for_port
-from qpagent.tables import MAX_PATHS
+from qpagent.contract import MAX_PATHS
 
 RANGE = (49152, 65535)
 DEV, REMOTE = "vxlan100", "10.255.0.9"

@@ -16,14 +16,13 @@ from qpagent.core.inputs import BfdSeen, FdbSeen, PathsSeen, Tick
 from qpagent.core.model import Found, PathState, VtepKey, VtepState
 from qpagent.core.placement import rebalance
 from qpagent.portmath import hash_for_port
-from qpagent.tables import MAX_PATHS
+from qpagent.contract import MAX_PATHS, MAX_VTEPS
 
 HYSTERESIS_S = 10.0
 # A QP silent this long leaves the table: it no longer counts towards the
 # balance, and if it speaks again the data plane places it afresh (an idle
 # QP has nothing in flight to reorder).
 QP_IDLE_S = 10.0
-MAX_VTEPS = 64
 
 
 class QpView(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from qpagent.tables import MAX_PATHS, PORTS_PER_PATH
+from qpagent.contract import MAX_PATHS, PORTS_PER_PATH
 from qpagent.core.model import Found, PathState, VtepState
 
 SILENT_HOP = "*"
