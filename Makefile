@@ -27,7 +27,7 @@ bench-lab: deps
 	$(PY) tests/bench/bench_lab.py
 
 experiment-quick: deps
-	$(PY) -m qplab.workloads.experiment --quick --out results/quick
+	$(PY) -m qplab.experiments --quick --out results/quick
 
 lint: deps
 	$(PY) -m pyflakes agent lab tests

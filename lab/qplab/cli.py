@@ -11,6 +11,7 @@ import click
 
 from . import export, lab, links, status as lab_status, wan
 from .context import LabContext
+from .state import LabState
 from .topology import TopologyError, load_topology
 from .waiting import Timeout, wait_until
 
@@ -25,8 +26,8 @@ def need_root():
         fail("this needs root (network namespaces, FRR)")
 
 
-def running_state(ctx: LabContext) -> dict:
-    state = ctx.read_state()
+def running_state(ctx: LabContext) -> LabState:
+    state = LabState.load(ctx)
     if not state:
         fail(f"no lab is up (no {ctx.state_file}); start one with `qplab up`")
     return state
@@ -39,7 +40,7 @@ def progress(message: str) -> None:
 progress.t0 = time.monotonic()
 
 
-def wait_converged(state: dict, timeout: float) -> list[str]:
+def wait_converged(state: LabState, timeout: float) -> list[str]:
     return wait_until(lambda: lab_status.problems(state, lab_status.collect(state)),
                       timeout, 0.5, "lab convergence")
 
@@ -131,8 +132,8 @@ def status(ctx: LabContext, as_json, wait_s):
 def exec_(ctx: LabContext, node, command):
     """Run COMMAND inside NODE's namespace: qplab exec dc1-h1 -- ping 10.100.0.21"""
     state = running_state(ctx)
-    if node not in state["nodes"] and node not in state["wans"]:
-        fail(f"unknown node '{node}' (nodes: {', '.join(sorted(state['nodes']))})")
+    if node not in state.node_names and node not in state.wans:
+        fail(f"unknown node '{node}' (nodes: {', '.join(sorted(state.node_names))})")
     try:
         rc = subprocess.call(["ip", "netns", "exec", ctx.ns(node)] + list(command))
     except KeyboardInterrupt:
@@ -152,7 +153,7 @@ def link(ctx: LabContext, a, b, action):
         click.echo(links.act(state, ctx, a, b, action))
     except (links.LinkError, RuntimeError, OSError) as e:
         fail(str(e))
-    ctx.write_state(state)
+    state.save(ctx)
 
 
 @main.command(name="wan")
@@ -166,16 +167,16 @@ def wan_cmd(ctx: LabContext, a, b, settings):
     try:
         changes = wan.parse_settings(list(settings))
         found = links.find_link(state, a, b)
-        if found["kind"] != "wan":
+        if found.kind != "wan":
             raise links.LinkError(f"{a} <-> {b} is not a WAN link")
-        w = state["wans"][found["wan"]]
+        w = state.wans[found.wan]
         wan.apply(w, ctx, changes)
     except (ValueError, RuntimeError, OSError) as e:
         fail(str(e))
-    ctx.write_state(state)
-    p = w["props"]
-    click.echo(f"{a} <-> {b}: delay {p['delay_ms']:g} ms, jitter {p['jitter_ms']:g} ms, "
-               f"loss {p['loss_pct']:g} %, rate {p['rate_mbit']:g} Mbit/s")
+    state.save(ctx)
+    p = w.props
+    click.echo(f"{a} <-> {b}: delay {p.delay_ms:g} ms, jitter {p.jitter_ms:g} ms, "
+               f"loss {p.loss_pct:g} %, rate {p.rate_mbit:g} Mbit/s")
 
 
 @main.command(name="agent-status")
@@ -184,7 +185,7 @@ def wan_cmd(ctx: LabContext, a, b, settings):
 def agent_status(ctx: LabContext, node):
     """Show NODE's qpagent (runs `qpagent status --node <namespace>`)."""
     state = running_state(ctx)
-    if node not in state["nodes"]:
+    if node not in state.node_names:
         fail(f"unknown node '{node}'")
     sys.exit(subprocess.call([sys.executable, "-m", "qpagent.cli", "status", "--node", ctx.ns(node)]))
 
@@ -217,8 +218,8 @@ def export_containerlab(outdir, topology):
 def run_workload(args):
     """Run a training collective on the lab's hosts (`qplab run --help`):
     ring AllReduce, hierarchical or Parameter Server over RoCEv2 framing."""
-    from .workloads import run as workload_run
-    workload_run.main(list(args))
+    from .experiments import run as one_collective
+    one_collective.main(list(args))
 
 
 @main.command(name="experiment", context_settings={"ignore_unknown_options": True,
@@ -228,8 +229,8 @@ def run_workload(args):
 def run_experiment(args):
     """Sweep scenarios (kernel hashing vs qpagent, delay, loss, failure) and
     write a report with plots (`qplab experiment --help`)."""
-    from .workloads import experiment
-    sys.exit(experiment.main(list(args)))
+    from .experiments import runner
+    sys.exit(runner.main(list(args)))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ differ in prefix, run directory and management subnet.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,15 +46,3 @@ class LabContext:
 
     def wan_socket(self, wan: str) -> Path:
         return self.run_dir / "wan" / f"{wan}.sock"
-
-    def read_state(self) -> dict | None:
-        try:
-            return json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def write_state(self, state: dict) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_file)

@@ -11,6 +11,7 @@ import sys
 import time
 
 from . import lab, netns, status
+from .api import Lab
 from .context import LabContext
 from .topology import TopologyError, load_topology
 from .waiting import Timeout, wait_until
@@ -47,11 +48,10 @@ def say(message: str) -> None:
 say.t0 = time.monotonic()
 
 
-def roce_burst(ctx: LabContext, state: dict, src: str, dst: str) -> int:
-    s, d = state["nodes"][src], state["nodes"][dst]
-    out = netns.ns_exec(ctx.ns(src), [sys.executable, "-c", BURST, s["mac"], d["mac"],
-                                      s["address"].split("/")[0], d["address"].split("/")[0],
-                                      str(QPS), str(PACKETS_PER_QP)], timeout=120)
+def roce_burst(running: Lab, src: str, dst: str) -> int:
+    s, d = running.state.hosts[src], running.state.hosts[dst]
+    out = netns.ns_exec(s.ns, [sys.executable, "-c", BURST, s.mac, d.mac, s.ip, d.ip,
+                               str(QPS), str(PACKETS_PER_QP)], timeout=120)
     return int(out.stdout.strip())
 
 
@@ -67,22 +67,22 @@ def main() -> int:
         print(f"demo: {e}", file=sys.stderr)
         return 2
     try:
-        state = lab.up(topo, ctx, progress=say, start_agents=True)
-        agents_ok = [n for n, a in state["agents"].items() if a.get("ok")]
+        running = Lab.up(topo, ctx, progress=say, start_agents=True)
+        agents_ok = [n for n, a in running.state.agents.items() if a.ok]
         if not agents_ok:
             say("NOTE: no agent could start; continuing without agents (see the errors above)")
-        wait_until(lambda: status.problems(state, status.collect(state)), 60, 0.5, "convergence")
+        running.wait_converged(60)
         say("converged")
         src, dst = "dc1-h1", "dc2-h1"
         # one ping first so that both leaves learn both MACs through EVPN
         wait_until(lambda: netns.ns_exec(ctx.ns(src), ["ping", "-c", "1", "-W", "1",
-                                                       state["nodes"][dst]["address"].split("/")[0]],
+                                                       running.state.hosts[dst].ip],
                                          check=False).returncode == 0, 15, 0.2, "first ping")
-        sent = roce_burst(ctx, state, src, dst)
+        sent = roce_burst(running, src, dst)
         say(f"RoCEv2 burst: {sent} packets, {QPS} QPs, {src} -> {dst}")
-        st = status.collect(state)
-        st["problems"] = status.problems(state, st)
-        print(status.render(state, st), flush=True)
+        st = status.collect(running.state)
+        st["problems"] = status.problems(running.state, st)
+        print(status.render(running.state, st), flush=True)
         for node in agents_ok:
             print(f"\n=== qpagent on {node} ===", flush=True)
             subprocess.run([sys.executable, "-m", "qpagent.cli", "status", "--node", ctx.ns(node)])

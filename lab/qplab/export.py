@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from .frrconf import render_frr_conf
-from .plan import HOST_MTU, UNDERLAY_MTU, build_plan
+from .plan import HOST_MTU, UNDERLAY_MTU, VXLAN_SOURCE_PORTS, build_plan
 from .topology import Topology
 
 FRR_IMAGE = "quay.io/frrouting/frr:8.4.1"
@@ -48,7 +48,7 @@ def containerlab(topo: Topology, outdir: str | Path) -> list[str]:
             exec_cmds += [
                 f"ip link add br{vni} type bridge", f"ip link set dev br{vni} up",
                 f"ip link add vxlan{vni} type vxlan id {vni} local {r.loopback} dstport 4789 "
-                f"srcport 49152 65535 nolearning",
+                f"srcport {VXLAN_SOURCE_PORTS[0]} {VXLAN_SOURCE_PORTS[1]} nolearning",
                 f"ip link set dev vxlan{vni} mtu {HOST_MTU} master br{vni} up",
                 f"bridge link set dev vxlan{vni} neigh_suppress on learning off"]
         for port, host in r.host_ports.items():

@@ -18,7 +18,8 @@ from typing import Callable
 from . import agents, frr, netns, wan
 from .context import LabContext
 from .frrconf import render_frr_conf
-from .plan import HOST_MTU, UNDERLAY_MTU, Plan, build_plan
+from .plan import HOST_MTU, UNDERLAY_MTU, VXLAN_SOURCE_PORTS, Plan, build_plan
+from .state import LabState
 from .topology import Topology
 
 Progress = Callable[[str], None]
@@ -64,15 +65,15 @@ def _parallel(fn, items, workers=8):
 
 
 def up(topo: Topology, ctx: LabContext, progress: Progress = print, start_agents=True,
-       topology_path: str = "") -> dict:
+       topology_path: str = "") -> LabState:
     """Build the lab; on any failure (or Ctrl-C) remove what was built, then re-raise."""
     if netns.list_namespaces(ctx.prefix):
         raise LabError(f"a lab with prefix '{ctx.prefix}' is already up: run `qplab down` first")
     plan = build_plan(topo)
     t0 = time.monotonic()
-    state = _initial_state(plan, ctx, topology_path)
+    state = LabState.from_plan(plan, ctx, topology_path)
     try:
-        ctx.write_state(state)
+        state.save(ctx)
         (ctx.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         _make_namespaces(plan, ctx, progress)
         _make_links(plan, ctx, progress)
@@ -80,41 +81,16 @@ def up(topo: Topology, ctx: LabContext, progress: Progress = print, start_agents
         _start_wan(plan, ctx, progress, state)
         _start_frr(plan, ctx, progress)
         if start_agents:
-            state["agents"] = agents.start_all(plan, ctx, progress)
+            state.agents = agents.start_all(plan, ctx, progress)
         else:
             progress("agents: skipped (--no-agent)")
-        state["up_seconds"] = round(time.monotonic() - t0, 2)
-        ctx.write_state(state)
+        state.up_seconds = round(time.monotonic() - t0, 2)
+        state.save(ctx)
         return state
     except BaseException:
         progress("up failed: tearing down what was built")
         down(ctx, progress=lambda m: None)
         raise
-
-
-def _initial_state(plan: Plan, ctx: LabContext, topology_path: str) -> dict:
-    nodes = {}
-    for r in plan.routers.values():
-        nodes[r.name] = {"ns": ctx.ns(r.name), "role": r.role, "dc": r.dc, "frr": ctx.ns(r.name),
-                         "loopback": str(r.loopback),
-                         "mgmt": str(r.mgmt.ip) if r.mgmt else None,
-                         "interfaces": [{"name": i.name, "address": str(i.address),
-                                         "peer_address": str(i.peer_address),
-                                         "peer_node": i.peer_node, "via": i.peer, "kind": i.kind}
-                                        for i in r.interfaces],
-                         "vnis": {str(v): plan.remote_vteps(r.name, v) for v in r.vnis}}
-    for h in plan.hosts.values():
-        nodes[h.name] = {"ns": ctx.ns(h.name), "role": "host", "dc": h.dc, "leaf": h.leaf,
-                         "address": str(h.address), "mac": h.mac, "mgmt": str(h.mgmt.ip)}
-    wans = {w.name: {"ns": ctx.ns(w.name), "a": w.a, "b": w.b, "a_if": w.a_if, "b_if": w.b_if,
-                     "a_address": str(w.a_address.ip), "b_address": str(w.b_address.ip),
-                     "control": str(ctx.wan_socket(w.name)), "props": w.props.as_dict(),
-                     "blackhole": False}
-            for w in plan.wans}
-    return {"prefix": ctx.prefix, "topology": topology_path or plan.topology.source,
-            "name": plan.topology.name, "management": str(plan.topology.addressing.management),
-            "started": time.time(), "nodes": nodes, "wans": wans, "agents": {},
-            "links_down": []}
 
 
 def _make_namespaces(plan: Plan, ctx: LabContext, progress: Progress) -> None:
@@ -162,7 +138,7 @@ def _router_lines(plan: Plan, r, ctx: LabContext) -> tuple[list[str], list[str]]
                 f"link add {br} type bridge",
                 f"link set dev {br} addrgenmode none mtu {HOST_MTU} up",
                 f"link add {vx} type vxlan id {vni} local {r.loopback} dstport 4789 "
-                f"srcport 49152 65535 nolearning",
+                f"srcport {VXLAN_SOURCE_PORTS[0]} {VXLAN_SOURCE_PORTS[1]} nolearning",
                 f"link set dev {vx} addrgenmode none mtu {HOST_MTU} master {br} up",
             ]
             bridge_lines.append(f"link set dev {vx} neigh_suppress on learning off")
@@ -197,14 +173,13 @@ def _configure_nodes(plan: Plan, ctx: LabContext, progress: Progress) -> None:
              f"{sum(len(r.vnis) for r in plan.leaves())} VXLAN devices on {len(plan.leaves())} leaves")
 
 
-def _start_wan(plan: Plan, ctx: LabContext, progress: Progress, state: dict) -> None:
+def _start_wan(plan: Plan, ctx: LabContext, progress: Progress, state: LabState) -> None:
     procs = {w.name: wan.start_delay_line(w, ctx) for w in plan.wans}
     for w in plan.wans:
         wan.wait_delay_line(w, ctx, procs[w.name])
-        state["wans"][w.name]["pid"] = procs[w.name].pid
-        wan.set_rate(ctx.ns(w.a), w.a_if, w.props.rate_mbit)
-        wan.set_rate(ctx.ns(w.b), w.b_if, w.props.rate_mbit)
-    ctx.write_state(state)
+        state.wans[w.name].pid = procs[w.name].pid
+        wan.set_rate(state.wans[w.name], ctx, w.props.rate_mbit)
+    state.save(ctx)
     if plan.wans:
         p = plan.wans[0].props
         progress(f"wan: {len(plan.wans)} delay lines running (e.g. {p.delay_ms:g} ms, "

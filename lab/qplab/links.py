@@ -6,8 +6,11 @@ drops everything, which only BFD notices; done in the WAN box's delay line.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import netns, wan
 from .context import LabContext
+from .state import LabState
 
 ACTIONS = ("down", "up", "blackhole", "restore")
 
@@ -16,43 +19,47 @@ class LinkError(ValueError):
     pass
 
 
-def find_link(state: dict, a: str, b: str) -> dict:
-    """The link between two nodes: {"kind", "ends": [(node, ifname)], "wan": name|None}."""
-    nodes = state["nodes"]
+@dataclass(frozen=True)
+class Link:
+    kind: str                       # "wan", "fabric" or "host"
+    ends: tuple[tuple[str, str], ...]   # (node, interface) at each end
+    wan: str | None = None          # the WAN link's name
+
+
+def find_link(state: LabState, a: str, b: str) -> Link:
+    """The link between two nodes, whichever order they are named in."""
     for n in (a, b):
-        if n not in nodes and n not in state["wans"]:
-            raise LinkError(f"unknown node '{n}' (nodes: {', '.join(sorted(nodes))})")
-    for name, w in state["wans"].items():
-        if {w["a"], w["b"]} == {a, b}:
-            return {"kind": "wan", "wan": name, "ends": [(w["a"], w["a_if"]), (w["b"], w["b_if"])]}
+        if n not in state.routers and n not in state.hosts and n not in state.wans:
+            raise LinkError(f"unknown node '{n}' (nodes: {', '.join(sorted(state.node_names))})")
+    for name, w in state.wans.items():
+        if {w.a, w.b} == {a, b}:
+            return Link("wan", ((w.a, w.a_if), (w.b, w.b_if)), name)
     for n, other in ((a, b), (b, a)):
-        node = nodes[n]
-        for i in node.get("interfaces", []):
-            if i["peer_node"] == other and i["kind"] != "wan":
-                peer_if = next(j["name"] for j in nodes[other]["interfaces"]
-                               if j["peer_node"] == n and j["peer_address"] == i["address"].split("/")[0])
-                return {"kind": "fabric", "wan": None, "ends": [(n, i["name"]), (other, peer_if)]}
-        if node["role"] == "host" and node.get("leaf") == other:
-            port = "h-" + n.split("-", 1)[1]
-            return {"kind": "host", "wan": None, "ends": [(n, "eth0"), (other, port)]}
+        if n in state.routers and other in state.routers:
+            here = state.routers[n].interface_to(other)
+            there = state.routers[other].interface_to(n)
+            if here and there:
+                return Link("fabric", ((n, here.name), (other, there.name)))
+        host = state.hosts.get(n)
+        if host and host.leaf == other:
+            return Link("host", ((n, "eth0"), (other, host.leaf_port)))
     raise LinkError(f"no link between {a} and {b}")
 
 
-def act(state: dict, ctx: LabContext, a: str, b: str, action: str) -> str:
+def act(state: LabState, ctx: LabContext, a: str, b: str, action: str) -> str:
+    """Do `action` to the link between a and b and record it in `state` (the caller saves)."""
     if action not in ACTIONS:
         raise LinkError(f"unknown action '{action}' (use one of: {', '.join(ACTIONS)})")
     link = find_link(state, a, b)
     if action in ("down", "up"):
-        for node, ifname in link["ends"]:
+        for node, ifname in link.ends:
             netns.run(["ip", "-n", ctx.ns(node), "link", "set", "dev", ifname, action])
         key = sorted([a, b])
-        down = [l for l in state["links_down"] if l != key]
-        state["links_down"] = down + ([key] if action == "down" else [])
+        state.links_down = [l for l in state.links_down if l != key] + ([key] if action == "down" else [])
         return f"{a} <-> {b}: interfaces {action}"
-    if link["kind"] != "wan":
+    if link.kind != "wan":
         raise LinkError(f"{a} <-> {b} is not a WAN link: blackhole/restore work on WAN links "
                         "(their delay line drops everything); use down/up here")
-    w = state["wans"][link["wan"]]
+    w = state.wans[link.wan]
     wan.set_blackhole(w, action == "blackhole")
-    w["blackhole"] = action == "blackhole"
-    return f"{a} <-> {b}: {'blackholed (link stays up, drops everything)' if w['blackhole'] else 'restored'}"
+    return f"{a} <-> {b}: {'blackholed (link stays up, drops everything)' if w.blackhole else 'restored'}"

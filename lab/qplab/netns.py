@@ -107,16 +107,3 @@ def root_links(prefix: str) -> list[str]:
             if name.startswith(prefix):
                 names.append(name)
     return names
-
-
-def has_netem() -> bool:
-    """Probe (never assume) whether the kernel has sch_netem."""
-    ns = f"qplprobe{os.getpid()}"
-    try:
-        run(["ip", "netns", "add", ns])
-        ip_batch(["link add p0 type veth peer name p1"], ns)
-        res = run(["tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", "netem", "delay", "1ms"],
-                  check=False)
-        return res.returncode == 0
-    finally:
-        run(["ip", "netns", "del", ns], check=False)

@@ -12,6 +12,7 @@ from .topology import Topology, WanLink, WanProps
 
 UNDERLAY_MTU = 9000   # room for VXLAN's 50 bytes above the hosts' 1500
 HOST_MTU = 1500
+VXLAN_SOURCE_PORTS = (49152, 65535)   # the VTEPs' outer UDP source port range (qpagent steers in it)
 
 
 @dataclass
@@ -52,7 +53,6 @@ class HostPlan:
     address: ipaddress.IPv4Interface
     mac: str
     mgmt: ipaddress.IPv4Interface
-    agent: bool
 
 
 @dataclass
@@ -95,9 +95,6 @@ class Plan:
 
     def remote_vteps(self, leaf: str, vni: int) -> list[str]:
         return [str(r.loopback) for r in self.leaves() if r.name != leaf and vni in r.vnis]
-
-    def expected_bgp_sessions(self) -> int:
-        return sum(len(r.interfaces) for r in self.routers.values())
 
 
 def build_plan(topo: Topology) -> Plan:
@@ -149,7 +146,7 @@ def build_plan(topo: Topology) -> Plan:
             port = "h-" + h.name.split("-", 1)[1]
             r.host_ports[port] = h.name
             hosts[h.name] = HostPlan(h.name, h.dc, leaf.name, port, h.vni, h.address,
-                                     _host_mac(h.address.ip), None, h.agent)
+                                     _host_mac(h.address.ip), None)
     for h in hosts.values():
         h.mgmt = ipaddress.IPv4Interface(f"{next(mgmt_hosts)}/{mgmt_len}")
     return Plan(topo, routers, hosts, links, wans, gateway)

@@ -7,14 +7,16 @@ lists every gap, so "converged" means an empty list.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 from . import frr
+from .state import LabState, RouterState
 
 AFI_KEYS = {"ipv4Unicast": "ipv4", "l2VpnEvpn": "evpn"}
 
 
-def _router_status(name: str, node: dict) -> dict:
-    ns = node["frr"]
+def _router_status(router: RouterState) -> dict:
+    ns = router.ns
     out: dict = {"bgp": [], "bfd": [], "vnis": [], "errors": []}
     try:
         summary = frr.vtysh_json(ns, "show bgp summary json")
@@ -34,7 +36,7 @@ def _router_status(name: str, node: dict) -> dict:
                                "multiplier": p.get("detect-multiplier")})
     except (frr.FrrError, OSError) as e:
         out["errors"].append(str(e))
-    if node["role"] == "leaf":
+    if router.role == "leaf":
         try:
             for v in frr.vtysh_json(ns, "show evpn vni detail json") or []:
                 remote = v.get("numRemoteVteps")
@@ -47,34 +49,34 @@ def _router_status(name: str, node: dict) -> dict:
     return out
 
 
-def collect(state: dict) -> dict:
-    routers = {n: v for n, v in state["nodes"].items() if v["role"] != "host"}
+def collect(state: LabState) -> dict:
+    """What FRR says on every router, with the lab's WAN links and agents (JSON-ready)."""
     with ThreadPoolExecutor(max_workers=6) as ex:
-        results = dict(zip(routers, ex.map(lambda n: _router_status(n, routers[n]), routers)))
-    return {"name": state.get("name"), "routers": results, "wans": state.get("wans", {}),
-            "agents": state.get("agents", {}), "links_down": state.get("links_down", [])}
+        results = dict(zip(state.routers, ex.map(_router_status, state.routers.values())))
+    return {"name": state.name, "routers": results,
+            "wans": {n: asdict(w) for n, w in state.wans.items()},
+            "agents": {n: asdict(a) for n, a in state.agents.items()},
+            "links_down": state.links_down}
 
 
-def problems(state: dict, status: dict) -> list[str]:
+def problems(state: LabState, status: dict) -> list[str]:
     """Every way the lab is not (yet) converged; empty when it is."""
     out = []
-    for name, node in state["nodes"].items():
-        if node["role"] == "host":
-            continue
+    for name, router in state.routers.items():
         got = status["routers"].get(name, {})
         out += [f"{name}: {e}" for e in got.get("errors", [])]
         bgp = {(s["peer"], s["afi"]): s["state"] for s in got.get("bgp", [])}
         bfd = {s["peer"]: s["status"] for s in got.get("bfd", [])}
-        for i in node["interfaces"]:
+        for i in router.interfaces:
             for afi in AFI_KEYS.values():
-                st = bgp.get((i["peer_address"], afi))
+                st = bgp.get((i.peer_address, afi))
                 if st != "Established":
-                    out.append(f"{name}: BGP {afi} to {i['peer_node']} ({i['peer_address']}) is {st or 'absent'}")
-            if bfd.get(i["peer_address"]) != "up":
-                out.append(f"{name}: BFD to {i['peer_node']} ({i['peer_address']}) is "
-                           f"{bfd.get(i['peer_address']) or 'absent'}")
+                    out.append(f"{name}: BGP {afi} to {i.peer_node} ({i.peer_address}) is {st or 'absent'}")
+            if bfd.get(i.peer_address) != "up":
+                out.append(f"{name}: BFD to {i.peer_node} ({i.peer_address}) is "
+                           f"{bfd.get(i.peer_address) or 'absent'}")
         vnis = {str(v["vni"]): v for v in got.get("vnis", [])}
-        for vni, remote in node.get("vnis", {}).items():
+        for vni, remote in router.vnis.items():
             if vni not in vnis:
                 out.append(f"{name}: VNI {vni} unknown to EVPN")
                 continue
@@ -84,11 +86,11 @@ def problems(state: dict, status: dict) -> list[str]:
     return out
 
 
-def summary_counts(state: dict, status: dict) -> dict:
+def summary_counts(state: LabState, status: dict) -> dict:
     bgp = [s for r in status["routers"].values() for s in r["bgp"]]
     bfd = [s for r in status["routers"].values() for s in r["bfd"]]
     vteps = [(n, v) for n, r in status["routers"].items() for v in r["vnis"]]
-    want_vteps = sum(len(rem) for node in state["nodes"].values() for rem in node.get("vnis", {}).values())
+    want_vteps = sum(len(rem) for r in state.routers.values() for rem in r.vnis.values())
     return {"bgp_established": sum(s["state"] == "Established" for s in bgp), "bgp_total": len(bgp),
             "bfd_up": sum(s["status"] == "up" for s in bfd), "bfd_total": len(bfd),
             "remote_vteps": sum(len(v["remote_vteps"]) for _, v in vteps),
@@ -101,7 +103,7 @@ def _table(rows: list[list[str]], header: list[str]) -> list[str]:
     return ["  " + fmt.format(*header)] + ["  " + fmt.format(*map(str, r)) for r in rows]
 
 
-def render(state: dict, status: dict) -> str:
+def render(state: LabState, status: dict) -> str:
     c = summary_counts(state, status)
     lines = [f"lab {status.get('name')}: BGP {c['bgp_established']}/{c['bgp_total']} Established, "
              f"BFD {c['bfd_up']}/{c['bfd_total']} up, remote VTEPs {c['remote_vteps']}/"
@@ -128,7 +130,7 @@ def render(state: dict, status: dict) -> str:
     if status["agents"]:
         lines += ["", "Agents"]
         rows = [[n, "running" if a.get("ok") else "failed", a.get("metrics", "-"),
-                 a.get("error", a.get("socket", ""))] for n, a in status["agents"].items()]
+                 a.get("error") or a.get("socket", "")] for n, a in status["agents"].items()]
         lines += _table(rows, ["node", "state", "metrics", "socket / error"])
     errors = [f"{n}: {e}" for n, r in status["routers"].items() for e in r["errors"]]
     if errors:

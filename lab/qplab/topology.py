@@ -65,7 +65,6 @@ class Host:
     leaf: str          # global leaf name
     vni: int
     address: ipaddress.IPv4Interface
-    agent: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,18 +124,6 @@ class Topology:
     @property
     def hosts(self) -> list[Host]:
         return [h for leaf in self.leaves for h in leaf.hosts]
-
-    def role_of(self, node: str) -> str | None:
-        for dc in self.dcs:
-            if node in dc.spines:
-                return "spine"
-            if node in dc.borders:
-                return "border"
-            if any(leaf.name == node for leaf in dc.leaves):
-                return "leaf"
-        if any(h.name == node for h in self.hosts):
-            return "host"
-        return None
 
     def with_management(self, subnet: str) -> "Topology":
         """The same lab on another management subnet (two labs side by side)."""
@@ -355,6 +342,8 @@ class _Checker:
             where = f"leaf {leaf}.hosts[{i}]"
             m = self.mapping(item, where, {"name", "vni", "address", "agent"})
             local = self.name(m.get("name"), f"{where}.name")
+            if m.get("agent"):
+                self.bad(f"{where}.agent: qpagent steers on a VTEP, so it runs on leaves only")
             vni = m.get("vni")
             if vni not in vnis:
                 self.bad(f"{where}: VNI {vni!r} is not declared in 'vnis' "
@@ -371,7 +360,7 @@ class _Checker:
             if addr.network != vnis[vni].subnet:
                 addr = ipaddress.IPv4Interface(f"{addr.ip}/{vnis[vni].subnet.prefixlen}")
             if local:
-                out.append(Host(f"{dc}-{local}", dc, leaf, vni, addr, bool(m.get("agent", False))))
+                out.append(Host(f"{dc}-{local}", dc, leaf, vni, addr))
         return out
 
     def unique_nodes(self, dcs: list[DataCenter]) -> None:

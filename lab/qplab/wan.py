@@ -1,18 +1,20 @@
-"""WAN link emulation: netem where the kernel has it, else the delay line.
+"""WAN link emulation: a user-space delay line in a box, a tbf for the rate.
 
 A WAN link is router A <-> WAN box <-> router B: two veth pairs meeting in a
 small namespace. The box runs the user-space delay line (qplab.delayline),
-which adds delay, jitter and loss and can blackhole the link; rate is a tbf on
-each router's egress into the box.
+which adds delay, jitter and loss and can blackhole the link (this kernel has
+no netem); rate is a tbf on each router's egress into the box.
 """
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 from . import delayline, netns
 from .context import LabContext
 from .plan import WanPlan
+from .state import WanState
 from .topology import WAN_LIMITS
 
 BOX_A, BOX_B = "a", "b"   # the WAN box's two ends
@@ -56,17 +58,25 @@ def wait_delay_line(w: WanPlan, ctx: LabContext, proc, timeout=15.0) -> None:
         time.sleep(0.02)
 
 
-def tbf_args(rate_mbit: float) -> list[str]:
-    """tbf for a rate: burst of 1 ms at that rate (at least two jumbo frames)."""
+DEFAULT_BUFFER_MS = 20.0
+
+
+def tbf_args(rate_mbit: float, buffer_ms: float = DEFAULT_BUFFER_MS) -> list[str]:
+    """tbf for a rate: burst of 1 ms at that rate (at least two jumbo frames),
+    queueing at most `buffer_ms` before it drops."""
     burst = max(int(rate_mbit * 1e6 / 8 / 1000), 20_000)
-    return ["tbf", "rate", f"{rate_mbit:g}mbit", "burst", str(burst), "latency", "20ms"]
+    return ["tbf", "rate", f"{rate_mbit:g}mbit", "burst", str(burst), "latency", f"{buffer_ms:g}ms"]
 
 
-def set_rate(ns: str, dev: str, rate_mbit: float) -> None:
-    if rate_mbit and rate_mbit > 0:
-        netns.run(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root"] + tbf_args(rate_mbit))
-    else:
-        netns.run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], check=False)
+def set_rate(w: WanState, ctx: LabContext, rate_mbit: float,
+             buffer_ms: float = DEFAULT_BUFFER_MS) -> None:
+    """Both routers' egress into the box; rate 0 removes the limit."""
+    for node, dev in ((w.a, w.a_if), (w.b, w.b_if)):
+        if rate_mbit and rate_mbit > 0:
+            netns.run(["tc", "-n", ctx.ns(node), "qdisc", "replace", "dev", dev, "root"]
+                      + tbf_args(rate_mbit, buffer_ms))
+        else:
+            netns.run(["tc", "-n", ctx.ns(node), "qdisc", "del", "dev", dev, "root"], check=False)
 
 
 def parse_settings(pairs: list[str]) -> dict:
@@ -93,19 +103,21 @@ def parse_settings(pairs: list[str]) -> dict:
     return out
 
 
-def apply(wan_state: dict, ctx: LabContext, settings: dict) -> dict:
-    """Change a running WAN link; returns the delay line's reply."""
+def apply(w: WanState, ctx: LabContext, settings: dict,
+          buffer_ms: float = DEFAULT_BUFFER_MS) -> dict:
+    """Change a running WAN link (and its state); returns the delay line's reply."""
     if "rate_mbit" in settings:
-        set_rate(ctx.ns(wan_state["a"]), wan_state["a_if"], settings["rate_mbit"])
-        set_rate(ctx.ns(wan_state["b"]), wan_state["b_if"], settings["rate_mbit"])
-        wan_state["props"]["rate_mbit"] = settings["rate_mbit"]
+        set_rate(w, ctx, settings["rate_mbit"], buffer_ms)
     line = {k: v for k, v in settings.items() if k != "rate_mbit"}
-    reply = delayline.control(wan_state["control"], {"set": line} if line else {"get": True})
+    reply = delayline.control(w.control, {"set": line} if line else {"get": True})
     if not reply.get("ok"):
         raise RuntimeError(f"delay line refused: {reply.get('error')}")
-    wan_state["props"].update(line)
+    w.props = replace(w.props, **settings)
     return reply
 
 
-def set_blackhole(wan_state: dict, on: bool) -> dict:
-    return delayline.control(wan_state["control"], {"set": {"blackhole": on}})
+def set_blackhole(w: WanState, on: bool) -> None:
+    reply = delayline.control(w.control, {"set": {"blackhole": on}})
+    if not reply.get("ok"):
+        raise RuntimeError(f"delay line refused: {reply.get('error')}")
+    w.blackhole = on

@@ -57,7 +57,7 @@ def main() -> None:
                 out["results"][key] = {"one_way": measure(eng, one_way, size, args.repeats),
                                        "both_ways": measure(eng, both, size, args.repeats)}
     if args.lab:
-        from qplab.workloads.run import lab_hosts
+        from qplab.experiments.run import lab_hosts
         hosts = lab_hosts()
         by_dc = {}
         for h in hosts:

@@ -1,20 +1,23 @@
 """Fixtures for the lab tests: the default two-DC lab with real FRR, built once.
 
-Test labs use the `qt3-` prefix, their own run directory and management
-subnet, so they never collide with a user's `qpl-` lab.
+Every test lab gets a prefix of its own (a uuid tag), its own run directory
+and a management subnet nobody on this machine uses, so parallel runs and a
+user's `qpl-` lab never collide.
 """
+import ipaddress
+import json
 import os
+import random
+import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
 from qplab import lab, netns
+from qplab.api import Lab
 from qplab.context import LabContext
 from qplab.topology import load_topology
-
-TEST_PREFIX = "qt3-"
-TEST_RUN_DIR = Path("/run/qplab-qt3")
-TEST_MGMT = "172.31.254.0/24"
 
 
 def pytest_collection_modifyitems(items):
@@ -30,20 +33,34 @@ def need_root():
         pytest.skip("needs root (namespaces, FRR)")
 
 
+def unique_ctx() -> LabContext:
+    """A lab context no other run uses: short prefix (interface names hold 15 characters)."""
+    prefix = f"q{uuid.uuid4().hex[:5]}-"
+    return LabContext(prefix, Path(f"/run/qplab-{prefix.rstrip('-')}"))
+
+
+def free_management_subnet() -> str:
+    """A /24 in 172.30.0.0/16 that no address of the root namespace is in."""
+    out = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, check=True).stdout
+    used = [ipaddress.IPv4Interface(f"{a['local']}/{a['prefixlen']}").network
+            for link in json.loads(out) for a in link.get("addr_info", []) if a.get("family") == "inet"]
+    free = [n for n in ipaddress.IPv4Network("172.30.0.0/16").subnets(new_prefix=24)
+            if not any(n.overlaps(u) for u in used)]
+    return str(random.choice(free))
+
+
 @pytest.fixture(scope="module")
 def lab_ctx():
     need_root()
-    return LabContext(TEST_PREFIX, TEST_RUN_DIR)
+    return unique_ctx()
 
 
 @pytest.fixture(scope="module")
 def default_lab(lab_ctx):
     """The shipped topology, up without agents; torn down whatever happens."""
-    lab.down(lab_ctx, progress=lambda m: None)   # leftovers of an aborted run
-    topo = load_topology().with_management(TEST_MGMT)
+    topo = load_topology().with_management(free_management_subnet())
     try:
-        state = lab.up(topo, lab_ctx, progress=lambda m: None, start_agents=False)
-        yield {"ctx": lab_ctx, "state": state, "topology": topo}
+        yield Lab.up(topo, lab_ctx, progress=lambda m: None, start_agents=False)
     finally:
         lab.down(lab_ctx, progress=lambda m: None)
-        assert netns.list_namespaces(TEST_PREFIX) == []
+        assert netns.list_namespaces(lab_ctx.prefix) == []

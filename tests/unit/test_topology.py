@@ -5,7 +5,9 @@ import ipaddress
 import pytest
 import yaml
 
+from qplab.context import LabContext
 from qplab.plan import build_plan
+from qplab.state import LabState
 from qplab.topology import DEFAULT_TOPOLOGY, TopologyError, load_topology, parse_topology
 
 
@@ -77,6 +79,8 @@ def test_default_topology_shape():
     (lambda t: t["dcs"][0]["leaves"][0].update(name="Leaf_1"),
      "dc dc1.leaves[0].name: bad name 'Leaf_1' (lower-case letters and digits, starting with a letter, "
      "at most 12 characters)"),
+    (lambda t: t["dcs"][0]["leaves"][0]["hosts"][0].update(agent=True),
+     "leaf dc1-leaf1.hosts[0].agent: qpagent steers on a VTEP, so it runs on leaves only"),
 ])
 def test_each_bad_input_has_its_own_message(raw, mutate, message):
     bad = copy.deepcopy(raw)
@@ -146,3 +150,47 @@ def test_plan_is_deterministic():
     a, b = build_plan(load_topology()), build_plan(load_topology())
     assert [(r.name, str(r.loopback), [str(i.address) for i in r.interfaces]) for r in a.routers.values()] == \
            [(r.name, str(r.loopback), [str(i.address) for i in r.interfaces]) for r in b.routers.values()]
+
+
+def test_lab_state_from_the_plan_survives_a_save_and_load(tmp_path):
+    ctx = LabContext("qpx-", tmp_path / "run")
+    state = LabState.from_plan(build_plan(load_topology()), ctx)
+    leaf = state.routers["dc1-leaf1"]
+    assert (leaf.ns, leaf.role, leaf.loopback, leaf.vnis) == (
+        "qpx-dc1-leaf1", "leaf", "10.255.0.3", {"100": ["10.255.0.4", "10.255.0.9", "10.255.0.10"]})
+    assert [(i.name, i.peer_node, i.kind) for i in leaf.interfaces] == [
+        ("eth1", "dc1-spine1", "uplink"), ("eth2", "dc1-spine2", "uplink")]
+    host = state.hosts["dc2-h1"]
+    assert (host.ip, host.leaf, host.leaf_port, host.dc) == ("10.100.0.21", "dc2-leaf1", "h-h1", "dc2")
+    w = state.wans["wan-dc1-border1-dc2-border2"]
+    assert (w.a_dc, w.b_dc, w.a_if, w.b_if, w.props.delay_ms) == ("dc1", "dc2", "wan2", "wan1", 10.0)
+    assert LabState.load(ctx) is None
+    state.with_wan_props(w.name, delay_ms=25.0)
+    state.links_down.append(["dc1-leaf1", "dc1-spine1"])
+    state.save(ctx)
+    assert LabState.load(ctx) == state
+
+
+def test_status_problems_name_each_gap_of_a_lab_state(tmp_path):
+    from qplab import status
+    from qplab.state import AgentState
+    state = LabState.from_plan(build_plan(load_topology()), LabContext("qpx-", tmp_path))
+    routers = {}
+    for name, r in state.routers.items():
+        routers[name] = {"errors": [], "bgp": [{"peer": i.peer_address, "afi": afi, "state": "Established",
+                                                "description": "", "uptime": "", "prefixes": 1}
+                                               for i in r.interfaces for afi in ("ipv4", "evpn")],
+                         "bfd": [{"peer": i.peer_address, "interface": i.name, "status": "up",
+                                  "diagnostic": "ok", "interval_ms": 100, "multiplier": 3}
+                                 for i in r.interfaces],
+                         "vnis": [{"vni": int(v), "vtep": r.loopback, "vxlan": f"vxlan{v}",
+                                   "remote_vteps": remote, "macs": 0} for v, remote in r.vnis.items()]}
+    st = {"name": state.name, "routers": routers, "wans": {}, "links_down": [],
+          "agents": {"dc1-leaf1": vars(AgentState("dc1-leaf1", 1, "c", "/s.sock", "http://m", True))}}
+    assert status.problems(state, st) == []
+    routers["dc1-border1"]["bfd"][0]["status"] = "down"
+    routers["dc2-leaf2"]["vnis"][0]["remote_vteps"] = routers["dc2-leaf2"]["vnis"][0]["remote_vteps"][1:]
+    assert status.problems(state, st) == [
+        "dc1-border1: BFD to dc1-spine1 (10.0.0.9) is down",
+        "dc2-leaf2: VNI 100 lacks remote VTEPs 10.255.0.3"]
+    assert "  dc1-leaf1  running  http://m  /s.sock" in status.render(state, st)

@@ -10,7 +10,8 @@ from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
-from qplab.workloads import experiment, model, observe, report
+from qplab.experiments import analysis, observe, report
+from qplab.workloads import model
 
 
 def vxlan_roce(dqpn=0x123456, inner_dport=4791, outer_dport=4789):
@@ -50,7 +51,7 @@ def test_rates_and_totals_from_counter_samples():
     ]
     assert observe.totals(SAMPLES) == {"w1": {"dc1->dc2": 1_000_000, "dc2->dc1": 20},
                                        "w2": {"dc1->dc2": 1_250_000, "dc2->dc1": 20}}
-    assert experiment.busiest_ratio(observe.totals(SAMPLES)) == {"dc1->dc2": 1.111, "dc2->dc1": 1.0}
+    assert analysis.busiest_ratio(observe.totals(SAMPLES)) == {"dc1->dc2": 1.111, "dc2->dc1": 1.0}
 
 
 def test_alpha_beta_model_ring():
@@ -80,7 +81,7 @@ def test_failover_timeline_from_a_record():
         "result": {"clock_offset": 500.0, "per_iteration": [
             {"t_start": 499.0, "stalls": [{"from": 0.5, "to": 1.6}, {"from": 0.2, "to": 0.4}]}]},
     }
-    tl = experiment.failover_timeline(rec)
+    tl = analysis.failover_timeline(rec)
     assert tl == {"link": "w1", "bfd_down_s": 0.31, "agent_reaction_s": 0.35,
                   "wan_rate_recovered_s": 0.6, "qps_recovered_s": 0.6, "stalled_qps": 1,
                   "restored_s": 3.0}
@@ -142,7 +143,7 @@ def test_qp_links_attributes_each_data_direction_before_and_after_a_cut():
         (1, "w2", "10.0.0.1", "10.0.0.2", 22): [50, 2.5, 3.0],    # after the cut
         (0, "w3", "10.0.0.2", "10.0.0.1", 11): [80, 1.0, 3.0],    # ACKs b->a: no data that way
     }
-    assert experiment.qp_links(seen, result, hosts) == [{
+    assert analysis.qp_links(seen, result, hosts) == [{
         "from": "a", "to": "b", "dqpn": 22, "sport": 0xC001, "index": 0, "bytes": 1000,
         "links": {"w1": {"packets": 90, "first": 1.0, "last": 2.0},
                   "w2": {"packets": 10, "first": 1.5, "last": 1.6}},
@@ -152,9 +153,29 @@ def test_qp_links_attributes_each_data_direction_before_and_after_a_cut():
 
 def test_run_cli_parses_hosts_and_rejects_bad_ones():
     from qplab.workloads.driver import Host
-    from qplab.workloads.run import parse_hosts
+    from qplab.experiments.run import parse_hosts
     assert parse_hosts("a=10.0.0.1@ns1/dc1, b=10.0.0.2") == [
         Host("a", "10.0.0.1", "ns1", "dc1"), Host("b", "10.0.0.2", None, "")]
     for bad in ("a=10.0.0.1", "a10.0.0.1,b=1.2.3.4", ""):
         with pytest.raises(ValueError):
             parse_hosts(bad)
+
+
+def test_engine_never_imports_the_lab_or_the_experiments():
+    """The layering: experiments -> lab API and engine; the engine -> nothing above it."""
+    import ast
+    from pathlib import Path
+
+    import qplab.workloads
+    above = []
+    for path in sorted(Path(qplab.workloads.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            above += [f"{path.name}: {n}" for n in names
+                      if n.startswith("..") or (n.startswith("qplab") and not n.startswith("qplab.workloads"))]
+    assert above == []

@@ -1,13 +1,15 @@
 """A collective run: schedule from the pattern, iterations on an Engine,
 per-iteration figures (completion time, goodput, algbw, busbw,
-retransmissions), per-QP bytes, and the verification of every message."""
+retransmissions), per-QP bytes, and the verification of every message.
+A queue pair in error fails the job, as in a real collective library: the
+run stops and QpInError carries the result with the QPs in error."""
 from __future__ import annotations
 
 import statistics
 import time
 
 from . import schedules as sch
-from .driver import Engine, EngineError, Host, verify
+from .driver import Engine, EngineError, Host, QpInError, verify
 
 PATTERNS = ("ring", "hierarchical", "ps")
 
@@ -62,9 +64,14 @@ def run_collective(engine: Engine, pattern: str, size: int, iterations: int, *,
     iters = []
     problems_all: list[str] = []
     verified_total = 0
+    failure: QpInError | None = None
     for i in range(iterations):
         wall = time.time()
-        replies = engine.run_iteration(schedule, i, msg_size, timeout=timeout)
+        try:
+            replies = engine.run_iteration(schedule, i, msg_size, timeout=timeout)
+        except QpInError as e:
+            failure = e
+            break
         start = min(r["start"] for r in replies.values())
         end = max(r["end"] for r in replies.values())
         dur = max(end - start, 1e-9)
@@ -104,24 +111,33 @@ def run_collective(engine: Engine, pattern: str, size: int, iterations: int, *,
                         "bytes_dst_to_src": b.get("tx", {}).get("payload_bytes", 0),
                         "retransmitted": a.get("tx", {}).get("retransmitted", 0) + b.get("tx", {}).get("retransmitted", 0)})
     durs = [r["duration_s"] for r in iters]
-    med = statistics.median(durs)
-    return {
+    med = statistics.median(durs) if durs else None
+    result = {
         "pattern": pattern, "size_bytes": size, "iterations": iterations, "msg_size": msg_size,
         "ranks": ranks, "qps_per_conn": engine.qps_per_conn, "sport_policy": engine.sport_policy,
+        "retry": engine.config.retry_summary(),
         "bus_factor": factor, "schedule_bytes": wire_bytes,
         "clock_offset": time.time() - time.monotonic(),   # wall = monotonic + offset
         "per_iteration": iters, "qps": qps,
         "summary": {
-            "median_duration_s": med, "max_duration_s": max(durs),
-            "median_busbw_Bps": size / med * factor, "median_algbw_Bps": size / med,
+            "median_duration_s": med, "max_duration_s": max(durs, default=None),
+            "median_busbw_Bps": size / med * factor if med else None,
+            "median_algbw_Bps": size / med if med else None,
             "retransmitted_packets": sum(r["retransmitted_packets"] for r in iters),
             "timeouts": sum(r["timeouts"] for r in iters),
             "verified_bytes": verified_total,
             "expected_bytes": wire_bytes * iterations,
             "all_verified": not problems_all and verified_total == wire_bytes * iterations,
             "problems": problems_all[:20],
+            "job_failed": None if failure is None else str(failure),
+            "failed_iteration": None if failure is None else len(iters),
+            "qps_in_error": [] if failure is None else failure.qps,
         },
     }
+    if failure is not None:
+        failure.result = result
+        raise failure
+    return result
 
 
 def time_lost(durations: list[float], baseline: float) -> float:
@@ -129,4 +145,4 @@ def time_lost(durations: list[float], baseline: float) -> float:
     return sum(max(0.0, d - baseline) for d in durations)
 
 
-__all__ = ["PATTERNS", "build_schedule", "run_collective", "time_lost", "EngineError"]
+__all__ = ["PATTERNS", "build_schedule", "run_collective", "time_lost", "EngineError", "QpInError"]

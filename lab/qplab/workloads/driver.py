@@ -22,6 +22,23 @@ class EngineError(RuntimeError):
     """A worker failed, answered an error or did not finish in time."""
 
 
+class QpInError(EngineError):
+    """A queue pair ran out of retries and is in the error state: the job
+    failed, as an RC job does. `qps` lists the QPs in error (host, qpn,
+    peer, error, error_at); `result` is what ran before, when the caller
+    filled it in (run_collective does)."""
+
+    def __init__(self, host: str, reply: dict):
+        self.host = host
+        self.reply = reply
+        self.qps = [{"host": host, "qpn": q["qpn"], "peer": q["peer"], "sport": q["sport"],
+                     "error": q["error"], "error_at": q.get("error_at"),
+                     "timeouts": q["tx"]["timeouts"], "retries": q["tx"]["retries"]}
+                    for q in reply.get("qps", []) if q.get("error")]
+        self.result: dict | None = None
+        super().__init__(f"job failed: {reply.get('error')}")
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -115,6 +132,7 @@ class Engine:
         # QP numbers as an HCA hands them out: distinct per host, not small.
         self._qpn_pool = {h.name: iter(rng.sample(range(0x100, 0xFFFFFF), 4096)) for h in self.hosts}
         self._stderr = None
+        self.broken: str | None = None
 
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> "Engine":
@@ -161,7 +179,12 @@ class Engine:
                 for key, _ in sel.select(min(left, 1.0)):
                     for msg in self.workers[key.data].read_lines():
                         if not msg.get("ok"):
-                            raise EngineError(f"{key.data}: {msg.get('error')}")
+                            # The other workers' answers are still under way:
+                            # this engine cannot run another iteration.
+                            self.broken = f"{key.data}: {msg.get('error')}"
+                            if any(q.get("error") for q in msg.get("qps") or ()):
+                                raise QpInError(key.data, msg)
+                            raise EngineError(self.broken)
                         replies[key.data] = msg
                         sel.unregister(key.fileobj)
                         break
@@ -196,7 +219,10 @@ class Engine:
     # -- running -------------------------------------------------------------
     def run_iteration(self, schedule: sch.Schedule, iteration: int, msg_size: int,
                       timeout: float = 120.0) -> dict[str, dict]:
-        """One iteration of `schedule` on every host; the workers' replies by host."""
+        """One iteration of `schedule` on every host; the workers' replies by host.
+        QpInError when a queue pair went to the error state."""
+        if self.broken:
+            raise EngineError(f"the engine failed earlier ({self.broken}); start a new one")
         self.connect({(t.src, t.dst) for step in schedule for t in step})
         plans = {h: [{"sends": [], "recvs": []} for _ in schedule] for h in self.by_name}
         for s, step in enumerate(schedule):

@@ -19,9 +19,12 @@ import struct
 import subprocess
 import threading
 import time
+from typing import Iterable
 
 from pyroute2 import IPRoute
 from pyroute2.netns import popns, pushns
+
+from ..state import WanState
 
 ETH_P_ALL = 0x0003
 
@@ -57,13 +60,10 @@ class Periodic:
 class WanCounters(Periodic):
     """Samples every WAN link's delivered bytes per direction in a thread."""
 
-    def __init__(self, wans: dict, nodes: dict, interval: float = 0.1):
+    def __init__(self, wans: Iterable[WanState], interval: float = 0.1):
         self.interval = interval
-        self.links = {}
-        for name, w in wans.items():
-            dir_ab = f"{nodes[w['a']]['dc']}->{nodes[w['b']]['dc']}"
-            dir_ba = f"{nodes[w['b']]['dc']}->{nodes[w['a']]['dc']}"
-            self.links[name] = {"ns": w["ns"], "dirs": {"b": dir_ab, "a": dir_ba}}
+        self.links = {w.name: {"ns": w.ns, "dirs": {"b": f"{w.a_dc}->{w.b_dc}", "a": f"{w.b_dc}->{w.a_dc}"}}
+                      for w in wans}
         self.samples: list[dict] = []      # {"t": wall, name: {dir: tx_bytes}}
         self._iprs = {n: IPRoute(netns=l["ns"]) for n, l in self.links.items()}
 
@@ -163,11 +163,11 @@ class QpSniffer:
 
     PACKET_OUTGOING = 4
 
-    def __init__(self, wans: dict, rcvbuf: int = 1 << 18):
+    def __init__(self, wans: Iterable[WanState], rcvbuf: int = 1 << 18):
         self.socks = {}
-        for name, w in wans.items():
+        for w in wans:
             for end in ("a", "b"):
-                pushns(w["ns"])
+                pushns(w.ns)
                 try:
                     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
                 finally:
@@ -175,7 +175,7 @@ class QpSniffer:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
                 s.bind((end, 0))
                 s.setblocking(False)
-                self.socks[(name, end)] = s
+                self.socks[(w.name, end)] = s
         # (phase, link, inner src, inner dst, dqpn) -> [packets, first, last]
         self.seen: dict[tuple, list] = {}
         self.phase = 0
@@ -257,10 +257,6 @@ class BfdWatch(Periodic):
     def stop(self) -> list[dict]:
         self._join()
         return self.transitions
-
-    def all_up(self) -> bool:
-        self.poll()
-        return bool(self._state) and all(v == "up" for v in self._state.values())
 
 
 def agent_status(socket_path: str, top: int = 256) -> dict | None:

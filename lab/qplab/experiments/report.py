@@ -1,6 +1,6 @@
 """The experiment report: markdown with PNG plots (matplotlib, Agg).
 
-    python -m qplab.workloads.report results/quick     # re-render from results.json
+    python -m qplab.experiments.report results/quick     # re-render from results.json
 """
 from __future__ import annotations
 
@@ -221,7 +221,7 @@ def write_report(results: dict, out: Path) -> Path:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        sys.exit("usage: python -m qplab.workloads.report RESULTS_DIR")
+        sys.exit("usage: python -m qplab.experiments.report RESULTS_DIR")
     out = Path(argv[0])
     try:
         results = json.loads((out / "results.json").read_text())

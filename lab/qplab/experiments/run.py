@@ -1,9 +1,9 @@
 """One collective on the running lab (or on hosts you name), results as JSON.
 
-    python -m qplab.workloads.run --pattern ring --size-mb 8 --iterations 5 --qps 4
-    python -m qplab.workloads.run --hosts a=10.0.0.1@ns1,b=10.0.0.2@ns2 --pattern ring
+    python -m qplab.experiments.run --pattern ring --size-mb 8 --iterations 5 --qps 4
+    python -m qplab.experiments.run --hosts a=10.0.0.1@ns1,b=10.0.0.2@ns2 --pattern ring
 
-Without --hosts the lab's hosts are used (its state file; QPLAB_PREFIX and
+Without --hosts the running lab's hosts are used (QPLAB_PREFIX and
 QPLAB_RUN_DIR select another lab). `qplab run` calls main() with the same
 arguments.
 """
@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Iterable
 
-from .collective import PATTERNS, run_collective
-from .driver import Engine, EngineError, Host
-from .worker import EngineConfig
+from ..api import Lab
+from ..context import LabContext
+from ..state import HostState
+from ..workloads.collective import PATTERNS, run_collective
+from ..workloads.driver import Engine, EngineError, Host
+from ..workloads.worker import EngineConfig
 
 
 def parse_hosts(spec: str) -> list[Host]:
@@ -33,13 +37,16 @@ def parse_hosts(spec: str) -> list[Host]:
     return hosts
 
 
+def engine_hosts(hosts: Iterable[HostState]) -> list[Host]:
+    """The engine's view of lab hosts: a name, an address, a namespace, a DC."""
+    return [Host(h.name, h.ip, h.ns, h.dc) for h in hosts]
+
+
 def lab_hosts() -> list[Host]:
-    from qplab.context import LabContext
-    state = LabContext.from_env().read_state()
-    if not state:
+    lab = Lab.running(LabContext.from_env())
+    if lab is None:
         raise ValueError("no lab is up (start one with `qplab up`, or name hosts with --hosts)")
-    return [Host(n, v["address"].split("/")[0], v["ns"], v["dc"])
-            for n, v in state["nodes"].items() if v.get("role") == "host"]
+    return engine_hosts(lab.hosts())
 
 
 def build_parser() -> argparse.ArgumentParser:
