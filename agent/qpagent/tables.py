@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from qpagent.contract import (FLOW_HAS_QP, FLOW_HAS_VNI, MAX_PATHS, PARSE_OUTCOME_NAMES,
                               PIN_EVENT_NAMES, PORTS_PER_PATH, STEER_EVENT_NAMES)
+from qpagent.core.decisions import QpView
 
 __all__ = ["MAX_PATHS", "PORTS_PER_PATH", "PARSE_OUTCOME_NAMES", "STEER_EVENT_NAMES",
            "PIN_EVENT_NAMES", "PathView", "QpView", "QpTables"]
@@ -25,17 +26,6 @@ class PathView(NamedTuple):
     ports: tuple[int, ...]
     hashes: tuple[int, ...]
     qps: int
-
-
-class QpView(NamedTuple):
-    vtep: int
-    path: int
-    slot: int
-    port: int
-    packets: int
-    bytes: int
-    moves: int
-    last_ns: int
 
 
 def _addr(family: int, words) -> str:
