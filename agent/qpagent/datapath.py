@@ -36,7 +36,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from qpagent import bpfobj, bpfsys, hooks, netnsutil
 from qpagent.contract import MAPS
 from qpagent.maps import RawMap
-from qpagent.pins import PinError, PinStore, netns_cookie, source_digest
+from qpagent.adapters.statefile import StateFile
+from qpagent.pins import PinError, PinStore, netns_cookie, source_digest, tidy_base
 
 LOCK_DIR = "/run/qpagent/locks"
 XDP_FLAGS = hooks.XDP_FLAGS
@@ -188,7 +189,13 @@ class DataPlane:
             for digest in self.pins.digests():
                 self.pins.remove(digest)
             self.pins.remove_record()
+            saved = StateFile(self.node)   # where the agent keeps its path table
+            saved.remove()
             self.release()
+            self._remove_stale_locks()
+            tidy_base(self.pins.base)
+            for directory in (self.lock_dir, saved.path.parent):
+                tidy_base(os.path.dirname(directory))   # when not under the pin base
             self.origin = None
         if errors:
             raise DataPlaneError("purge incomplete: " + "; ".join(errors))
@@ -259,14 +266,16 @@ class DataPlane:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                holder = (os.pread(fd, 128, 0).decode(errors="replace").split() or ["unknown"])[0]
                 os.close(fd)
                 self._release_locks()
                 raise DataPlaneError(
                     f"{what} is already managed by another qpagent "
                     f"(pid {holder}); stop it first") from None
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            # The node's name lets purge find the files of an agent killed
+            # with SIGKILL (its flocks die with it, the files stay).
+            os.pwrite(fd, f"{os.getpid()} {self.node}\n".encode(), 0)
             self._locks[what] = (fd, path)
 
     def _release_locks(self) -> None:
@@ -284,6 +293,34 @@ class DataPlane:
                 os.rmdir(directory)   # only when empty
             except OSError:
                 break
+
+    def _remove_stale_locks(self) -> None:
+        """Lock files of this node left by agents that died without cleaning
+        up (SIGKILL), in any network namespace, even one gone since. A file
+        a live agent holds is left alone: the flock says who is alive."""
+        try:
+            names = os.listdir(self.lock_dir)
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(self.lock_dir, name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                words = os.pread(fd, 128, 0).decode(errors="replace").split()
+                if name == f"node-{self.node}.lock" or words[1:2] == [self.node]:
+                    os.unlink(path)   # while holding it, as _release_locks does
+            except (BlockingIOError, OSError):
+                pass
+            finally:
+                os.close(fd)
+        try:
+            os.rmdir(self.lock_dir)
+        except OSError:
+            pass
 
     # ---------------------------------------------------------------- loading
     def _load(self, cookie: int) -> dict | None:

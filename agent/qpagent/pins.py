@@ -134,6 +134,20 @@ def unmount_bpffs(mountpoint: str) -> None:
         pass
 
 
+def tidy_base(base: str | None = None) -> None:
+    """Leave nothing of qpagent under `base` once no node has anything
+    there: unmount the bpffs when it holds no pinned set, then remove the
+    directories left empty (never a file, never a set still pinned)."""
+    base = base or BASE
+    unmount_bpffs(os.path.join(base, "bpffs"))
+    reach = host_path(base)
+    for sub in ("pinned", "state", "locks", "bpffs", ""):
+        try:
+            os.rmdir(os.path.join(reach, sub))   # only when empty (and not mounted)
+        except OSError:
+            pass
+
+
 def netns_cookie() -> int:
     """The current network namespace's cookie (never reused while up)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:

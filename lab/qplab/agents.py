@@ -100,6 +100,34 @@ def start_all(plan: Plan, ctx: LabContext, progress, timeout: float = START_TIME
     return result
 
 
+def purge_nodes(agents: dict[str, AgentState], ctx: LabContext, progress) -> None:
+    """Remove every agent's data plane (hooks, pins, record, saved paths, lock
+    files) once its process is gone, killed or not: an agent leaves its data
+    plane steering on exit, and the lab is going away. Run in the node's
+    namespace while it still exists, so its hooks go too."""
+    if not agents:
+        return
+    from qpagent.datapath import DataPlane, DataPlaneError
+    failed = []
+    alive = set(netns.list_namespaces(ctx.prefix))
+    for node, entry in agents.items():
+        try:
+            if ctx.ns(node) not in alive:
+                raise LookupError("namespace gone, and the hooks with it")
+            config = load_config(entry.config)
+            dp = DataPlane(vxlan_devices=config.steer.vxlan_devices, uplinks=config.steer.uplinks,
+                           count_xdp=config.count.xdp, count_tc=config.count.tc_egress,
+                           xdp_mode=config.count.xdp_mode, netns=ctx.ns(node), node=node)
+        except Exception:  # noqa: BLE001 - no config left: pins and files still go
+            dp = DataPlane(node=node)
+        try:
+            dp.purge()
+        except (DataPlaneError, OSError) as exc:
+            failed.append(f"{node}: {exc}")
+    progress(f"agents: {len(agents) - len(failed)}/{len(agents)} data planes purged"
+             + "".join(f"\n  {line}" for line in failed))
+
+
 def remove_files(ctx: LabContext) -> None:
     if AGENT_SOCKET_DIR.is_dir():
         for sock in AGENT_SOCKET_DIR.glob(f"{ctx.prefix}*.sock"):

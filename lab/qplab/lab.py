@@ -209,6 +209,8 @@ def down(ctx: LabContext, progress: Progress = print) -> dict:
     namespaces = netns.list_namespaces(ctx.prefix)
     pids = [p for ns in namespaces for p in netns.namespace_pids(ns)]
     netns.kill_pids(pids, grace=3.0)
+    state = LabState.load(ctx)
+    agents.purge_nodes(state.agents if state else {}, ctx, progress)
     if namespaces:
         netns.ip_batch([f"netns del {n}" for n in namespaces])
     links = netns.root_links(ctx.prefix)

@@ -109,15 +109,29 @@ def test_report_renders_tables_and_plots(tmp_path):
              "ideal_busbw_gbps": 0.2, "busiest_link_ratio": {"dc1->dc2": 1.1},
              "retransmitted_packets": 3, "time_lost_s": r["time_lost_s"], "all_verified": True}
             for r in runs]
+    in_error = [{"host": "a", "qpn": 257, "peer": "b", "sport": 49153, "error": "retry exceeded",
+                 "error_at": 3.0, "timeouts": 8, "retries": 7}]
+    failed = run("qpagent", True, ["w1", "w2"])
+    failed.update(name="qpagent-ring-d20ms-l0pct-fail", scenario={**failed["scenario"], "delay_ms": 20.0},
+                  error="job failed: QP in error", job_failed=True, qps_in_error=in_error,
+                  time_lost_s=None)
+    runs.append(failed)
+    rows += analysis.headline([{**failed, "result": {"summary": {"failed_iteration": 3}}}],
+                              None, None)["rows"]
     results = {"runs": runs, "headline": {"rows": rows}, "elapsed_s": 12.0,
                "settings": {"size": 1 << 20, "qps_per_conn": 2, "msg_size": 65536, "sport_policy": "qpn",
                             "wan_rate_mbit": 50, "wan_buffer_ms": 400,
-                            "engine": {"mtu": 1024, "window": 64, "rto": 0.25}},
+                            "engine": {"mtu": 1024, "window": 64, "rto": None,
+                                       "timeout_exp": 20, "retry_cnt": 7}},
                "model": {"qps_per_conn": 2, "wan_links": 2, "wan_rate_bps": 50e6,
                          "window_pkts": 64, "mtu": 1024, "host_rate_bps": 1e9}}
     json.dumps(results)
     md = report.write_report(results, tmp_path).read_text()
-    assert "| kernel-ring-d5ms-l0pct-ok | 1.100 | 50.0 | 200.0 | dc1->dc2 1.1 | 3 | 0.00 | True |" in md
+    assert "local ACK timeout 4.29e+03 ms (timeout 20), retry_cnt 7" in md
+    assert "| kernel-ring-d5ms-l0pct-ok | 1.100 | 50.0 | 200.0 | dc1->dc2 1.1 | 3 | 0.00 | True | 0 |" in md
+    assert "| qpagent-ring-d20ms-l0pct-fail | job failed in iteration 3 | | | | | | | 1 |" in md
+    assert md.split("## QPs in error")[1].split("\n")[4] == \
+        "| qpagent-ring-d20ms-l0pct-fail | a | 257 | b | 49153 | 7 | 8 | retry exceeded |"
     section = md.split("**no failure**")[1].split("**with the failure")[0]
     assert "| w1 | dc1->dc2 | 2 | 1.0 | 1 | 1.0 |" in section
     assert "| w2 | dc1->dc2 | 0 | 1.2 | 1 | 1.2 |" in section

@@ -110,6 +110,11 @@ def headline(records: list[dict], st: Settings, net: model.Net) -> dict:
     for r in records:
         res = r.get("result")
         sc = r["scenario"]
+        if r.get("job_failed"):
+            rows.append({"name": r["name"], "error": r["error"], "job_failed": True,
+                         "failed_iteration": res["summary"]["failed_iteration"] if res else None,
+                         "qps_in_error": r["qps_in_error"]})
+            continue
         if not res:
             rows.append({"name": r["name"], "error": r["error"]})
             continue

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..workloads import gbn  # noqa: E402
 from . import observe  # noqa: E402
 
 
@@ -24,6 +25,32 @@ def _short(link: str) -> str:
 
 def _fmt(v, spec=".2f", none="-"):
     return none if v is None else format(v, spec)
+
+
+def retry_text(engine: dict) -> str:
+    """The RC retransmission the QPs ran with (a timeout exponent, or a
+    fixed timeout in seconds when one was given instead)."""
+    exp, rto = engine.get("timeout_exp"), engine.get("rto")
+    timeout = rto if rto is not None else gbn.local_ack_timeout(exp)
+    what = "no local ACK timeout" if timeout is None else f"local ACK timeout {timeout * 1000:.3g} ms"
+    if rto is None and exp:
+        what += f" (timeout {exp})"
+    return f"{what}, retry_cnt {engine.get('retry_cnt')}"
+
+
+def qps_in_error_section(rows: list[dict]) -> list[str]:
+    """Which QPs went to the error state, per failed job."""
+    failed = [r for r in rows if r.get("job_failed")]
+    if not failed:
+        return []
+    md = ["", "## QPs in error", "",
+          "| scenario | host | QP | peer | source port | retries | timeouts | error |",
+          "|---|---|--:|---|--:|--:|--:|---|"]
+    for r in failed:
+        for q in r["qps_in_error"]:
+            md.append(f"| {r['name']} | {q['host']} | {q['qpn']} | {q['peer']} | {q['sport']} | "
+                      f"{q['retries']} | {q['timeouts']} | {q['error']} |")
+    return md
 
 
 def _group_key(run: dict) -> tuple:
@@ -158,22 +185,29 @@ def write_report(results: dict, out: Path) -> Path:
           f"messages of {st['msg_size'] // 1024} KiB, inner source port policy `{st['sport_policy']}`, "
           f"WAN links {st['wan_rate_mbit']:g} Mbit/s with {st['wan_buffer_ms']:g} ms of buffer, "
           f"engine MTU {st['engine']['mtu']}, window {st['engine']['window']} packets per QP, "
-          f"RTO {st['engine']['rto'] * 1000:g} ms. Run took {results['elapsed_s']} s.", "",
+          f"{retry_text(st['engine'])}. Run took {results['elapsed_s']} s.", "",
           "## Headline", "",
           "| scenario | median iter (s) | busbw (Mbit/s) | ideal busbw (Mbit/s) | busiest-link ratio | "
-          "retransmitted pkts | time lost (s) | every byte verified |",
-          "|---|--:|--:|--:|---|--:|--:|---|"]
+          "retransmitted pkts | time lost (s) | every byte verified | QPs in error |",
+          "|---|--:|--:|--:|---|--:|--:|---|--:|"]
     for r in rows:
+        if r.get("job_failed"):
+            md.append(f"| {r['name']} | job failed in iteration {_fmt(r['failed_iteration'], 'd')} "
+                      f"| | | | | | | {len(r['qps_in_error'])} |")
+            continue
         if "error" in r:
-            md.append(f"| {r['name']} | failed: {r['error']} | | | | | | |")
+            md.append(f"| {r['name']} | failed: {r['error']} | | | | | | | |")
             continue
         ratio = ", ".join(f"{d} {v}" for d, v in r["busiest_link_ratio"].items())
         md.append(f"| {r['name']} | {r['median_iteration_s']:.3f} | {r['median_busbw_gbps'] * 1000:.1f} | "
                   f"{_fmt(r['ideal_busbw_gbps'] and r['ideal_busbw_gbps'] * 1000, '.1f')} | {ratio} | "
-                  f"{r['retransmitted_packets']} | {_fmt(r['time_lost_s'])} | {r['all_verified']} |")
+                  f"{r['retransmitted_packets']} | {_fmt(r['time_lost_s'])} | {r['all_verified']} | 0 |")
     md += ["", "Busiest-link ratio: bytes on the busiest WAN link over the mean of all WAN links, "
            "per direction (1.0 is perfect balance). Bus bandwidth follows nccl-tests: "
-           "algbw x 2(N-1)/N. Time lost: iteration time beyond the no-failure median, summed."]
+           "algbw x 2(N-1)/N. Time lost: iteration time beyond the no-failure median, summed. "
+           "QPs in error: queue pairs that ran out of retries; one fails the job, as in a "
+           "collective library."]
+    md += qps_in_error_section(rows)
     groups: dict[tuple, list] = {}
     for r in runs:
         groups.setdefault(_group_key(r), []).append(r)

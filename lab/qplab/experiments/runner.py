@@ -23,7 +23,8 @@ from ..context import LabContext
 from ..topology import load_topology
 from ..workloads import model
 from ..workloads.collective import run_collective, time_lost
-from ..workloads.driver import Engine, EngineError
+from ..workloads.driver import Engine, EngineError, QpInError
+from ..workloads.gbn import RETRY_PRESETS
 from . import observe
 from .analysis import agent_digest, failover_timeline, headline, qp_links
 from .report import write_report
@@ -123,12 +124,17 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
 
     error = None
     result = None
+    qps_in_error: list[dict] = []
     t_start = time.time()
     try:
         with Engine(hosts, st.engine, qps_per_conn=st.qps_per_conn,
                     sport_policy=st.sport_policy, seed=st.seed) as eng:
             result = run_collective(eng, sc.pattern, st.size, iters, msg_size=st.msg_size,
                                     on_iteration=on_iteration, timeout=120)
+    except QpInError as e:
+        # The job failed as an RC job does; what ran before the error is kept.
+        error, result, qps_in_error = str(e), e.result, e.qps
+        log(f"  job failed: {len(qps_in_error)} QPs in error")
     except EngineError as e:
         error = str(e)
         log(f"  run failed: {error}")
@@ -146,20 +152,22 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
         for leaf in lab.leaves():
             statuses[leaf] = observe.agent_status(lab.agent_socket(leaf))
     rec = {"scenario": asdict(sc), "name": sc.name, "error": error, "t_start": t_start,
+           "job_failed": bool(qps_in_error), "qps_in_error": qps_in_error,
            "rank_dcs": {h.name: h.dc for h in hosts},
            "result": result, "wan_samples": samples,
            "wan_bytes": observe.totals(samples),
            "qp_links": qp_links(seen, result, hosts),
            "failure": failure or None, "bfd": transitions,
            "agents": {k: agent_digest(v, failure) for k, v in statuses.items()}}
-    if result:
+    if result and result["per_iteration"]:
         durs = [r["duration_s"] for r in result["per_iteration"]]
         if sc.failure:
             # Baseline: this run's own iterations before the cut (the first
             # one is a warm-up), so machine noise between runs cancels out.
             pre = durs[1:st.fail_at] or durs[:st.fail_at]
             rec["baseline_s"] = statistics.median(pre)
-            rec["time_lost_s"] = time_lost(durs[st.fail_at:], rec["baseline_s"])
+            # A failed job lost the rest of the run, not a measurable time.
+            rec["time_lost_s"] = None if qps_in_error else time_lost(durs[st.fail_at:], rec["baseline_s"])
         else:
             rec["baseline_s"] = baselines[sc.name] = statistics.median(durs)
             rec["time_lost_s"] = 0.0
@@ -196,10 +204,10 @@ def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool,
             # A long sweep keeps what it has measured if it is stopped.
             (out / "runs-so-far.json").write_text(json.dumps(records, indent=1, default=str))
             res = rec.get("result")
-            if res:
+            if res and res["summary"]["median_duration_s"] is not None:
                 log(f"  median {res['summary']['median_duration_s']:.3f} s/iter, busbw "
                     f"{res['summary']['median_busbw_Bps'] * 8 / 1e6:.1f} Mbit/s, "
-                    f"verified {res['summary']['all_verified']}, lost {rec.get('time_lost_s', 0):.2f} s")
+                    f"verified {res['summary']['all_verified']}, lost {rec.get('time_lost_s') or 0:.2f} s")
     finally:
         if lab.owned and not keep_lab:
             log("taking the lab down")
@@ -234,12 +242,16 @@ def main(argv=None) -> int:
                     help="WAN link rate (Mbit/s); low enough that the WAN, not this machine's CPU, is the bottleneck")
     ap.add_argument("--mgmt", help="management subnet for a lab this run brings up (default: the topology's)")
     ap.add_argument("--keep-lab", action="store_true", help="leave a lab this run brought up")
+    ap.add_argument("--retry-preset", choices=sorted(RETRY_PRESETS), default="nccl",
+                    help="RC retransmission of every QP: nccl (local ACK timeout 4.3 s, as "
+                         "collective libraries set it) or tight (67 ms); 7 retries either way")
     args = ap.parse_args(argv)
     if args.size_mb <= 0 or args.iterations < 1 or args.qps < 1 or args.wan_rate <= 0:
         ap.error("sizes, iterations, QPs and rates must be positive")
     st = Settings(size=int(args.size_mb * (1 << 20)), iterations=args.iterations,
                   fail_iterations=max(args.iterations, 5), qps_per_conn=args.qps,
-                  sport_policy=args.policy, wan_rate_mbit=args.wan_rate)
+                  sport_policy=args.policy, wan_rate_mbit=args.wan_rate,
+                  retry_preset=args.retry_preset)
     scenarios = full_scenarios() if args.full else quick_scenarios(args.delay_ms)
     try:
         run(scenarios, st, Path(args.out), args.keep_lab, args.mgmt)

@@ -52,10 +52,11 @@ class Settings:
     sport_policy: str = "qpn"
     wan_rate_mbit: float = 5.0
     wan_buffer_ms: float = 400.0   # deep WAN buffers: RoCE fabrics are run lossless
+    retry_preset: str = "nccl"     # RC retransmission as a collective library sets it
     engine: EngineConfig = None
     host_rate_bps: float = 1.0e9   # the engine's own rate, for the model
     seed: int = 7
 
     def __post_init__(self):
         if self.engine is None:
-            self.engine = EngineConfig(mtu=1024, window=64, rto=0.25)
+            self.engine = EngineConfig.preset(self.retry_preset, mtu=1024, window=64)
