@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 import types
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -16,76 +17,73 @@ from qpagent.bpfobj import BpfUnavailable
 from qpagent.cli import main
 from qpagent.control import ControlServer
 
-SNAPSHOT = {
-    "node": "qt5-leaf1", "version": "0.1.0", "pid": 42, "uptime_s": 3725,
-    "programs": [{"name": "qp_steer", "hook": "tc egress", "interface": "vxlan100", "ifindex": 5,
-                  "prog_id": 101, "run_cnt": 2000, "run_time_ns": 180000}],
-    "vteps": [{"index": 0, "address": "10.255.0.2", "paths": [
-        {"index": 0, "uplink": "eth1", "gateway": "10.1.0.1", "alive": True,
-         "ports": [49152, 49153, 49160], "qps": 2, "packets": 3000, "bytes": 3 * 1024 ** 3},
-        {"index": 1, "uplink": "eth2", "gateway": "10.1.1.1", "alive": False,
-         "ports": [49154], "qps": 0, "packets": 7, "bytes": 700},
-    ]}],
-    "qp_total": 2,
-    "qps": [{"src": "192.168.10.1", "dst": "192.168.10.2", "dqp": 17, "vtep": "10.255.0.2",
-             "path": 0, "uplink": "eth1", "port": 49152, "packets": 2000, "bytes": 2 * 1024 ** 3,
-             "moves": 1}],
-    "imbalance": {"10.255.0.2": 2.0},
-    "bfd": {"available": True, "reason": None, "peers": [
-        {"peer": "10.1.1.1", "interface": "eth2", "status": "down",
-         "diagnostic": "control detection time expired"}]},
-    "events": [{"time": 1700000000.25, "kind": "path_down",
-                "detail": "10.255.0.2 path 1 (eth2) down", "reaction_ms": 3.21}],
-    "replacements": {"dead_path": 1, "new": 2},
-    "reaction_ms": {"count": 1, "p50": 3.21, "p99": 3.21, "max": 3.21},
-    "parse": [],
-    "steer_events": {"placed_new": 2, "placed_dead": 1},
-    "pin_events": {},
-    "warnings": ["frr.namespace is empty: BFD read from the default namespace"],
-}
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# What a real agent answered after traffic and a cut uplink
+# (fixtures/capture_agent_status.py regenerates both; then redo STATUS_TEXT).
+SNAPSHOT = json.loads((FIXTURES / "agent_status.json").read_text())
 
 STATUS_TEXT = """\
-qpagent 0.1.0 on qt5-leaf1  pid 42  up 1h02m  QPs 2
+qpagent 0.1.0 on qt2-6ce341-vtepA  pid 26986  up 25s  QPs 5
 
 Programs
-PROGRAM   HOOK       INTERFACE   ID  RUNS  NS/RUN
-qp_steer  tc egress  vxlan100   101  2.0k      90
+PROGRAM         HOOK         INTERFACE   ID  RUNS  NS/RUN
+qp_steer        tc egress    vxlan100   740    10    2799
+path_pin        tc egress    up0        739    19    1215
+path_pin        tc egress    up1        739    19    1215
+flow_stats_tc   tc egress    up0        736    17    1925
+flow_stats_tc   tc egress    up1        736    17    1925
+flow_stats_xdp  xdp generic  up0        737     9     786
+flow_stats_xdp  xdp generic  up1        737     9     786
 
 Paths
-VTEP        PATH  UPLINK  GATEWAY   STATE  QPS  PACKETS    BYTES  PORTS
-10.255.0.2     0  eth1    10.1.0.1  up       2     3.0k  3.0 GiB  49152-49153,49160
-10.255.0.2     1  eth2    10.1.1.1  DOWN     0        7    700 B  49154
-Imbalance (busiest/best possible, 1.00 = even): 10.255.0.2 2.00
+VTEP      PATH  UPLINK  GATEWAY    STATE  QPS  PACKETS  BYTES  PORTS
+10.0.0.2     0  up0     10.10.0.2  DOWN     0        0    0 B  49155,49158-49160,49162,49164-49166,49168-49170,49174-49175,49182,49184-49185
+10.0.0.2     1  up1     10.10.1.2  up       5        5  610 B  49152-49167
+Imbalance (busiest/best possible, 1.00 = even): 10.0.0.2 1.00
 
-QPs (top 1 of 2 by bytes)
-SRC -> DST                    DQP  VTEP         PORT  PATH  UPLINK  PACKETS    BYTES  MOVES
-192.168.10.1 -> 192.168.10.2   17  10.255.0.2  49152     0  eth1       2.0k  2.0 GiB      1
+QPs (top 5 of 5 by bytes)
+SRC -> DST                      DQP  VTEP       PORT  PATH  UPLINK  PACKETS  BYTES  MOVES
+192.168.100.1 -> 192.168.100.2  259  10.0.0.2  49153     1  up1           2  244 B      0
+192.168.100.1 -> 192.168.100.2  256  10.0.0.2  49154     1  up1           2  244 B      1
+192.168.100.1 -> 192.168.100.2  257  10.0.0.2  49152     1  up1           2  244 B      0
+192.168.100.1 -> 192.168.100.2  260  10.0.0.2  49156     1  up1           2  244 B      1
+192.168.100.1 -> 192.168.100.2  258  10.0.0.2  49155     1  up1           2  244 B      1
 
-BFD peers
-PEER      INTERFACE  STATUS  DIAGNOSTIC
-10.1.1.1  eth2       down    control detection time expired
+BFD: unavailable (not polled yet)
 
-Reaction (event -> maps): 1 samples  p50 3.2 ms  p99 3.2 ms  max 3.2 ms
-Placements: dead_path 1  new 2
+Reaction (event -> maps): 1 samples  p50 18.9 ms  p99 18.9 ms  max 18.9 ms
+Placements: dead_path 3  path_up 0  port_remap 0  rebalance 0
 
-Last 1 events
-TIME          KIND       REACTION  DETAIL
-22:13:20.250  path_down    3.2 ms  10.255.0.2 path 1 (eth2) down
+Last 2 events
+TIME          KIND      REACTION  DETAIL
+09:43:18.114  start            -  attached 7 programs; 1 remote VTEPs
+09:43:19.022  reaction   18.9 ms  link_down: 3 QP moves
 
-Steer: placed_new 2  placed_dead 1
+Steer: hash_set 10  no_live_path 0  no_vtep 0  placed_dead 0  placed_new 5
+Pin: fib_failed 0  not_vxlan 7  on_fib_link 10  redirected 1  redirected_neigh 1
 
-warning: frr.namespace is empty: BFD read from the default namespace
+Parse outcomes
+INTERFACE  HOOK         ROCE  NOT_ROCE  NOT_IP  TRUNCATED  FRAGMENT  IPV6_EXT  BAD_BTH
+up0        xdp_ingress     0         0       1          0         0         0        0
+up0        tc_egress       3         0       1          0         0         2        0
+up0        path_pin        5         0       1          0         0         2        0
+up1        xdp_ingress     0         6       2          0         0         0        0
+up1        tc_egress       7         0       2          0         0         2        0
+up1        path_pin        7         0       2          0         0         2        0
+vxlan100   qp_steer       10         0       0          0         0         0        0
 """
 
+
+def recent_flows(now: float) -> list[dict]:
+    """The captured flows, moved in time so the busiest was last seen 1 s ago."""
+    flows = json.loads((FIXTURES / "agent_flows.json").read_text())
+    shift = now - 1.0 - flows[0]["last_seen"]
+    return [dict(f, first_seen=f["first_seen"] + shift, last_seen=f["last_seen"] + shift)
+            for f in flows]
+
+
 NOW = time.time()
-FLOWS = [
-    {"interface": "eth1", "hook": "xdp ingress", "family": 2, "proto": 17,
-     "src": "10.1.0.2", "dst": "10.255.0.2", "sport": 49152, "dport": 4789, "vni": 100,
-     "dqp": 17, "packets": 1500000, "bytes": 1536, "first_seen": NOW - 60, "last_seen": NOW - 1},
-    {"interface": "eth1", "hook": "tc egress", "family": 10, "proto": 17,
-     "src": "fd00::1", "dst": "fd00::2", "sport": 1000, "dport": 4791, "vni": None,
-     "dqp": None, "packets": 1, "bytes": 100, "first_seen": NOW - 5, "last_seen": NOW - 5},
-]
+FLOWS = recent_flows(NOW)
 
 
 @pytest.fixture
@@ -144,18 +142,20 @@ def test_flows_human_output(agent_socket):
     result = invoke("flows", "--socket", path, "--limit", "2")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert [line.split() for line in lines] == [
-        ["INTERFACE", "HOOK", "PROTO", "SOURCE", "DESTINATION", "VNI", "DQP", "PACKETS", "BYTES",
-         "IDLE"],
-        ["eth1", "xdp", "ingress", "udp", "10.1.0.2:49152", "10.255.0.2:4789", "100", "17",
-         "1.5M", "1.5", "KiB", lines[1].split()[-1]],
-        ["eth1", "tc", "egress", "udp", "[fd00::1]:1000", "[fd00::2]:4791", "-", "-", "1",
-         "100", "B", lines[2].split()[-1]],
+    assert [line.split()[:-1] for line in lines] == [
+        ["INTERFACE", "HOOK", "PROTO", "SOURCE", "DESTINATION", "VNI", "DQP", "PACKETS", "BYTES"],
+        # The outer VXLAN flow coming back from vtepB, counted by XDP.
+        ["up1", "xdp_ingress", "udp", "10.0.0.2:64159", "10.0.0.1:4789", "100", "-", "6",
+         "1.2", "KiB"],
+        # One QP's outer flow leaving, counted at tc egress with VNI and dest QP.
+        ["up1", "tc_egress", "udp", "10.0.0.1:49152", "10.0.0.2:4789", "100", "257", "2",
+         "344", "B"],
     ]
     # Idle time: seconds since last seen, a little more than when the data was made.
     idle = [float(line.split()[-1].rstrip("s")) for line in lines[1:]]
-    since_made = time.time() - NOW + 1.0
-    assert 1.0 <= idle[0] <= 1.0 + since_made and 5.0 <= idle[1] <= 5.0 + since_made
+    want = [NOW - f["last_seen"] for f in FLOWS[:2]]
+    since_made = time.time() - NOW + 0.1
+    assert all(w <= i <= w + since_made for i, w in zip(idle, want)), (idle, want)
     assert seen == [{"cmd": "flows", "limit": 2}]
 
 

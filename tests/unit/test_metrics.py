@@ -1,58 +1,33 @@
 """The Prometheus exporter, scraped over real HTTP on loopback.
 
-A small agent object with a fixed snapshot stands in for the BPF-backed
-agent (the live agent test covers that one); everything else is real.
+A small agent object answers with a snapshot a real agent produced
+(fixtures/agent_status.json) in place of the BPF-backed agent (the live
+agent test covers that one); everything else is real. Expected values are
+read from the snapshot, so the tests say which field feeds which series.
 """
 
+import json
 import socket
 import urllib.request
+
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from qpagent.contract import HOOK_NAMES, PARSE_OUTCOME_NAMES, PIN_EVENT_NAMES, STEER_EVENT_NAMES
+from qpagent.core.actions import REPLACEMENT_REASONS
 from qpagent.metrics import MetricsError, ReactionHistogram, start_metrics_server
 
-SNAPSHOT = {
-    "node": "qt5-leaf1", "version": "0.1.0", "pid": 42, "uptime_s": 12.5,
-    "programs": [
-        {"name": "qp_steer", "hook": "tc egress", "interface": "vxlan100", "ifindex": 5,
-         "prog_id": 101, "run_cnt": 1000, "run_time_ns": 2_500_000},
-        {"name": "flow_stats_xdp", "hook": "xdp ingress", "interface": "eth1", "ifindex": 3,
-         "prog_id": 102, "run_cnt": 10, "run_time_ns": 500},
-    ],
-    "vteps": [{"index": 0, "address": "10.255.0.2", "paths": [
-        {"index": 0, "uplink": "eth1", "gateway": "10.1.0.1", "alive": True,
-         "ports": [49152, 49153], "qps": 2, "packets": 300, "bytes": 450000},
-        {"index": 1, "uplink": "eth2", "gateway": "10.1.1.1", "alive": False,
-         "ports": [49154], "qps": 0, "packets": 7, "bytes": 700},
-    ]}],
-    "qp_total": 2,
-    "qps": [
-        {"src": "192.168.10.1", "dst": "192.168.10.2", "dqp": 17, "vtep": "10.255.0.2",
-         "path": 0, "uplink": "eth1", "port": 49152, "packets": 200, "bytes": 300000, "moves": 1},
-        {"src": "192.168.10.1", "dst": "192.168.10.2", "dqp": 18, "vtep": "10.255.0.2",
-         "path": 0, "uplink": "eth1", "port": 49153, "packets": 100, "bytes": 150000, "moves": 0},
-    ],
-    "imbalance": {"10.255.0.2": 1.0},
-    "bfd": {"available": True, "reason": None, "peers": [
-        {"peer": "10.1.0.1", "interface": "eth1", "status": "up", "diagnostic": "ok"},
-        {"peer": "10.1.1.1", "interface": "eth2", "status": "down",
-         "diagnostic": "control detection time expired"},
-    ]},
-    "events": [],
-    "replacements": {"new": 2, "dead_path": 1},
-    "reaction_ms": {"count": 3, "p50": 2.0, "p99": 300.0, "max": 300.0},
-    "parse": [{"interface": "vxlan100", "hook": "tc egress", "roce": 290, "not_roce": 5,
-               "not_ip": 3, "truncated": 1, "fragment": 0, "ipv6_ext": 0, "bad_bth": 2}],
-    "steer_events": {"placed_new": 2, "placed_dead": 1, "hash_set": 290, "no_vtep": 0,
-                     "no_live_path": 0},
-    "pin_events": {"on_fib_link": 200, "redirected": 90, "fib_failed": 0, "not_vxlan": 4},
-    "warnings": [],
-}
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# `qpagent status --json` of a real agent: two paths, one of them cut, QPs
+# moved off it (fixtures/capture_agent_status.py regenerates it).
+SNAPSHOT = json.loads((FIXTURES / "agent_status.json").read_text())
+NODE = SNAPSHOT["node"]
 
 
 class FixedAgent:
-    node = "qt5-leaf1"
+    node = NODE
 
     def __init__(self, snapshot=SNAPSHOT, samples=(0.0004, 0.002, 0.3)):
         self._snapshot = snapshot
@@ -103,7 +78,7 @@ def pick(samples: dict, name: str) -> dict:
     out = {}
     for (sample_name, labels), value in samples.items():
         if sample_name == name:
-            assert ("node", "qt5-leaf1") in labels, (name, labels)
+            assert ("node", NODE) in labels, (name, labels)
             out[tuple(sorted((k, v) for k, v in labels if k != "node"))] = value
     return out
 
@@ -123,62 +98,83 @@ def test_default_top_n_is_left_to_the_agent(exporter):
     assert agent.top_asked == [None]   # the agent applies its configured agent.top_qps
 
 
+def path_labels(vtep: dict, path: dict) -> tuple:
+    return (("path", str(path["index"])), ("uplink", path["uplink"]), ("vtep", vtep["address"]))
+
+
 def test_path_series(exporter):
     samples = scrape(exporter(FixedAgent()))
-    eth1 = (("path", "0"), ("uplink", "eth1"), ("vtep", "10.255.0.2"))
-    eth2 = (("path", "1"), ("uplink", "eth2"), ("vtep", "10.255.0.2"))
-    assert pick(samples, "qpagent_path_bytes_total") == {eth1: 450000, eth2: 700}
-    assert pick(samples, "qpagent_path_packets_total") == {eth1: 300, eth2: 7}
-    assert pick(samples, "qpagent_path_qps") == {eth1: 2, eth2: 0}
-    assert pick(samples, "qpagent_path_alive") == {eth1: 1, eth2: 0}
-    assert pick(samples, "qpagent_imbalance_ratio") == {(("vtep", "10.255.0.2"),): 1.0}
+    paths = [(path_labels(v, p), p) for v in SNAPSHOT["vteps"] for p in v["paths"]]
+    assert pick(samples, "qpagent_path_bytes_total") == {k: p["bytes"] for k, p in paths}
+    assert pick(samples, "qpagent_path_packets_total") == {k: p["packets"] for k, p in paths}
+    assert pick(samples, "qpagent_path_qps") == {k: p["qps"] for k, p in paths}
+    assert pick(samples, "qpagent_path_alive") == {k: int(p["alive"]) for k, p in paths}
+    # The snapshot was taken after a cut: one path dead, one carrying every QP.
+    assert sorted(pick(samples, "qpagent_path_alive").values()) == [0, 1]
+    assert sorted(pick(samples, "qpagent_path_qps").values()) == [0, SNAPSHOT["qp_total"]]
+    assert pick(samples, "qpagent_imbalance_ratio") == {
+        (("vtep", vtep),): ratio for vtep, ratio in SNAPSHOT["imbalance"].items()}
 
 
-def test_bfd_series(exporter):
+def test_bfd_series_without_frr(exporter):
+    """The snapshot's agent ran without FRR: BFD reads as unavailable and
+    no peer series is made up (tests/live/test_dashboards.py has real peers)."""
     samples = scrape(exporter(FixedAgent()))
-    assert pick(samples, "qpagent_bfd_available") == {(): 1}
-    assert pick(samples, "qpagent_bfd_peer_up") == {
-        (("interface", "eth1"), ("peer", "10.1.0.1")): 1,
-        (("interface", "eth2"), ("peer", "10.1.1.1")): 0,
-    }
+    assert pick(samples, "qpagent_bfd_available") == {(): 0}
+    assert pick(samples, "qpagent_bfd_peer_up") == {}
 
 
-def test_event_counters(exporter):
+def test_replacements_by_every_reason(exporter):
     samples = scrape(exporter(FixedAgent()))
-    assert pick(samples, "qpagent_replacements_total") == {
-        (("reason", "dead_path"),): 1, (("reason", "new"),): 2}
-    assert pick(samples, "qpagent_steer_events_total") == {
-        (("event", "placed_new"),): 2, (("event", "placed_dead"),): 1,
-        (("event", "hash_set"),): 290, (("event", "no_vtep"),): 0,
-        (("event", "no_live_path"),): 0}
-    assert pick(samples, "qpagent_pin_events_total") == {
-        (("event", "on_fib_link"),): 200, (("event", "redirected"),): 90,
-        (("event", "fib_failed"),): 0, (("event", "not_vxlan"),): 4}
+    replacements = pick(samples, "qpagent_replacements_total")
+    assert {dict(k)["reason"] for k in replacements} == set(REPLACEMENT_REASONS)
+    assert replacements == {(("reason", r),): n for r, n in SNAPSHOT["replacements"].items()}
+    assert replacements[(("reason", "dead_path"),)] > 0   # the cut moved QPs
+
+
+def test_data_plane_events_by_every_name(exporter):
+    samples = scrape(exporter(FixedAgent()))
+    for metric, key, names in (("qpagent_steer_events_total", "steer_events", STEER_EVENT_NAMES),
+                               ("qpagent_pin_events_total", "pin_events", PIN_EVENT_NAMES)):
+        events = pick(samples, metric)
+        assert {dict(k)["event"] for k in events} == set(names), metric
+        assert events == {(("event", e),): n for e, n in SNAPSHOT[key].items()}
+    # Next hops were forgotten before the traffic: path_pin had the kernel resolve one.
+    assert pick(samples, "qpagent_pin_events_total")[(("event", "redirected_neigh"),)] > 0
+
+
+def test_parse_outcomes_by_hook_and_interface(exporter):
+    samples = scrape(exporter(FixedAgent()))
     parse = pick(samples, "qpagent_parse_packets_total")
     assert parse == {
-        (("hook", "tc egress"), ("interface", "vxlan100"), ("outcome", outcome)): value
-        for outcome, value in [("roce", 290), ("not_roce", 5), ("not_ip", 3), ("truncated", 1),
-                               ("fragment", 0), ("ipv6_ext", 0), ("bad_bth", 2)]}
+        (("hook", row["hook"]), ("interface", row["interface"]), ("outcome", outcome)): row[outcome]
+        for row in SNAPSHOT["parse"] for outcome in PARSE_OUTCOME_NAMES}
+    hooks = {dict(k)["hook"] for k in parse}
+    assert hooks == set(HOOK_NAMES.values()) == {"xdp_ingress", "tc_egress", "qp_steer", "path_pin"}
+    roce = {(dict(k)["hook"], dict(k)["interface"]): v for k, v in parse.items()
+            if dict(k)["outcome"] == "roce"}
+    assert roce[("qp_steer", "vxlan100")] == sum(q["packets"] for q in SNAPSHOT["qps"])
 
 
 def test_program_series_in_base_units(exporter):
     samples = scrape(exporter(FixedAgent()))
-    steer = (("interface", "vxlan100"), ("program", "qp_steer"))
-    xdp = (("interface", "eth1"), ("program", "flow_stats_xdp"))
-    assert pick(samples, "qpagent_prog_runs_total") == {steer: 1000, xdp: 10}
-    assert pick(samples, "qpagent_prog_run_time_seconds_total") == {steer: 0.0025, xdp: 5e-07}
+    progs = {(("interface", p["interface"]), ("program", p["name"])): p
+             for p in SNAPSHOT["programs"]}
+    assert {dict(k)["program"] for k in progs} == {"qp_steer", "path_pin", "flow_stats_tc",
+                                                    "flow_stats_xdp"}
+    assert pick(samples, "qpagent_prog_runs_total") == {k: p["run_cnt"] for k, p in progs.items()}
+    assert pick(samples, "qpagent_prog_run_time_seconds_total") == {
+        k: pytest.approx(p["run_time_ns"] / 1e9) for k, p in progs.items()}
 
 
 def test_qp_series_and_totals(exporter):
     samples = scrape(exporter(FixedAgent()))
     assert pick(samples, "qpagent_qp_bytes_total") == {
-        (("dqp", "17"), ("dst", "192.168.10.2"), ("path", "0"), ("port", "49152"),
-         ("src", "192.168.10.1")): 300000,
-        (("dqp", "18"), ("dst", "192.168.10.2"), ("path", "0"), ("port", "49153"),
-         ("src", "192.168.10.1")): 150000,
-    }
-    assert pick(samples, "qpagent_qps") == {(): 2}
-    assert pick(samples, "qpagent_info") == {(("version", "0.1.0"),): 1}
+        (("dqp", str(q["dqp"])), ("dst", q["dst"]), ("path", str(q["path"])),
+         ("port", str(q["port"])), ("src", q["src"])): q["bytes"] for q in SNAPSHOT["qps"]}
+    assert len(SNAPSHOT["qps"]) == SNAPSHOT["qp_total"] > 0
+    assert pick(samples, "qpagent_qps") == {(): SNAPSHOT["qp_total"]}
+    assert pick(samples, "qpagent_info") == {(("version", SNAPSHOT["version"]),): 1}
     assert pick(samples, "qpagent_up") == {(): 1}
 
 
@@ -197,11 +193,11 @@ def test_every_series_carries_node(exporter):
     samples = scrape(exporter(FixedAgent()))
     names = {name for name, _ in samples}
     assert all(name.startswith("qpagent_") for name in names), names
-    assert all(dict(labels).get("node") == "qt5-leaf1" for _, labels in samples)
+    assert all(dict(labels).get("node") == NODE for _, labels in samples)
 
 
 def test_empty_snapshot_scrapes(exporter):
-    empty = {"node": "qt5-leaf1", "version": "0.1.0", "vteps": [], "qps": [], "qp_total": 0,
+    empty = {"node": NODE, "version": "0.1.0", "vteps": [], "qps": [], "qp_total": 0,
              "bfd": {"available": False, "reason": "FRR not found", "peers": []}}
     samples = scrape(exporter(FixedAgent(snapshot=empty, samples=[])))
     assert pick(samples, "qpagent_bfd_available") == {(): 0}
@@ -213,7 +209,7 @@ def test_failing_agent_reports_down_instead_of_breaking_the_scrape(exporter):
     server = exporter(BrokenAgent())
     samples = scrape(server)
     assert [(name, dict(labels)["node"], value) for (name, labels), value in samples.items()] \
-        == [("qpagent_up", "qt5-leaf1", 0)]
+        == [("qpagent_up", NODE, 0)]
 
 
 def test_disabled_address_starts_nothing():
