@@ -5,6 +5,7 @@ IP, never as TRUNCATED; TRUNCATED is for a frame that ends inside a header
 its types and lengths announce, at whichever header that is. Packet in,
 the same packet and the pass verdict out, the one expected counter moved."""
 
+import math
 import os
 
 import pytest
@@ -15,7 +16,7 @@ from scapy.contrib.bgp import BGPHeader, BGPKeepAlive
 from scapy.contrib.roce import BTH
 from scapy.layers.vxlan import VXLAN
 
-from conftest import expect, parse_counts
+from conftest import TC_ACT_UNSPEC, expect, parse_counts
 from qpagent import contract
 from qpagent.probe import probe_payload
 from qt1_packets import HOST_A_MAC, HOST_B_MAC, RC_SEND_ONLY, roce, vxlan
@@ -157,14 +158,16 @@ def test_a_vxlan_header_with_its_inner_frame_announced_but_absent_is_truncated(p
 
 
 def test_interfaces_that_share_an_array_slot_are_counted_apart(flows):
-    """lo (index 1) and an interface with index 1 + PARSE_SLOTS / HOOK_IDS
+    """lo (index 1) and the first interface index after it whose counters
     fall in the same parse_stats slot: the second one's counts go to the
     spill hash, and neither interface sees the other's."""
-    from conftest import TC_ACT_UNSPEC
     from qpagent import bpfsys
     from qt1_netns import NetNs
     tc, _ = flows
-    shared = 1 + contract.CONSTANTS["PARSE_SLOTS"] // contract.CONSTANTS["HOOK_IDS"]
+    # (ifindex * HOOK_IDS + hook) % PARSE_SLOTS repeats every
+    # PARSE_SLOTS / gcd(PARSE_SLOTS, HOOK_IDS) interfaces.
+    slots, hooks = contract.CONSTANTS["PARSE_SLOTS"], contract.CONSTANTS["HOOK_IDS"]
+    shared = 1 + slots // math.gcd(slots, hooks)
     hook = contract.CONSTANTS["HOOK_TC_EGRESS"]
     # The compiled object is shared with earlier tests: count what this test adds.
     before = {ifindex: parse_counts(tc, ifindex, hook) for ifindex in (LOOPBACK, shared)}

@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from conftest import free_management_subnet, unique_ctx  # this directory's conftest, at collection
+
 pytestmark = [pytest.mark.lab, pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the lab")]
 
@@ -16,7 +18,6 @@ def lab_ctx():
     """A lab of our own (prefix, run directory, management subnet), removed
     at the end whatever happens; the experiment finds it through the
     environment, as `qplab` commands would."""
-    from conftest import free_management_subnet, unique_ctx
     from qplab import lab
     from qplab.topology import load_topology
     ctx = unique_ctx()
