@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DEBS=(python3-bpfcc bpfcc-tools python3-venv python3-pip frr iproute2 iputils-ping
-      tcpdump ethtool prometheus linux-headers-amd64)
+      tcpdump ethtool prometheus prometheus-frr-exporter linux-headers-amd64)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: needs root (apt-get, kernel headers link, BPF)" >&2

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from . import agents, lab as build, netns, status, wan
+from . import agents, lab as build, monitor, netns, status, wan
 from .context import LabContext
 from .plan import build_plan
 from .state import AgentState, HostState, LabState, WanState
@@ -30,8 +30,9 @@ class Lab:
     # -- life cycle ---------------------------------------------------------------
     @classmethod
     def up(cls, topo: Topology, ctx: LabContext, progress: Progress = print,
-           start_agents: bool = True) -> "Lab":
-        return cls(ctx, build.up(topo, ctx, progress, start_agents=start_agents), owned=True)
+           start_agents: bool = True, prometheus: bool = False) -> "Lab":
+        return cls(ctx, build.up(topo, ctx, progress, start_agents=start_agents,
+                                 prometheus=prometheus), owned=True)
 
     @classmethod
     def running(cls, ctx: LabContext) -> "Lab | None":
@@ -113,8 +114,24 @@ class Lab:
         """Start the agents the topology asks for (once)."""
         if not self.state.agents:
             self.state.agents = agents.start_all(build_plan(self.topology), self.ctx, progress)
+            if self.state.monitor:   # Prometheus scrapes the new agents too
+                monitor.reload(self.state, self.state.monitor)
             self.save()
         return self.state.agents
+
+    # -- Prometheus -----------------------------------------------------------------
+    def start_prometheus(self, progress: Progress = print) -> str:
+        """Start Prometheus and the FRR exporters (once); return its URL."""
+        if not self.state.monitor:
+            self.state.monitor = monitor.start(self.state, self.ctx, progress)
+            self.save()
+        return self.state.monitor.prometheus
+
+    def query(self, promql: str) -> list[dict]:
+        """An instant query against the lab's Prometheus (started with `prometheus=True`)."""
+        if not self.state.monitor:
+            raise monitor.MonitorError("this lab runs no Prometheus (up with prometheus=True)")
+        return monitor.query(self.state.monitor, promql)
 
     def agent_socket(self, node: str) -> str:
         return str(self.ctx.agent_socket(node))

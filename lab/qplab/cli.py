@@ -9,7 +9,7 @@ import time
 
 import click
 
-from . import export, lab, links, status as lab_status, wan
+from . import export, frrcheck, lab, links, status as lab_status, wan
 from .context import LabContext
 from .state import LabState
 from .topology import TopologyError, load_topology
@@ -58,8 +58,10 @@ def main(cctx):
 @click.option("--no-wait", is_flag=True, help="Return once built, without waiting for convergence.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for convergence.")
 @click.option("--management", metavar="CIDR", help="Override the management subnet.")
+@click.option("--prometheus", is_flag=True,
+              help="Also run Prometheus scraping every agent and an FRR exporter per router.")
 @click.pass_obj
-def up(ctx: LabContext, topology, no_agent, no_wait, timeout, management):
+def up(ctx: LabContext, topology, no_agent, no_wait, timeout, management, prometheus):
     """Build the lab from TOPOLOGY (default: the shipped two-DC lab)."""
     need_root()
     try:
@@ -72,7 +74,7 @@ def up(ctx: LabContext, topology, no_agent, no_wait, timeout, management):
     progress(f"up: topology '{topo.name}' from {topo.source}")
     try:
         state = lab.up(topo, ctx, progress, start_agents=not no_agent,
-                       topology_path=str(topology or topo.source))
+                       topology_path=str(topology or topo.source), prometheus=prometheus)
         if not no_wait:
             wait_converged(state, timeout)
             c = lab_status.summary_counts(state, lab_status.collect(state))
@@ -87,6 +89,8 @@ def up(ctx: LabContext, topology, no_agent, no_wait, timeout, management):
         fail(f"the lab is up but did not converge: {e}\n(see `qplab status`; `qplab down` removes it)")
     except (lab.LabError, RuntimeError, OSError) as e:
         fail(str(e))
+    if state.monitor:
+        progress(f"prometheus: {state.monitor.prometheus}")
 
 
 @main.command()
@@ -208,6 +212,12 @@ def export_containerlab(outdir, topology):
         files = export.containerlab(topo, outdir)
     except OSError as e:
         fail(f"cannot write {outdir}: {e}")
+    if frrcheck.available():   # FRR's own parser on every config written
+        configs = [os.path.join(outdir, f) for f in files if f.endswith("frr.conf")]
+        problems = frrcheck.check_files(configs)
+        if problems:
+            fail("FRR rejects the exported configuration:\n  " + "\n  ".join(problems))
+        click.echo(f"checked {len(configs)} FRR configs with vtysh --dryrun: all accepted")
     click.echo(f"wrote {len(files)} files to {outdir} (start with: containerlab deploy -t "
                f"{os.path.join(outdir, files[0])})")
 

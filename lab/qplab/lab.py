@@ -15,7 +15,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from . import agents, frr, netns, wan
+from . import agents, frr, monitor, netns, wan
 from .context import LabContext
 from .frrconf import render_frr_conf
 from .plan import HOST_MTU, UNDERLAY_MTU, VXLAN_SOURCE_PORTS, Plan, build_plan
@@ -65,7 +65,7 @@ def _parallel(fn, items, workers=8):
 
 
 def up(topo: Topology, ctx: LabContext, progress: Progress = print, start_agents=True,
-       topology_path: str = "") -> LabState:
+       topology_path: str = "", prometheus: bool = False) -> LabState:
     """Build the lab; on any failure (or Ctrl-C) remove what was built, then re-raise."""
     if netns.list_namespaces(ctx.prefix):
         raise LabError(f"a lab with prefix '{ctx.prefix}' is already up: run `qplab down` first")
@@ -84,6 +84,8 @@ def up(topo: Topology, ctx: LabContext, progress: Progress = print, start_agents
             state.agents = agents.start_all(plan, ctx, progress)
         else:
             progress("agents: skipped (--no-agent)")
+        if prometheus:
+            state.monitor = monitor.start(state, ctx, progress)
         state.up_seconds = round(time.monotonic() - t0, 2)
         state.save(ctx)
         return state

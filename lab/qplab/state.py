@@ -87,6 +87,17 @@ class AgentState:
 
 
 @dataclass
+class MonitorState:
+    """Prometheus and the FRR exporters watching the lab (`up --prometheus`)."""
+    ns: str
+    address: str            # Prometheus' listener, on the management subnet, with its prefix
+    prometheus: str         # its URL
+    config: str             # the generated prometheus.yml
+    exporters: dict[str, str]   # router -> the address its FRR exporter listens on
+    pid: int | None = None
+
+
+@dataclass
 class LabState:
     prefix: str
     name: str
@@ -99,6 +110,7 @@ class LabState:
     agents: dict[str, AgentState] = field(default_factory=dict)
     links_down: list[list[str]] = field(default_factory=list)   # sorted node pairs
     up_seconds: float | None = None
+    monitor: MonitorState | None = None
 
     # -- questions every command asks -------------------------------------------
     @property
@@ -139,7 +151,8 @@ class LabState:
         wans = {n: WanState(**{**w, "props": WanProps(**w["props"])}) for n, w in d["wans"].items()}
         return cls(**{**d, "routers": routers, "wans": wans,
                       "hosts": {n: HostState(**h) for n, h in d["hosts"].items()},
-                      "agents": {n: AgentState(**a) for n, a in d.get("agents", {}).items()}})
+                      "agents": {n: AgentState(**a) for n, a in d.get("agents", {}).items()},
+                      "monitor": MonitorState(**d["monitor"]) if d.get("monitor") else None})
 
     def save(self, ctx: LabContext) -> None:
         """Atomically: a command reading it never sees half a file."""

@@ -56,6 +56,7 @@ def collect(state: LabState) -> dict:
     return {"name": state.name, "routers": results,
             "wans": {n: asdict(w) for n, w in state.wans.items()},
             "agents": {n: asdict(a) for n, a in state.agents.items()},
+            "prometheus": asdict(state.monitor) if state.monitor else None,
             "links_down": state.links_down}
 
 
@@ -132,6 +133,10 @@ def render(state: LabState, status: dict) -> str:
         rows = [[n, "running" if a.get("ok") else "failed", a.get("metrics", "-"),
                  a.get("error") or a.get("socket", "")] for n, a in status["agents"].items()]
         lines += _table(rows, ["node", "state", "metrics", "socket / error"])
+    mon = status.get("prometheus")
+    if mon:
+        lines += ["", f"Prometheus  {mon['prometheus']}  (agents and one FRR exporter per router, "
+                  f"{len(mon['exporters'])} routers; query it from this machine)"]
     errors = [f"{n}: {e}" for n, r in status["routers"].items() for e in r["errors"]]
     if errors:
         lines += ["", "Errors"] + [f"  {e}" for e in errors]

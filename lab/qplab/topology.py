@@ -132,8 +132,12 @@ class Topology:
 
 
 def load_topology(path: str | Path | None = None) -> Topology:
-    """Read and check a topology file; raise TopologyError with every problem."""
+    """Read and check a topology file (or a ContainerLab file qplab exported);
+    raise TopologyError with every problem."""
     path = Path(path) if path else DEFAULT_TOPOLOGY
+    if path.name.endswith((".clab.yml", ".clab.yaml")):   # our own ContainerLab export
+        from .clabload import load_containerlab
+        return load_containerlab(path)
     try:
         text = path.read_text()
     except OSError as e:

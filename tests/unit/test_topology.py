@@ -194,3 +194,34 @@ def test_status_problems_name_each_gap_of_a_lab_state(tmp_path):
         "dc1-border1: BFD to dc1-spine1 (10.0.0.9) is down",
         "dc2-leaf2: VNI 100 lacks remote VTEPs 10.255.0.3"]
     assert "  dc1-leaf1  running  http://m  /s.sock" in status.render(state, st)
+
+
+def test_prometheus_config_from_the_lab_state(tmp_path):
+    """Every running agent and every router's FRR exporter is a target, named
+    by its node; Prometheus listens on the top of the management subnet."""
+    from qplab import monitor
+    from qplab.state import AgentState
+    ctx = LabContext("qpx-", tmp_path / "run")
+    state = LabState.from_plan(build_plan(load_topology()), ctx)
+    state.agents = {"dc1-leaf1": AgentState("dc1-leaf1", 1, "c", "s", "http://172.31.255.2:9464/metrics", True),
+                    "dc1-leaf2": AgentState("dc1-leaf2", 2, "c", "s", "http://172.31.255.3:9464/metrics",
+                                            False, "exited with 1")}
+    mon = monitor.plan_monitor(state, ctx)
+    assert (mon.ns, mon.address, mon.prometheus) == ("qpx-monitor", "172.31.255.254/24",
+                                                     "http://172.31.255.254:9090")
+    config = monitor.prometheus_config(state, mon)
+    agents, frr = config["scrape_configs"]
+    assert agents == {"job_name": "qpagent", "honor_labels": True, "static_configs": [
+        {"targets": ["172.31.255.2:9464"], "labels": {"node": "dc1-leaf1", "role": "leaf", "dc": "dc1"}}]}
+    assert frr["job_name"] == "frr"
+    assert [(c["targets"], c["labels"]["node"]) for c in frr["static_configs"]][:2] == [
+        (["127.0.0.1:9342"], "dc1-spine1"), (["127.0.0.1:9343"], "dc1-spine2")]
+    assert len(frr["static_configs"]) == len(state.routers) == 12
+    # the exporter reads that router's FRR path space, BFD through vtysh -N
+    cmd = monitor.exporter_command("qpx-dc1-spine1", "127.0.0.1:9342")
+    assert "--frr.socket.dir-path=/var/run/frr/qpx-dc1-spine1" in cmd
+    assert "--frr.vtysh.options=--pathspace=qpx-dc1-spine1" in cmd
+    # and the lab's state keeps it across a save and load
+    state.monitor = mon
+    state.save(ctx)
+    assert LabState.load(ctx) == state
