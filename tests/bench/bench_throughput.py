@@ -44,7 +44,7 @@ from qpagent.tables import QpTables  # noqa: E402
 from twovtep import SRCPORT_RANGE, VXLAN_DEV, two_vteps  # noqa: E402
 
 PORT = 5201
-PORTS_PER_PATH = 8
+PORTS_EACH_PATH = 8
 
 # Receivers print the bytes they got; senders run for a fixed time.
 TCP_RECEIVER = """
@@ -141,7 +141,7 @@ def steering_dataplane(topo) -> DataPlane:
     for port in range(lo, lo + 64):
         route = fib.lookup(topo.b.vtep_ip, src=side.vtep_ip, sport=port, netns=side.vtep_ns)
         ports = by_uplink[route.oif_name]
-        if len(ports) < PORTS_PER_PATH:
+        if len(ports) < PORTS_EACH_PATH:
             ports.append(port)
     indexes = ifindexes(side.vtep_ns, side.uplinks)
     for path, uplink in enumerate(side.uplinks):
