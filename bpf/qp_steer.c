@@ -2,7 +2,15 @@
  * encapsulation). Gives every RoCEv2 queue pair a path towards its remote
  * VTEP and sets the skb hash so that the VXLAN driver emits that path's outer
  * UDP source port. New QPs and QPs on dead paths are placed here, in the
- * data plane, on the least-loaded live path. Never drops, never rewrites.
+ * data plane, on the least-loaded live path. A path is dead when the agent
+ * says so (path_entry.alive) or when its liveness probes stopped coming back
+ * (path_health); a QP that resends a PSN moves to another live path
+ * (repair_config). Never drops, never rewrites.
+ *
+ * path_probe: tc ingress on the uplinks, in this file because it writes
+ * path_health, which qp_steer reads (a BCC object is the unit sharing maps).
+ * Answers liveness probe requests in place and records the replies; every
+ * other packet passes untouched.
  */
 #include <uapi/linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -12,6 +20,7 @@
 #include "parse.h"
 #include "parse_helpers.h"
 #include "clock.h"
+#include "probe.h"
 
 _Static_assert((PORTS_PER_PATH & (PORTS_PER_PATH - 1)) == 0,
 	       "PORTS_PER_PATH must be a power of two");
@@ -61,6 +70,29 @@ static __always_inline void steer_count(__u32 event)
 		(*v)++;
 }
 
+static __always_inline void repair_count(__u32 cause)
+{
+	__u64 *v = repair_events.lookup(&cause);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline void probe_count(__u32 event)
+{
+	__u64 *v = probe_events.lookup(&event);
+
+	if (v)
+		(*v)++;
+}
+
+/* now - then, 0 when then is later: per-CPU tick caches may lag a stamp
+ * another CPU took with the exact clock. */
+static __always_inline __u64 elapsed(__u64 now, __u64 then)
+{
+	return now > then ? now - then : 0;
+}
+
 /* Remote VTEP of the frame's destination MAC, else the default remote.
  * The frame is not encapsulated (qp_steer checked), so its first Ethernet
  * header is the inner one. */
@@ -92,8 +124,41 @@ static __always_inline int path_usable(const struct path_entry *pe)
 	return pe && pe->alive && pe->n_ports > 0 && pe->n_ports <= PORTS_PER_PATH;
 }
 
-/* Live path of the VTEP with the fewest QPs (ties: lowest index), or -1. */
-static __always_inline int least_loaded_path(__u32 vtep)
+/* Is the agent's prober running? Silence means a dead path only while it
+ * sends probes: it renews believe_until_ns every round. */
+static __always_inline int prober_running(__u64 now)
+{
+	__u32 zero = 0;
+	struct repair_config *rc = repair_config.lookup(&zero);   /* inlined */
+
+	return rc && now <= rc->believe_until_ns;
+}
+
+/* Probes answered within the deadline, or the path is not checked
+ * (deadline 0: the agent has not armed it, e.g. a remote VTEP that runs no
+ * agent and never answers), or nobody is probing (the agent stopped). */
+static __always_inline int path_answering(__u32 idx, __u64 now)
+{
+	struct path_health *h = path_health.lookup(&idx);   /* array: inlined */
+
+	return !h || !h->deadline_ns || elapsed(now, h->last_reply_ns) <= h->deadline_ns ||
+	       !prober_running(now);
+}
+
+/* Usable by the agent's table and answering its probes. */
+static __always_inline int path_live(__u32 vtep, __u32 path, __u64 now)
+{
+	__u32 idx;
+
+	if (vtep >= MAX_VTEPS || path >= MAX_PATHS)
+		return 0;
+	idx = vtep * MAX_PATHS + path;
+	return path_usable(path_table.lookup(&idx)) && path_answering(idx, now);
+}
+
+/* Live path of the VTEP with the fewest QPs (ties: lowest index), other
+ * than `exclude` (MAX_PATHS: none), or -1. */
+static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u64 now)
 {
 	__u32 best_qps = 0xffffffff;
 	int best = -1;
@@ -103,7 +168,7 @@ static __always_inline int least_loaded_path(__u32 vtep)
 		__u32 idx = vtep * MAX_PATHS + i;
 		struct path_entry *pe = path_table.lookup(&idx);
 
-		if (!path_usable(pe))
+		if (i == exclude || !path_usable(pe) || !path_answering(idx, now))
 			continue;
 		if (pe->qps < best_qps) {
 			best_qps = pe->qps;
@@ -182,6 +247,36 @@ static __always_inline void release_slot(const struct qp_state *qs)
 		__sync_fetch_and_add(&pe->qps, (__u32)-1);
 }
 
+/* The QP's PSN stream: a PSN at or below the highest one sent (24-bit
+ * serial arithmetic: (next_psn - psn) mod 2^24 in 1..2^23) is a resend. */
+static __always_inline int psn_resent(const struct qp_state *qs, const struct pkt_info *p)
+{
+	__u32 behind = (qs->next_psn - p->psn) & PSN_MASK;
+
+	return p->psn_ok && qs->psn_valid && behind >= 1 && behind <= PSN_HALF;
+}
+
+/* next_psn = max(next_psn, psn + 1); a resend leaves it. */
+static __always_inline void psn_advance(struct qp_state *qs, const struct pkt_info *p)
+{
+	if (!p->psn_ok || psn_resent(qs, p))
+		return;
+	qs->next_psn = (p->psn + 1) & PSN_MASK;
+	qs->psn_valid = 1;
+}
+
+/* A resend moves the QP when the agent turned that on and the QP has sat
+ * on its path (and since its last repair) for at least the hold-down. */
+static __always_inline int resend_repair_due(const struct qp_state *qs, __u64 now)
+{
+	__u32 zero = 0;
+	struct repair_config *rc = repair_config.lookup(&zero);   /* inlined */
+
+	return rc && rc->retransmit &&
+	       elapsed(now, qs->repaired_ns) >= rc->holddown_ns &&
+	       elapsed(now, qs->placed_ns) >= rc->holddown_ns;
+}
+
 static __always_inline void set_hash(struct __sk_buff *skb, __u32 hash)
 {
 	/* Hash 0 makes the driver fall back to its own: the agent never
@@ -192,42 +287,64 @@ static __always_inline void set_hash(struct __sk_buff *skb, __u32 hash)
 	steer_count(STEER_HASH_SET);
 }
 
-/* Everything but the steady state: a new QP, a QP whose path died, or one
- * whose MAC -> VTEP mapping the agent may have changed (mac_gen moved on). */
+/* Everything but the steady state: a new QP, a QP whose path died (the
+ * agent flagged it or its probes stopped coming back), one whose MAC ->
+ * VTEP mapping the agent may have changed (mac_gen moved on), or one that
+ * resent a PSN (resend: move it to another live path, if there is one). */
 static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
-				      struct qp_state *qs, __u32 gen)
+				      struct qp_state *qs, __u32 gen,
+				      const struct pkt_info *p, struct clock_cache *cc,
+				      int resend)
 {
-	struct clock_cache *cc = this_cpu_clock();
 	struct qp_state st = {};
+	__u32 cause = REPAIR_CAUSES;     /* none: not a data-plane repair */
+	__u32 exclude = MAX_PATHS;
 	__u32 vtep;
 	__u64 now;
 	int path;
 
-	if (find_vtep(skb, &vtep) < 0) {
+	if (resend && qs) {
+		/* mac_gen matched on the fast path: the VTEP stands. */
+		vtep = qs->vtep;
+		exclude = qs->path;
+		cause = REPAIR_RETRANSMIT;
+	} else if (find_vtep(skb, &vtep) < 0) {
 		steer_count(STEER_NO_VTEP);
 		return TC_PASS;
 	}
 
-	if (qs && qs->vtep == vtep && path_usable(path_of(vtep, qs->path))) {
-		/* Checked again after a mac_vtep change: same VTEP, same path.
-		 * Back to the fast path from the next packet on. */
-		qs->mac_gen = gen;
-		set_hash(skb, qs->hash);
-		account(qs, skb->len, clock_tick(cc));
-		return TC_PASS;
+	now = clock_exact(cc);
+	if (qs && cause == REPAIR_CAUSES && qs->vtep == vtep) {
+		if (path_live(vtep, qs->path, now)) {
+			/* Checked again after a mac_vtep change: same VTEP,
+			 * same path. Back to the fast path from the next
+			 * packet on. */
+			qs->mac_gen = gen;
+			psn_advance(qs, p);
+			set_hash(skb, qs->hash);
+			account(qs, skb->len, now);
+			return TC_PASS;
+		}
+		if (path_usable(path_of(vtep, qs->path)))
+			cause = REPAIR_LIVENESS;   /* routing says fine, probes do not */
 	}
 
-	now = clock_exact(cc);
-	path = least_loaded_path(vtep);
+	path = least_loaded_path(vtep, exclude, now);
 	if (path < 0 || take_slot(vtep, path, &st) < 0) {
-		steer_count(STEER_NO_LIVE_PATH);
 		if (qs)
 			account(qs, skb->len, now);
+		if (cause == REPAIR_RETRANSMIT) {
+			/* No other live path: stay. */
+			set_hash(skb, qs->hash);
+			return TC_PASS;
+		}
+		steer_count(STEER_NO_LIVE_PATH);
 		return TC_PASS;
 	}
 
 	if (qs) {
-		/* Its path died, vanished or now leads to another VTEP. */
+		/* Its path died, vanished, now leads to another VTEP, or it
+		 * resends on it. */
 		release_slot(qs);
 		qs->vtep = st.vtep;
 		qs->path = st.path;
@@ -237,7 +354,15 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 		qs->mac_gen = gen;
 		qs->moves++;
 		qs->placed_ns = now;
-		steer_count(STEER_PLACED_DEAD);
+		if (cause != REPAIR_RETRANSMIT)
+			steer_count(STEER_PLACED_DEAD);
+		if (cause < REPAIR_CAUSES) {
+			qs->repairs++;
+			qs->last_cause = cause;
+			qs->repaired_ns = now;
+			repair_count(cause);
+		}
+		psn_advance(qs, p);
 		set_hash(skb, st.hash);
 		account(qs, skb->len, now);
 		return TC_PASS;
@@ -249,6 +374,11 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 	st.first_ns = now;
 	st.last_ns = now;
 	st.placed_ns = now;
+	st.last_cause = REPAIR_CAUSES;
+	if (p->psn_ok) {
+		st.next_psn = (p->psn + 1) & PSN_MASK;
+		st.psn_valid = 1;
+	}
 	if (qp_table.insert(key, &st) != 0) {
 		/* Another CPU placed it first: give the slot back, follow it. */
 		release_slot(&st);
@@ -268,8 +398,10 @@ int qp_steer(struct __sk_buff *skb)
 {
 	struct pkt_info p = {};
 	struct qp_key key = {};
+	struct clock_cache *cc;
 	struct qp_state *qs;
 	__u32 gen;
+	__u64 now;
 	int outcome;
 
 	pull_headers(skb);
@@ -289,15 +421,87 @@ int qp_steer(struct __sk_buff *skb)
 	 * this packet is placed then leaves a generation that is already
 	 * stale, and the next packet checks the MAC again. */
 	gen = current_mac_gen();
+	cc = this_cpu_clock();
 	qs = qp_table.lookup(&key);
-	if (qs && qs->mac_gen == gen && path_usable(path_of(qs->vtep, qs->path))) {
+	if (!qs)
+		return steer_slow(skb, &key, qs, gen, &p, cc, 0);
+	/* To one tick (clock.h): a liveness deadline is tens of ms. */
+	now = clock_tick(cc);
+	if (qs->mac_gen == gen && path_live(qs->vtep, qs->path, now)) {
 		/* Steady state: a known QP on a live path, with no mac_vtep
 		 * change since its VTEP was checked. No MAC -> VTEP lookup and
 		 * no clock read: the agent bumps mac_gen whenever a MAC moves,
 		 * and last_ns is to one tick (clock.h). */
+		if (psn_resent(qs, &p) && resend_repair_due(qs, now))
+			return steer_slow(skb, &key, qs, gen, &p, cc, 1);
+		psn_advance(qs, &p);
 		set_hash(skb, qs->hash);
-		account(qs, skb->len, clock_tick(this_cpu_clock()));
+		account(qs, skb->len, now);
 		return TC_PASS;
 	}
-	return steer_slow(skb, &key, qs, gen);
+	return steer_slow(skb, &key, qs, gen, &p, cc, 0);
+}
+
+/* A request or reply the shared parser saw as outer IPv4 VXLAN with
+ * PROBE_VNI. */
+static __always_inline int probe_handle(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct probe_frame f = {};
+	struct path_health *h;
+	__u32 vtep, path, idx;
+	__u64 now;
+	int found;
+
+	found = probe_find(data, data_end, &f);
+	if (found == PROBE_FOUND_REQUEST) {
+		/* We are the remote VTEP: answer in place, out of the uplink
+		 * it came in on. Hosts never see it. */
+		probe_make_reply(&f);
+		probe_count(PROBE_ANSWERED);
+		return bpf_redirect(skb->ifindex, 0);
+	}
+	if (found != PROBE_FOUND_REPLY) {
+		probe_count(PROBE_MALFORMED);
+		return TC_PASS;
+	}
+	vtep = f.msg->vtep;
+	path = f.msg->path;
+	if (vtep >= MAX_VTEPS || path >= MAX_PATHS) {
+		probe_count(PROBE_REPLY_UNKNOWN);
+		return TC_ACT_SHOT;
+	}
+	idx = vtep * MAX_PATHS + path;
+	h = path_health.lookup(&idx);
+	if (!h) {
+		probe_count(PROBE_REPLY_UNKNOWN);
+		return TC_ACT_SHOT;
+	}
+	/* tx_ns is the sender's CLOCK_MONOTONIC, the clock of ktime_get_ns. */
+	now = bpf_ktime_get_ns();
+	h->last_reply_ns = now;
+	h->rtt_ns = elapsed(now, f.msg->tx_ns);
+	h->last_seq = f.msg->seq;
+	__sync_fetch_and_add(&h->replies, 1);
+	probe_count(PROBE_REPLY_SEEN);
+	return TC_ACT_SHOT;
+}
+
+int path_probe(struct __sk_buff *skb)
+{
+	struct pkt_info p = {};
+	int outcome;
+
+	pull_headers(skb);
+	outcome = parse_packet((void *)(long)skb->data,
+			       (void *)(long)skb->data_end, &p);
+	count_parse(skb->ifindex, HOOK_PATH_PROBE, outcome);
+	if (!p.outer_vxlan || !(p.has & FLOW_HAS_VNI) || p.vni != PROBE_VNI)
+		return TC_PASS;
+	if (p.family != 4) {
+		probe_count(PROBE_MALFORMED);   /* probes are IPv4 only */
+		return TC_PASS;
+	}
+	return probe_handle(skb);
 }

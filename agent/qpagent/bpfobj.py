@@ -25,6 +25,9 @@ class ProgramSpec:
 # The programs the agent knows, by the name it reports them under.
 PROGRAMS = {
     "qp_steer": ProgramSpec("qp_steer.c", "qp_steer", "sched_cls"),
+    # In qp_steer's object: it writes path_health, which qp_steer reads, and
+    # a BCC object is the unit that shares maps.
+    "path_probe": ProgramSpec("qp_steer.c", "path_probe", "sched_cls"),
     "path_pin": ProgramSpec("path_pin.c", "path_pin", "sched_cls"),
     "flow_stats_tc": ProgramSpec("flow_stats.c", "flow_stats_tc", "sched_cls"),
     "flow_stats_xdp": ProgramSpec("flow_stats.c", "flow_stats_xdp", "xdp"),

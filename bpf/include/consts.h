@@ -46,6 +46,7 @@ enum hook_id {
 	HOOK_TC_EGRESS,        /* flow_stats, tc egress      */
 	HOOK_QP_STEER,         /* qp_steer, vxlan tc egress  */
 	HOOK_PATH_PIN,         /* path_pin, uplink tc egress */
+	HOOK_PATH_PROBE,       /* path_probe, uplink tc ingress */
 	HOOK_IDS,
 };
 
@@ -69,6 +70,36 @@ enum pin_event {
 				* kernel resolves first (bpf_redirect_neigh) */
 	PIN_EVENTS,
 };
+
+/* End-to-end path liveness. A probe is an ordinary-looking VXLAN packet
+ * (outer 5-tuple of the path it checks, so every router hashes it like that
+ * path's data) with this VNI and a struct probe_msg as its payload. IPv4. */
+#define PROBE_VNI    0xFFFFFF    /* VXLAN VNI reserved for liveness probes: never a segment */
+#define PROBE_MAGIC  0x51504C56  /* "QPLV", network order on the wire */
+
+enum probe_kind {
+	PROBE_REQUEST = 1,     /* sent by the agent; answered by the remote VTEP */
+	PROBE_REPLY = 2,       /* the answer, recorded in path_health            */
+};
+
+/* path_probe event counters (per-CPU array indexes). */
+enum probe_event {
+	PROBE_ANSWERED = 0,    /* a request answered (we are the remote VTEP)    */
+	PROBE_REPLY_SEEN,      /* a reply recorded in path_health                */
+	PROBE_REPLY_UNKNOWN,   /* a reply for a vtep/path out of range           */
+	PROBE_MALFORMED,       /* PROBE_VNI but not a whole probe_msg: passed    */
+	PROBE_EVENTS,
+};
+
+/* Why the data plane moved a QP (repair_events indexes, qp_state.last_cause). */
+enum repair_cause {
+	REPAIR_LIVENESS = 0,   /* QP's path had no probe reply within deadline   */
+	REPAIR_RETRANSMIT,     /* QP sent a PSN at or below one already sent     */
+	REPAIR_CAUSES,
+};
+
+#define PSN_MASK     0xFFFFFF    /* BTH PSNs are 24 bits and wrap */
+#define PSN_HALF     0x800000    /* serial arithmetic: a - b in 1..2^23 means b is older */
 
 /* The verdict for "leave this packet alone": continue with the next tc
  * filter on the hook (flow_stats after path_pin on an uplink), and send it

@@ -22,6 +22,12 @@ BPF_TABLE("percpu_array", __u32, __u64, steer_events, STEER_EVENTS);
  * mismatch qp_steer checks the MAC once more and moves the QP if its VTEP
  * changed. */
 BPF_TABLE("array", __u32, __u32, mac_gen, 1);
+/* Path liveness: written by path_probe (replies) and the agent (deadline),
+ * read by qp_steer. Both programs live in qp_steer.c so that they share it. */
+BPF_TABLE("array", __u32, struct path_health, path_health, MAX_VTEPS * MAX_PATHS);
+BPF_TABLE("array", __u32, struct repair_config, repair_config, 1);
+BPF_TABLE("percpu_array", __u32, __u64, repair_events, REPAIR_CAUSES);
+BPF_TABLE("percpu_array", __u32, __u64, probe_events, PROBE_EVENTS);
 #endif
 
 #ifdef QPAGENT_MAPS_PIN

@@ -33,6 +33,9 @@
 #define BTH_LEN         12
 #define VXLAN_LEN       8
 #define VXLAN_FLAG_I    0x08
+#define BTH_OP_ACK      0x11   /* RC ACKNOWLEDGE (also NAK), low 5 bits */
+#define BTH_OP_ATOMIC_ACK 0x12 /* RC ATOMIC ACKNOWLEDGE                */
+#define BTH_OP_CNP      0x81   /* RoCEv2 congestion notification      */
 
 /* What the parser learnt. The tuple is the outermost one; for an outer VXLAN
  * packet vni and the inner dqp come from inside. MACs are not copied: the
@@ -42,6 +45,7 @@ struct pkt_info {
 	__u32 daddr[4];
 	__u32 vni;
 	__u32 dqp;          /* 24-bit destination QP */
+	__u32 psn;          /* 24-bit PSN of the BTH, when psn_ok */
 	__u16 sport;        /* host order */
 	__u16 dport;        /* host order */
 	__u8  family;       /* 4 or 6, 0 when not IP */
@@ -49,6 +53,14 @@ struct pkt_info {
 	__u8  has;          /* FLOW_HAS_VNI | FLOW_HAS_QP */
 	__u8  has_ports;    /* sport/dport parsed (UDP or TCP) */
 	__u8  outer_vxlan;  /* UDP 4789 with a complete VXLAN header */
+	__u8  psn_ok;       /* psn numbers this QP's own sends (not an ACK/CNP) */
+};
+
+/* What a BTH tells: who it is for and where in the QP's stream it sits. */
+struct bth_fields {
+	__u32 dqp;
+	__u32 psn;
+	__u8  psn_ok;
 };
 
 /* Addresses and ports of one IP/L4 layer. */
@@ -211,8 +223,10 @@ static __always_inline int parse_l4(struct cursor *c, struct l3l4 *t)
 	return PARSE_NOT_ROCE;
 }
 
-/* RoCEv2 base transport header: 24-bit destination QP in bytes 5..7. */
-static __always_inline int parse_bth(struct cursor *c, __u32 *dqp)
+/* RoCEv2 base transport header: opcode in byte 0, 24-bit destination QP
+ * in bytes 5..7, 24-bit PSN in bytes 9..11. Acknowledgements and CNPs carry
+ * a PSN of the other side's stream (or none): no sign of a resend. */
+static __always_inline int parse_bth(struct cursor *c, struct bth_fields *b)
 {
 	__u8 *bth = c->pos;
 
@@ -223,13 +237,16 @@ static __always_inline int parse_bth(struct cursor *c, __u32 *dqp)
 	/* Transport version (low nibble of byte 1) is 0 for every RoCE. */
 	if (bth[1] & 0x0f)
 		return PARSE_BAD_BTH;
-	*dqp = ((__u32)bth[5] << 16) | ((__u32)bth[6] << 8) | bth[7];
+	b->dqp = ((__u32)bth[5] << 16) | ((__u32)bth[6] << 8) | bth[7];
+	b->psn = ((__u32)bth[9] << 16) | ((__u32)bth[10] << 8) | bth[11];
+	b->psn_ok = (bth[0] & 0x1f) != BTH_OP_ACK && (bth[0] & 0x1f) != BTH_OP_ATOMIC_ACK &&
+		    bth[0] != BTH_OP_CNP;
 	return PARSE_ROCE;
 }
 
 /* Ethernet/IP/L4/BTH of one frame, without looking into VXLAN. */
 static __always_inline int parse_frame(struct cursor *c, struct l3l4 *t,
-				       __u32 *dqp)
+				       struct bth_fields *b)
 {
 	__u16 h_proto = 0;
 	int rc;
@@ -244,7 +261,7 @@ static __always_inline int parse_frame(struct cursor *c, struct l3l4 *t,
 	if (rc != PARSE_CONTINUE)
 		return rc;
 	if (t->dport == ROCE_UDP_PORT)
-		return parse_bth(c, dqp);
+		return parse_bth(c, b);
 	return PARSE_CONTINUE;   /* UDP, not RoCE: the caller may look further */
 }
 
@@ -255,11 +272,11 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	struct cursor c = { .pos = data, .end = data_end, .left = LEN_UNKNOWN };
 	struct l3l4 outer = {};
 	struct l3l4 inner = {};
+	struct bth_fields b = {};
 	__u8 *vx;
-	__u32 dqp = 0;
 	int rc;
 
-	rc = parse_frame(&c, &outer, &dqp);
+	rc = parse_frame(&c, &outer, &b);
 	__builtin_memcpy(p->saddr, outer.saddr, sizeof(p->saddr));
 	__builtin_memcpy(p->daddr, outer.daddr, sizeof(p->daddr));
 	p->sport = outer.sport;
@@ -268,7 +285,9 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	p->proto = outer.proto;
 	p->has_ports = outer.has_ports;
 	if (rc == PARSE_ROCE) {
-		p->dqp = dqp;
+		p->dqp = b.dqp;
+		p->psn = b.psn;
+		p->psn_ok = b.psn_ok;
 		p->has |= FLOW_HAS_QP;
 		return rc;
 	}
@@ -289,9 +308,9 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	p->has |= FLOW_HAS_VNI;
 	cursor_skip(&c, VXLAN_LEN);
 
-	rc = parse_frame(&c, &inner, &dqp);
+	rc = parse_frame(&c, &inner, &b);
 	if (rc == PARSE_ROCE) {
-		p->dqp = dqp;
+		p->dqp = b.dqp;   /* an outer packet's PSN is not ours to track */
 		p->has |= FLOW_HAS_QP;
 		return rc;
 	}

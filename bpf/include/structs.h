@@ -29,6 +29,11 @@ struct qp_state {
 	__u64 first_ns;     /* bpf_ktime_get_ns() of the first packet      */
 	__u64 last_ns;      /* last packet, to one clock tick (clock.h)    */
 	__u64 placed_ns;    /* bpf_ktime_get_ns() of the current placement */
+	__u32 next_psn;     /* highest PSN sent + 1 (24-bit), when psn_valid */
+	__u32 psn_valid;    /* 1 once a PSN was seen                        */
+	__u32 repairs;      /* times the data plane repaired this QP         */
+	__u32 last_cause;   /* enum repair_cause, REPAIR_CAUSES: never       */
+	__u64 repaired_ns;  /* bpf_ktime_get_ns() of the last repair         */
 };
 
 /* Inner destination MAC -> VTEP index. The all-zero MAC is the default
@@ -46,6 +51,40 @@ struct path_entry {
 	__u32 qps;          /* QPs placed here (data plane adds, agent reconciles) */
 	__u32 hash[PORTS_PER_PATH];
 	__u16 port[PORTS_PER_PATH];
+};
+
+/* A liveness probe: the UDP payload after the 8-byte VXLAN header. The
+ * answering VTEP echoes everything but kind. */
+struct probe_msg {
+	__u32 magic;        /* PROBE_MAGIC, network order */
+	__u8  kind;         /* enum probe_kind */
+	__u8  pad[3];
+	__u32 vtep;         /* sender's VTEP index, echoed as is (host order) */
+	__u32 path;         /* sender's path index, echoed as is */
+	__u32 seq;          /* echoed as is */
+	__u32 pad2;
+	__u64 tx_ns;        /* sender's CLOCK_MONOTONIC ns at send, echoed as is */
+};
+
+/* Liveness of one end-to-end path: key = vtep * MAX_PATHS + path. */
+struct path_health {
+	__u64 deadline_ns;      /* agent: dead after this long without a reply; 0 = unchecked */
+	__u64 last_reply_ns;    /* path_probe: bpf_ktime_get_ns() of the newest reply */
+	__u64 rtt_ns;           /* path_probe: its round-trip time */
+	__u64 replies;          /* path_probe: replies recorded */
+	__u32 last_seq;         /* path_probe: seq of the newest reply */
+	__u32 pad;
+};
+
+/* How qp_steer repairs QPs from their own signals; one entry, the agent's. */
+struct repair_config {
+	__u64 holddown_ns;      /* a QP is repaired at most once per holddown_ns */
+	__u32 retransmit;       /* 1: a retransmission moves the QP; 0: off */
+	__u32 pad;
+	__u64 believe_until_ns; /* the agent's prober renews this every round to
+				 * now + deadline; past it (no agent running, or a
+				 * stalled one) silence kills no path, so an agent
+				 * restart moves no QP */
 };
 
 /* Flow counters: 5-tuple (+ VNI and dest QP where present) per interface

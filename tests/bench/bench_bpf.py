@@ -3,7 +3,11 @@
 Each program runs `repeat` times per call on one frame (the kernel reports
 the mean per run) in several calls, beside a program of the same type that
 only returns its verdict, measured in the same run; the difference is what
-the program adds. qp_steer runs in its steady state (a QP already placed);
+the program adds. qp_steer runs in its steady state (a QP already placed,
+its paths armed for liveness and answering, retransmission repair on: the
+frame repeats its PSN, so every run takes the resend check and stays within
+the hold-down, the dearest steady state); path_probe passes data arriving
+on an uplink and answers a probe request;
 path_pin runs in a throw-away namespace with two uplinks and an ECMP route,
 on a port the FIB keeps on its uplink and on one it moves.
 
@@ -28,7 +32,8 @@ sys.path.insert(0, str(REPO / "tests" / "bpf"))
 
 from qpagent import bpfobj, bpfsys  # noqa: E402
 from qt1_maps import set_path, set_vtep  # noqa: E402
-from qt1_packets import roce, vxlan  # noqa: E402
+from qt1_packets import probe_frame, probe_msg, roce, vxlan  # noqa: E402
+from qpagent.contract import CONSTANTS, MAX_PATHS  # noqa: E402
 
 PASS_ONLY = b"""
 #include <uapi/linux/bpf.h>
@@ -151,6 +156,25 @@ class Loaded:
         return self.bpf[name.encode()]
 
 
+def arm_liveness_and_repair(steer):
+    """Every path checked and answering; a resend would move a QP, but not
+    within the (long) hold-down. Skipped for programs without these maps."""
+    import time
+    try:
+        health, config = steer.table("path_health"), steer.table("repair_config")
+    except KeyError:
+        return
+    for p in range(MAX_PATHS):
+        key = health.Key(p)
+        leaf = health[key]
+        leaf.deadline_ns, leaf.last_reply_ns = 3_600_000_000_000, time.monotonic_ns()
+        health[key] = leaf
+    leaf = config.Leaf()
+    leaf.retransmit, leaf.holddown_ns = 1, 3_600_000_000_000
+    leaf.believe_until_ns = 2**63          # the prober running: health is checked
+    config[config.Key(0)] = leaf
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=1_000_000)
@@ -183,6 +207,7 @@ def main(argv=None):
     set_vtep(steer, None, 0)
     for p in range(4):
         set_path(steer, 0, p, 4, (32768, 60999))
+    arm_liveness_and_repair(steer)
     bpfsys.prog_test_run(steer.fd, inner)          # place the QP: steady state after
     r, n = args.repeat, args.runs
     results = {}
@@ -206,6 +231,15 @@ def main(argv=None):
     measure("tick_clock", tick_clock_only, pass_tc, inner)
     measure("one_hash_lookup", lookup_only, pass_tc, inner)
     measure("qp_steer_known_qp", steer.fd, pass_tc, inner)
+    if "PROBE_VNI" in CONSTANTS:
+        try:
+            probe = Loaded(steer_bpf, "path_probe")
+        except Exception:       # an older qp_steer.c without path_probe
+            probe = None
+        if probe is not None:
+            request = probe_frame(probe_msg(CONSTANTS["PROBE_REQUEST"]))
+            measure("path_probe_vxlan_data", probe.fd, pass_tc, bytes(outer))
+            measure("path_probe_answer_request", probe.fd, pass_tc, bytes(request))
     measure("flow_stats_tc_vxlan_roce", flows_tc.fd, pass_tc, bytes(outer))
     measure("flow_stats_xdp_vxlan_roce", flows_xdp.fd, pass_xdp, bytes(outer))
 

@@ -16,6 +16,7 @@ TC_MIN_FRAME = 14     # the kernel refuses skb/XDP test runs below ETH_HLEN
 
 # Every map of bpf/include/maps.h.
 ALL_MAPS = ("parse_stats", "parse_stats_spill", "qp_table", "mac_vtep", "path_table", "steer_events", "mac_gen",
+            "path_health", "repair_config", "repair_events", "probe_events",
             "pin_events", "pin_uplinks", "flow_table", "clock_cache")
 
 VERDICT_NAMES = {("tc", 0): "TC_ACT_OK", ("tc", TC_ACT_UNSPEC): "TC_ACT_UNSPEC", ("tc", 2): "TC_ACT_SHOT",
@@ -131,6 +132,12 @@ def steer_obj():
 
 
 @pytest.fixture(scope="session")
+def probe_obj(steer_obj):
+    """path_probe, loaded from qp_steer's object: the two share its maps."""
+    return Program(steer_obj.bpf, "path_probe")
+
+
+@pytest.fixture(scope="session")
 def pin_obj():
     bpf = _compile("path_pin.c")
     try:
@@ -153,6 +160,12 @@ def steer(steer_obj):
     steer_obj.clear_maps()
     yield steer_obj
     steer_obj.clear_maps()
+
+
+@pytest.fixture
+def probe(probe_obj, steer):
+    """path_probe with qp_steer's maps cleared (the `steer` fixture)."""
+    yield probe_obj
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from scapy.all import (ARP, IP, TCP, UDP, Dot1Q, Ether, ICMP, IPv6,
 from scapy.contrib.roce import BTH
 from scapy.layers.vxlan import VXLAN
 
+from qpagent import contract
+
 HOST_A_MAC = "02:00:00:00:0a:01"
 HOST_B_MAC = "02:00:00:00:0b:01"
 HOST_C_MAC = "02:00:00:00:0c:01"
@@ -12,10 +14,10 @@ RC_SEND_ONLY = 4     # Scapy's BTH wants the integer opcode
 
 
 def roce(dqp, src="10.0.1.1", dst="10.0.2.1", sport=49152, psn=1,
-         smac=HOST_A_MAC, dmac=HOST_B_MAC, payload=64, tver=0):
+         smac=HOST_A_MAC, dmac=HOST_B_MAC, payload=64, tver=0, opcode=RC_SEND_ONLY):
     """An inner RoCEv2 frame (IPv4 or IPv6 chosen by the address)."""
     ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
-    bth = BTH(opcode=RC_SEND_ONLY, dqpn=dqp, psn=psn, version=tver)
+    bth = BTH(opcode=opcode, dqpn=dqp, psn=psn, version=tver)
     return Ether(src=smac, dst=dmac) / ip / UDP(sport=sport, dport=4791) / bth / (b"\x5a" * payload)
 
 
@@ -72,3 +74,20 @@ def roce_fragment(first=True, dqp=0x44):
 
 def roce_bad_bth(dqp=0x55):
     return roce(dqp, tver=3)
+
+
+def probe_msg(kind, vtep=2, path=1, seq=7, tx_ns=123_456_789):
+    """struct probe_msg as the agent sends it (layout from bpf/include)."""
+    msg = contract.STRUCTS["probe_msg"]()
+    msg.magic = int.from_bytes(contract.CONSTANTS["PROBE_MAGIC"].to_bytes(4, "big"), "little")
+    msg.kind, msg.vtep, msg.path, msg.seq, msg.tx_ns = kind, vtep, path, seq, tx_ns
+    return bytes(msg)
+
+
+def probe_frame(payload, src="10.255.0.2", dst="10.255.0.1", sport=50123, dport=4789,
+          smac="02:00:00:00:01:02", dmac="02:00:00:00:01:01", ttl=61, vni=0xFFFFFF):
+    """A liveness probe as it arrives on an uplink: outer IPv4 VXLAN with the
+    probe VNI, `payload` (a probe_msg, or anything) after the VXLAN header."""
+    ip = IPv6(src=src, dst=dst, hlim=ttl) if ":" in src else IP(src=src, dst=dst, ttl=ttl, id=0x4242)
+    return Ether(raw(Ether(src=smac, dst=dmac) / ip / UDP(sport=sport, dport=dport, chksum=0)
+                     / VXLAN(vni=vni, flags=0x08) / payload))

@@ -48,7 +48,7 @@ def test_qp_rows_carry_the_counters_the_agent_balances_by(steer):
     for _ in range(3):
         expect(steer, frame, TC_ACT_UNSPEC)
     [view] = QpTables(BccTables(steer=steer.bpf)).all_qps().values()
-    assert view._replace(last_ns=0) == (0, 0, 0, 32768, 3, 3 * len(frame), 0, 0)
+    assert view._replace(last_ns=0) == (0, 0, 0, 32768, 3, 3 * len(frame), 0, 0, 0)
     assert view.last_ns > 0
 
 

@@ -8,17 +8,22 @@ import time
 import pytest
 
 from conftest import TC_ACT_UNSPEC, event_counts, expect, parse_counts
+from qpagent import contract
+from qpagent.contract import MAX_PATHS
 from qpagent.portmath import hash_for_port, udp_flow_src_port
-from qt1_maps import (HOOK_QP_STEER, PARSE_NOT_ROCE, PARSE_ROCE,
+from qt1_maps import (HOOK_QP_STEER, PARSE_NOT_ROCE, PARSE_ROCE, REPAIR_LIVENESS,
+                      REPAIR_RETRANSMIT,
                       STEER_HASH_SET, STEER_NO_LIVE_PATH, STEER_NO_VTEP,
                       STEER_PLACED_DEAD, STEER_PLACED_NEW, bump_mac_gen,
-                      path_qps, qp_state, set_alive, set_path, set_vtep)
+                      path_qps, qp_key, qp_state, set_alive, set_path, set_vtep)
 from qt1_packets import HOST_B_MAC, HOST_C_MAC, roce, tcp, udp
 
 PORT_RANGE = (32768, 60999)     # the driver's default: ip_local_port_range
 TICK_BOUND_NS = 20_000_000      # last_ns lags by at most one tick: 10 ms at HZ=100
 LOOPBACK = 1                    # test runs without a ctx see the loopback device
 VTEP = 3
+REPAIR_CAUSES = contract.CONSTANTS["REPAIR_CAUSES"]    # last_cause of a QP never repaired
+RC_ACK = 17                     # RC ACKNOWLEDGE: its PSN is the other side's
 
 
 def setup_vtep(steer, n_paths, n_ports, vtep=VTEP, mac=HOST_B_MAC):
@@ -43,7 +48,9 @@ def test_first_packet_of_a_qp_is_placed_with_the_hash_of_its_port(steer):
     got = {k: v for k, v in st.items() if not k.endswith("_ns")}
     assert got == {"vtep": VTEP, "path": 0, "slot": 0,
                    "hash": hash_for_port(port, *PORT_RANGE), "port": port,
-                   "moves": 0, "mac_gen": 0, "packets": 1, "bytes": len(frame)}
+                   "moves": 0, "mac_gen": 0, "packets": 1, "bytes": len(frame),
+                   "next_psn": 2, "psn_valid": 1, "repairs": 0, "last_cause": REPAIR_CAUSES}
+    assert st["repaired_ns"] == 0
     assert udp_flow_src_port(st["hash"], *PORT_RANGE) == port
     assert path_qps(steer, VTEP, 0) == 1
     assert event_counts(steer, "steer_events") == {STEER_PLACED_NEW: 1, STEER_HASH_SET: 1}
@@ -231,3 +238,218 @@ def test_last_ns_follows_the_packets_to_one_tick(steer):
     after = time.monotonic_ns()
     last = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x57)["last_ns"]
     assert before - TICK_BOUND_NS <= last <= after, (before, last, after)
+
+
+# ------------------------------------------------------------ path liveness
+
+def set_health(steer, vtep, path, deadline_ns, last_reply_ns, prober_running=True):
+    """path_health as the agent arms it (deadline) and path_probe fills it,
+    with the agent's prober running (it renews believe_until_ns) or not."""
+    table = steer.table("path_health")
+    key = table.Key(vtep * MAX_PATHS + path)
+    leaf = table[key]
+    leaf.deadline_ns, leaf.last_reply_ns = deadline_ns, last_reply_ns
+    table[key] = leaf
+    config = steer.table("repair_config")
+    entry = config[config.Key(0)]
+    entry.believe_until_ns = 2**63 if prober_running else 0
+    config[config.Key(0)] = entry
+
+
+def test_a_path_past_its_liveness_deadline_sends_its_qps_elsewhere_on_their_next_packet(steer):
+    setup_vtep(steer, n_paths=4, n_ports=4)
+    now = time.monotonic_ns()
+    for p in range(4):                       # armed, answered just now
+        set_health(steer, VTEP, p, deadline_ns=10_000_000_000, last_reply_ns=now)
+    qps = [0x3000 + q for q in range(8)]
+    for q in qps:
+        send(steer, roce(q))
+    before = {q: qp_state(steer, "10.0.1.1", "10.0.2.1", q) for q in qps}
+    orphans = [q for q in qps if before[q]["path"] == 2]
+    assert len(orphans) == 2
+
+    # Path 2 stays alive in path_table (routing and BFD see nothing), but
+    # its last answer is older than its deadline.
+    set_health(steer, VTEP, 2, deadline_ns=30_000_000, last_reply_ns=now - 1_000_000_000)
+    for q in qps:
+        send(steer, roce(q, psn=2))
+    after = {q: qp_state(steer, "10.0.1.1", "10.0.2.1", q) for q in qps}
+    for q in qps:
+        b, a = before[q], after[q]
+        if q in orphans:
+            assert a["path"] != 2 and (a["moves"], a["repairs"], a["last_cause"]) == \
+                (1, 1, REPAIR_LIVENESS), a
+            assert a["repaired_ns"] == a["placed_ns"] > b["placed_ns"]
+            assert udp_flow_src_port(a["hash"], *PORT_RANGE) == a["port"]
+        else:
+            same = ("path", "slot", "hash", "moves", "placed_ns", "repairs", "last_cause")
+            assert {k: a[k] for k in same} == {k: b[k] for k in same}, q
+    assert len({after[q]["path"] for q in orphans}) == 2       # least loaded: spread
+    assert path_qps(steer, VTEP, 2) == 0
+    assert event_counts(steer, "repair_events") == {REPAIR_LIVENESS: 2}
+    assert event_counts(steer, "steer_events") == {
+        STEER_PLACED_NEW: 8, STEER_PLACED_DEAD: 2, STEER_HASH_SET: 16}
+    # A new QP is not placed on the silent path either.
+    send(steer, roce(0x30FF))
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x30FF)["path"] != 2
+
+
+def test_with_no_prober_running_a_silent_path_keeps_its_qps(steer):
+    """The agent stopped (or was killed): nobody sends probes, so silence
+    says nothing and no QP moves, as a hitless restart needs."""
+    setup_vtep(steer, n_paths=2, n_ports=2)
+    send(steer, roce(0x44))
+    before = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x44)
+    for p in range(2):
+        set_health(steer, VTEP, p, deadline_ns=30_000_000, last_reply_ns=1,
+                   prober_running=False)
+    send(steer, roce(0x44, psn=2))
+    after = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x44)
+    assert (after["path"], after["port"], after["moves"]) == \
+        (before["path"], before["port"], 0)
+    assert event_counts(steer, "repair_events") == {}
+
+
+def test_a_path_with_deadline_0_is_never_declared_dead(steer):
+    """Unarmed (a remote VTEP that runs no agent never answers): routing and
+    BFD alone decide, however old its last answer."""
+    setup_vtep(steer, n_paths=2, n_ports=2)
+    set_health(steer, VTEP, 0, deadline_ns=0, last_reply_ns=0)
+    set_health(steer, VTEP, 1, deadline_ns=0, last_reply_ns=1)
+    send(steer, roce(0x41))
+    send(steer, roce(0x42))
+    for psn in range(2, 10):
+        send(steer, roce(0x41, psn=psn))
+        send(steer, roce(0x42, psn=psn))
+    a = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x41)
+    b = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x42)
+    assert ((a["path"], a["moves"]), (b["path"], b["moves"])) == ((0, 0), (1, 0))
+    assert event_counts(steer, "repair_events") == {}
+
+
+def test_when_every_path_is_silent_the_qp_is_left_to_the_kernel_hash(steer):
+    setup_vtep(steer, n_paths=2, n_ports=2)
+    send(steer, roce(0x43))
+    for p in range(2):
+        set_health(steer, VTEP, p, deadline_ns=30_000_000, last_reply_ns=1)
+    send(steer, roce(0x43, psn=2))
+    st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x43)
+    assert (st["path"], st["moves"], st["packets"]) == (0, 0, 2)
+    assert event_counts(steer, "steer_events") == {
+        STEER_PLACED_NEW: 1, STEER_HASH_SET: 1, STEER_NO_LIVE_PATH: 1}
+
+
+# --------------------------------------------------- retransmission repair
+
+def set_repair(steer, retransmit=True, holddown_ns=100_000_000):
+    table = steer.table("repair_config")
+    leaf = table[table.Key(0)]
+    leaf.retransmit, leaf.holddown_ns = int(retransmit), holddown_ns
+    table[table.Key(0)] = leaf
+
+
+def age(steer, dqp, placed_by_ns=0, repaired_by_ns=0):
+    """Move a QP's placement (and last repair) that far into the past, as if
+    that much time had gone by: no sleeping through a hold-down."""
+    table = steer.table("qp_table")
+    key = qp_key(steer, "10.0.1.1", "10.0.2.1", dqp)
+    leaf = table[key]
+    leaf.placed_ns -= placed_by_ns
+    leaf.repaired_ns -= min(repaired_by_ns, leaf.repaired_ns)
+    table[key] = leaf
+
+
+def placed_qp(steer, dqp, psns, n_paths=2):
+    """A QP that sent `psns` in order, placed long enough ago to be moved."""
+    setup_vtep(steer, n_paths=n_paths, n_ports=2)
+    for psn in psns:
+        send(steer, roce(dqp, psn=psn))
+    age(steer, dqp, placed_by_ns=10_000_000_000)
+    return qp_state(steer, "10.0.1.1", "10.0.2.1", dqp)
+
+
+def test_a_retransmitted_psn_moves_the_qp_to_another_live_path(steer):
+    set_repair(steer)
+    before = placed_qp(steer, 0x51, range(1, 6))
+    assert (before["path"], before["next_psn"]) == (0, 6)
+    send(steer, roce(0x51, psn=3))                  # go-back-N from 3
+    st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x51)
+    assert (st["path"], st["moves"], st["repairs"], st["last_cause"]) == \
+        (1, 1, 1, REPAIR_RETRANSMIT)
+    assert st["repaired_ns"] == st["placed_ns"] > before["placed_ns"]
+    assert udp_flow_src_port(st["hash"], *PORT_RANGE) == st["port"]
+    assert st["next_psn"] == 6                      # a resend does not move it back
+    assert (path_qps(steer, VTEP, 0), path_qps(steer, VTEP, 1)) == (0, 1)
+    assert event_counts(steer, "repair_events") == {REPAIR_RETRANSMIT: 1}
+    assert STEER_PLACED_DEAD not in event_counts(steer, "steer_events")
+    # The resend of the highest PSN sent counts too ("at or below").
+    age(steer, 0x51, placed_by_ns=10_000_000_000, repaired_by_ns=10_000_000_000)
+    send(steer, roce(0x51, psn=5))
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x51)["path"] == 0
+
+
+def test_steady_psn_progress_never_moves_the_qp(steer):
+    set_repair(steer, holddown_ns=0)
+    st = placed_qp(steer, 0x52, range(100, 400))
+    assert (st["path"], st["moves"], st["next_psn"]) == (0, 0, 400)
+    # Skipped PSNs (lost on the way in, not resent) are progress too.
+    send(steer, roce(0x52, psn=1000))
+    st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x52)
+    assert (st["path"], st["moves"], st["next_psn"]) == (0, 0, 1001)
+    assert event_counts(steer, "repair_events") == {}
+
+
+def test_a_psn_wrapping_at_2_pow_24_is_not_a_retransmission(steer):
+    set_repair(steer, holddown_ns=0)
+    st = placed_qp(steer, 0x53, [0xFFFFFD, 0xFFFFFE, 0xFFFFFF, 0, 1])
+    assert (st["path"], st["moves"], st["next_psn"]) == (0, 0, 2)
+    send(steer, roce(0x53, psn=0xFFFFFF))            # behind 0 and 1: a resend
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x53)["path"] == 1
+
+
+def test_a_second_retransmission_within_the_holddown_does_not_move_it_again(steer):
+    set_repair(steer, holddown_ns=60_000_000_000)
+    placed_qp(steer, 0x54, range(1, 11), n_paths=3)
+    age(steer, 0x54, placed_by_ns=120_000_000_000)
+    send(steer, roce(0x54, psn=4))
+    first = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x54)
+    assert (first["moves"], first["repairs"]) == (1, 1)
+    # Placed long ago again, but repaired just now: the hold-down holds.
+    age(steer, 0x54, placed_by_ns=120_000_000_000)
+    for psn in (4, 5, 6):
+        send(steer, roce(0x54, psn=psn))
+    st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x54)
+    assert (st["path"], st["moves"], st["repairs"]) == (first["path"], 1, 1)
+    assert event_counts(steer, "repair_events") == {REPAIR_RETRANSMIT: 1}
+
+
+def test_retransmit_0_turns_retransmission_repair_off(steer):
+    set_repair(steer, retransmit=False, holddown_ns=0)
+    placed_qp(steer, 0x55, range(1, 6))
+    send(steer, roce(0x55, psn=2))
+    st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x55)
+    assert (st["path"], st["moves"], st["repairs"], st["last_cause"]) == (0, 0, 0, REPAIR_CAUSES)
+    assert event_counts(steer, "repair_events") == {}
+
+
+def test_a_retransmission_with_no_other_live_path_stays(steer):
+    set_repair(steer, holddown_ns=0)
+    placed_qp(steer, 0x56, range(1, 6), n_paths=1)
+    send(steer, roce(0x56, psn=2))
+    st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x56)
+    assert (st["path"], st["moves"], st["packets"]) == (0, 0, 6)
+    assert event_counts(steer, "repair_events") == {}
+    assert event_counts(steer, "steer_events")[STEER_HASH_SET] == 6
+
+
+def test_acknowledgements_repeating_a_psn_are_not_retransmissions(steer):
+    """An ACK's PSN numbers the other side's stream: duplicate ACKs are not
+    this QP resending."""
+    set_repair(steer, holddown_ns=0)
+    setup_vtep(steer, n_paths=2, n_ports=2)
+    for psn in (5, 5, 5, 4):
+        send(steer, roce(0x57, psn=psn, opcode=RC_ACK))
+    age(steer, 0x57, placed_by_ns=10_000_000_000)
+    send(steer, roce(0x57, psn=5, opcode=RC_ACK))
+    st = qp_state(steer, "10.0.1.1", "10.0.2.1", 0x57)
+    assert (st["path"], st["moves"], st["psn_valid"]) == (0, 0, 0)

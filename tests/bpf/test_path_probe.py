@@ -1,0 +1,147 @@
+"""path_probe in the kernel (BPF_PROG_TEST_RUN): the remote VTEP's data plane
+answers a liveness probe in place, the sending VTEP's records the answer in
+path_health, and qp_steer (the same object, the same maps) takes a path whose
+answers stopped out of use. No probe ever reaches a host: a request leaves
+again as its reply, a reply is consumed."""
+
+import time
+
+import pytest
+from scapy.all import IP, UDP, Ether, raw
+
+from conftest import TC_ACT_REDIRECT, TC_ACT_UNSPEC, event_counts, expect, parse_counts
+from qpagent import bpfsys, contract
+from qpagent.contract import MAX_PATHS, MAX_VTEPS
+from qt1_maps import (HOOK_PATH_PROBE, PARSE_ROCE, PROBE_ANSWERED, PROBE_MALFORMED,
+                      PROBE_REPLY, PROBE_REPLY_SEEN, PROBE_REPLY_UNKNOWN, PROBE_REQUEST,
+                      STEER_HASH_SET, STEER_PLACED_NEW, qp_state, set_path, set_vtep)
+from qt1_packets import HOST_B_MAC, probe_frame, probe_msg, roce, vxlan
+
+TC_ACT_SHOT = 2
+UPLINK = 1                     # the device the test run hands the packet in on (lo)
+PROBE_VNI = contract.CONSTANTS["PROBE_VNI"]
+PORT_RANGE = (32768, 60999)
+
+
+def ctx():
+    return bpfsys.skb_ctx(UPLINK)
+
+
+def health(steer, vtep, path):
+    table = steer.table("path_health")
+    leaf = table[table.Key(vtep * MAX_PATHS + path)]
+    return {name: getattr(leaf, name) for name, _ in leaf._fields_ if name != "pad"}
+
+
+def arm(steer, vtep, path, deadline_ns, last_reply_ns):
+    """What the agent writes: the deadline, here with a chosen last reply."""
+    table = steer.table("path_health")
+    key = table.Key(vtep * MAX_PATHS + path)
+    leaf = table[key]
+    leaf.deadline_ns, leaf.last_reply_ns = deadline_ns, last_reply_ns
+    table[key] = leaf
+    config = steer.table("repair_config")           # the agent's prober is running
+    entry = config[config.Key(0)]
+    entry.believe_until_ns = 2**63
+    config[config.Key(0)] = entry
+
+
+def test_a_request_leaves_again_as_its_exact_reply(probe):
+    request = probe_frame(probe_msg(PROBE_REQUEST, vtep=9, path=3, seq=41, tx_ns=987_654_321))
+    # Addresses swapped back towards the sender, the ports kept (still
+    # VXLAN on the way back); the message echoed but for its kind; TTL 64
+    # with the IP checksum to match; UDP checksum 0.
+    reply = Ether(raw(Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02")
+                      / IP(src="10.255.0.1", dst="10.255.0.2", ttl=64, id=0x4242)
+                      / UDP(sport=50123, dport=4789, chksum=0)
+                      / raw(request[UDP].payload)[:8]
+                      / probe_msg(PROBE_REPLY, vtep=9, path=3, seq=41, tx_ns=987_654_321)))
+    expect(probe, request, TC_ACT_REDIRECT, reply, ctx=ctx())
+    assert event_counts(probe, "probe_events") == {PROBE_ANSWERED: 1}
+    assert parse_counts(probe, UPLINK, HOOK_PATH_PROBE) != {}
+    # The answering side keeps no state: nothing recorded as a reply.
+    assert health(probe, 9, 3)["replies"] == 0
+
+
+def test_a_request_whose_ip_header_has_options_is_answered_with_a_valid_checksum(probe):
+    request = probe_frame(probe_msg(PROBE_REQUEST), ttl=3)
+    request[IP].options = b"\x01\x01\x01\x00"          # NOP NOP NOP EOL
+    del request[IP].chksum, request[IP].ihl, request[IP].len, request[UDP].len
+    request = Ether(raw(request))
+    reply = Ether(raw(request))
+    reply.src, reply.dst = request.dst, request.src
+    reply[IP].src, reply[IP].dst, reply[IP].ttl = request[IP].dst, request[IP].src, 64
+    del reply[IP].chksum                                 # Scapy computes it afresh
+    reply = Ether(raw(reply)[:-32] + probe_msg(PROBE_REPLY))
+    expect(probe, request, TC_ACT_REDIRECT, reply, ctx=ctx())
+
+
+def test_a_reply_is_recorded_in_path_health_and_consumed(probe):
+    sent = time.monotonic_ns() - 5_000_000          # the agent's clock, 5 ms ago
+    reply = probe_frame(probe_msg(PROBE_REPLY, vtep=4, path=2, seq=77, tx_ns=sent))
+    before = time.monotonic_ns()
+    expect(probe, reply, TC_ACT_SHOT, ctx=ctx())
+    after = time.monotonic_ns()
+    h = health(probe, 4, 2)
+    assert before <= h["last_reply_ns"] <= after
+    assert h["last_reply_ns"] - sent == h["rtt_ns"]
+    assert 5_000_000 <= h["rtt_ns"] <= after - sent
+    assert (h["replies"], h["last_seq"], h["deadline_ns"]) == (1, 77, 0)
+    expect(probe, probe_frame(probe_msg(PROBE_REPLY, vtep=4, path=2, seq=78, tx_ns=sent)),
+           TC_ACT_SHOT, ctx=ctx())
+    h2 = health(probe, 4, 2)
+    assert (h2["replies"], h2["last_seq"]) == (2, 78)
+    assert h2["last_reply_ns"] >= h["last_reply_ns"]
+    assert event_counts(probe, "probe_events") == {PROBE_REPLY_SEEN: 2}
+
+
+@pytest.mark.parametrize("vtep,path", [(MAX_VTEPS, 0), (0, MAX_PATHS), (0xFFFFFFFF, 0xFFFFFFFF)])
+def test_a_reply_for_an_unknown_path_is_consumed_and_counted(probe, vtep, path):
+    expect(probe, probe_frame(probe_msg(PROBE_REPLY, vtep=vtep, path=path)), TC_ACT_SHOT, ctx=ctx())
+    assert event_counts(probe, "probe_events") == {PROBE_REPLY_UNKNOWN: 1}
+
+
+@pytest.mark.parametrize("frame", [
+    probe_frame(probe_msg(PROBE_REQUEST)[:-1]),                                     # message cut short
+    Ether(raw(probe_frame(probe_msg(PROBE_REQUEST)))[:-4]),                          # frame cut short
+    probe_frame(b"XXXX" + probe_msg(PROBE_REQUEST)[4:]),                             # bad magic
+    probe_frame(probe_msg(3)),                                                       # unknown kind
+    probe_frame(probe_msg(PROBE_REQUEST), src="fd00:ff::2", dst="fd00:ff::1"),       # IPv6: not probed
+], ids=["short-message", "cut-frame", "bad-magic", "unknown-kind", "ipv6"])
+def test_a_probe_vni_packet_that_is_not_a_whole_probe_passes_untouched(probe, frame):
+    expect(probe, frame, TC_ACT_UNSPEC, ctx=ctx())
+    assert event_counts(probe, "probe_events") == {PROBE_MALFORMED: 1}
+
+
+@pytest.mark.parametrize("frame", [
+    vxlan(roce(0x1234), src="10.255.0.2", dst="10.255.0.1"),
+    probe_frame(probe_msg(PROBE_REQUEST), vni=10100),
+    probe_frame(probe_msg(PROBE_REQUEST), dport=4790),
+    roce(0x1234),
+], ids=["vxlan-data", "probe-on-a-segment-vni", "not-4789", "bare-roce"])
+def test_everything_else_passes_untouched_and_uncounted(probe, frame):
+    expect(probe, frame, TC_ACT_UNSPEC, ctx=ctx())
+    assert event_counts(probe, "probe_events") == {}
+
+
+def test_data_arriving_on_an_uplink_is_counted_under_its_own_hook(probe):
+    expect(probe, vxlan(roce(0x1234)), TC_ACT_UNSPEC, ctx=ctx())
+    assert parse_counts(probe, UPLINK, HOOK_PATH_PROBE) == {PARSE_ROCE: 1}
+
+
+def test_a_reply_brings_a_silent_path_back_for_qp_steer(probe, steer):
+    """The two programs share path_health: a path whose last answer is past
+    its deadline takes no new QP, and one reply makes it live again."""
+    set_vtep(steer, HOST_B_MAC, 2)
+    set_path(steer, 2, 0, 2, PORT_RANGE)
+    set_path(steer, 2, 1, 2, PORT_RANGE)
+    long_ago = time.monotonic_ns() - 10_000_000_000
+    arm(steer, 2, 0, deadline_ns=1_000_000_000, last_reply_ns=long_ago)
+    expect(steer, roce(0x31), TC_ACT_UNSPEC)
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x31)["path"] == 1
+
+    expect(probe, probe_frame(probe_msg(PROBE_REPLY, vtep=2, path=0)), TC_ACT_SHOT, ctx=ctx())
+    expect(steer, roce(0x32), TC_ACT_UNSPEC)
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x32)["path"] == 0
+    assert event_counts(steer, "steer_events") == {STEER_PLACED_NEW: 2, STEER_HASH_SET: 2}
+    assert event_counts(steer, "repair_events") == {}   # no QP was on it
