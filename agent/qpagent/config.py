@@ -67,16 +67,35 @@ class FrrSettings:
 
 
 @dataclass(frozen=True)
+class LivenessSettings:
+    """End-to-end path liveness: probes answered by the remote VTEP's data plane."""
+    enabled: bool = True
+    interval_ms: int = 10          # every path of every remote VTEP probed this often
+    misses: int = 3                # dead after this many intervals without a reply
+    budget_pps: int = 1000         # probes per second per remote VTEP, at most
+    hold_down_ms: int = 1000       # a dead path is back after answering this long
+
+
+@dataclass(frozen=True)
+class RepairSettings:
+    """Per-QP repair in the data plane, from the QP's own packets."""
+    retransmit: bool = True        # a retransmitted PSN moves the QP to another path
+    holddown_ms: int = 100         # a QP is repaired at most once per this long
+
+
+@dataclass(frozen=True)
 class Config:
     steer: SteerSettings
     agent: AgentSettings = field(default_factory=AgentSettings)
     count: CountSettings = field(default_factory=CountSettings)
     frr: FrrSettings = field(default_factory=FrrSettings)
+    liveness: LivenessSettings = field(default_factory=LivenessSettings)
+    repair: RepairSettings = field(default_factory=RepairSettings)
     source: str = ""               # the file it came from
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        return {name: data[name] for name in ("agent", "steer", "count", "frr")}
+        return {name: data[name] for name in SECTIONS}
 
 
 # ---------------------------------------------------------------- addresses
@@ -384,10 +403,22 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "namespace": (_string, False),
         "vtysh": (_nonempty_string, False),
     },
+    "liveness": {
+        "enabled": (_boolean, False),
+        "interval_ms": (_integer(1, 10_000), False),
+        "misses": (_integer(1, 100), False),
+        "budget_pps": (_integer(1, 1_000_000), False),
+        "hold_down_ms": (_integer(0, 3_600_000), False),
+    },
+    "repair": {
+        "retransmit": (_boolean, False),
+        "holddown_ms": (_integer(0, 3_600_000), False),
+    },
 }
 
-SETTINGS = {"agent": AgentSettings, "steer": SteerSettings,
-            "count": CountSettings, "frr": FrrSettings}
+SETTINGS = {"agent": AgentSettings, "steer": SteerSettings, "count": CountSettings,
+            "frr": FrrSettings, "liveness": LivenessSettings, "repair": RepairSettings}
+SECTIONS = tuple(SETTINGS)
 
 
 class _Validator:

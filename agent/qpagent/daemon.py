@@ -27,14 +27,14 @@ from qpagent.adapters.maps import MapWriter
 from qpagent.adapters.statefile import StateFile
 from qpagent.config import Config
 from qpagent.contract import HOOK_NAMES
-from qpagent.core.actions import MoveQp
+from qpagent.core.actions import DisarmAll, MoveQp
 from qpagent.core.decisions import Core, Settings
-from qpagent.core.inputs import PathsSeen, Tick
+from qpagent.core.inputs import BfdSeen, PathHealthChanged, PathsSeen, Tick
 from qpagent.metrics import ReactionHistogram
 from qpagent.sources.discovery import PathDiscovery, Prober, Target
 from qpagent.sources.fdb import read_fdb
 from qpagent.sources.signals import BfdChanged, ProbeRound, RouteChanged, Stop
-from qpagent.status import core_view, summary_ms
+from qpagent.status import core_view, liveness_view, repairs_view, summary_ms
 
 log = logging.getLogger("qpagent")
 
@@ -60,8 +60,13 @@ class Agent:
         self.cfg = config
         self.node = node_name(config)
         self.started = time.time()
+        live, repair = config.liveness, config.repair
         self.core = Core(Settings(rebalance=config.steer.rebalance,
-                                  end_to_end=config.steer.end_to_end))
+                                  end_to_end=config.steer.end_to_end,
+                                  probe_interval_ms=live.interval_ms, probe_misses=live.misses,
+                                  probe_budget_pps=live.budget_pps,
+                                  repair_holddown_ms=repair.holddown_ms,
+                                  repair_retransmit=repair.retransmit))
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue()
@@ -78,7 +83,10 @@ class Agent:
         self._stats = contextlib.ExitStack()
         self._services: list = []
         self._prober: Prober | None = None
+        self._liveness = None                 # sources.liveness.LivenessSource
         self._gateways: set = set()
+        # Reactions by what triggered them (bfd, route, liveness), seconds.
+        self.reactions_by_cause: dict[str, deque] = {}
 
     # ------------------------------------------------------------ lifecycle
     def run(self) -> None:
@@ -113,8 +121,11 @@ class Agent:
         self.tables.set_pin_uplinks(self._uplink_indexes())
         self._writer = MapWriter(self.tables)
         self._discovery = PathDiscovery(**self._discovery_args())
+        if self.cfg.frr.enabled is False:
+            self.core.bfd = BfdSeen(False, "FRR not asked: frr.enabled = false")
         self._check_sysctls()
         with self._lock:
+            self._apply(self.core.startup())
             if getattr(self.dp, "adopted", False):
                 self._restore()
             self._topology("start", seen=None)
@@ -131,6 +142,9 @@ class Agent:
                 log.warning("shutdown: %s", exc)
 
     def _release(self) -> None:
+        if self._writer is not None and self._liveness is not None:
+            # Nobody probes any more: unchecked paths keep steering.
+            self._writer.apply([DisarmAll()])
         if self._discovery is not None:
             self._discovery.close()
             self._discovery = None
@@ -158,6 +172,14 @@ class Agent:
             poller = BfdPoller(self.cfg.frr.namespace or None, vtysh=self.cfg.frr.vtysh)
             self._services.append(BfdWatcher(poller, set(self.cfg.steer.uplinks), self._queue,
                                              self.cfg.agent.poll_interval).start())
+        if self.cfg.liveness.enabled:
+            from qpagent.sources.liveness import LivenessSource
+            live = self.cfg.liveness
+            self._liveness = LivenessSource(self._queue, self.tables.health, live.interval_ms,
+                                            live.budget_pps, live.hold_down_ms,
+                                            believe_until=self.tables.believe_probes_until)
+            self._set_liveness_targets()
+            self._services.append(self._liveness.start())
         if self.cfg.steer.end_to_end:
             self._prober = Prober(self._discovery_args(), self._queue)
             self._prober.set_targets([Target.of(v) for v in self.core.probe_targets()])
@@ -209,13 +231,20 @@ class Agent:
                     moves = self._decide(self.core.paths_seen, item.paths)
                     if moves:
                         self._note("probe", f"end-to-end paths changed: {moves} QP moves")
+                elif isinstance(item, PathHealthChanged):
+                    was_down = self.core.path_unhealthy(item.key, item.path_index)
+                    moves = self._decide(self.core.path_health, item)
+                    self._set_liveness_targets()
+                    if was_down != self.core.path_unhealthy(item.key, item.path_index):
+                        self._timed(item.seen, "liveness" if was_down is False else "path_up",
+                                    moves)
                 elif isinstance(item, BfdChanged):
                     if not item.bfd.available and self.cfg.frr.enabled is True:
                         self._warn(f"FRR: {item.bfd.reason}")
                     changed = item.bfd.down_uplinks != self.core.bfd.down_uplinks
                     moves = self._decide(self.core.bfd_seen, item.bfd)
                     if changed:
-                        self._timed(item.seen, "bfd", moves)
+                        self._timed(item.seen, "bfd", moves, kind="bfd")
             routes = [e for e in batch if isinstance(e, RouteChanged)]
             if not routes:
                 return
@@ -252,9 +281,14 @@ class Agent:
         self._keep_gateways_resolved(force=full)
         if self._prober is not None:
             self._prober.set_targets([Target.of(v) for v in self.core.probe_targets()])
+        self._set_liveness_targets()
         if seen is not None:
-            self._timed(seen, cause, moves)
+            self._timed(seen, cause, moves, kind="route")
         return moves
+
+    def _set_liveness_targets(self) -> None:
+        if self._liveness is not None:
+            self._liveness.set_targets(self.core.liveness_targets(), self.core.health_deadlines())
 
     def _decide(self, step, event) -> int:
         """One core step on a fresh read of the QP table; apply what it
@@ -273,10 +307,16 @@ class Agent:
             self._state.save(self.core.export_state())
             self._saved_generation = self.core.generation
 
-    def _timed(self, seen: float, cause: str, moves: int) -> None:
+    def _timed(self, seen: float, cause: str, moves: int, kind: str | None = None) -> None:
+        """kind: what told the agent (bfd, route, liveness), for the time
+        from the first sign to the move; path_up and the like have none."""
         elapsed = time.monotonic() - seen
         self.reactions.append(elapsed)
         self.reaction_histogram.observe(elapsed)
+        if kind is None and cause == "liveness":
+            kind = "liveness"
+        if kind is not None and moves:
+            self.reactions_by_cause.setdefault(kind, deque(maxlen=1000)).append(elapsed)
         self._note("reaction", f"{cause}: {moves} QP moves", reaction_ms=elapsed * 1e3)
 
     def _keep_gateways_resolved(self, force: bool) -> None:
@@ -337,7 +377,10 @@ class Agent:
             "parse": self.tables.parse_counters(HOOK_NAMES) if self.tables else [],
             "steer_events": self.tables.events("steer") if self.tables else {},
             "pin_events": self.tables.events("pin") if self.tables else {},
+            "probe_events": self.tables.events("probe") if self.tables else {},
         }
+        dp_repairs = self.tables.events("repair") if self.tables else {}
+        health = self._liveness.snapshot() if self._liveness is not None else {}
         describe = self.tables.describe_qp if self.tables else None
         with self._lock:
             state = core_view(self.core, qps_all, describe, top_n)
@@ -348,6 +391,9 @@ class Agent:
                 "reaction_ms": summary_ms(sorted(self.reactions)),
                 "warnings": list(self.warnings),
             })
+            liveness_view(state, health, self.cfg.liveness.enabled)
+            state["repairs"] = repairs_view(dp_repairs, self.core.repairs,
+                                            {k: sorted(v) for k, v in self.reactions_by_cause.items()})
         state.update(kernel)
         return state
 

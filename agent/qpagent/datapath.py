@@ -2,6 +2,8 @@
 
     qp_steer        tc clsact egress of each VXLAN device (before encapsulation)
     path_pin        tc clsact egress of each underlay uplink (after it)
+    path_probe      tc clsact ingress of each underlay uplink (answers and
+                    records liveness probes; qp_steer's object)
     flow_stats_tc   tc clsact egress of each counted interface
     flow_stats_xdp  XDP of each counted interface (generic or native)
 
@@ -45,10 +47,13 @@ XDP_FLAGS = hooks.XDP_FLAGS
 # tc priority per program: lower runs first. On an uplink path_pin decides
 # where the packet leaves, and the counter sits behind it.
 # A program that does not end the chain must return TC_ACT_UNSPEC (-1).
-TC_PRIO = {"qp_steer": 0x7f01, "path_pin": 0x7f01, "flow_stats_tc": 0x7f02}
+TC_PRIO = {"qp_steer": 0x7f01, "path_pin": 0x7f01, "flow_stats_tc": 0x7f02,
+           "path_probe": 0x7f01}
+# Programs on tc ingress; every other tc program sits on egress.
+INGRESS_PROGRAMS = {"path_probe"}
 
 # Which compiled object (by source) each program comes from.
-_OBJECT_OF = {"qp_steer": "steer", "path_pin": "pin",
+_OBJECT_OF = {"qp_steer": "steer", "path_probe": "steer", "path_pin": "pin",
               "flow_stats_tc": "flows", "flow_stats_xdp": "flows"}
 _PROGRAMS_OF = {obj: sorted(p for p, o in _OBJECT_OF.items() if o == obj)
                 for obj in set(_OBJECT_OF.values())}
@@ -89,6 +94,7 @@ class DataPlane:
         self._wanted: list[tuple[str, str]] = (
             [("qp_steer", dev) for dev in vxlan_devices]
             + [("path_pin", dev) for dev in uplinks]
+            + [("path_probe", dev) for dev in uplinks]
             + [("flow_stats_tc", dev) for dev in count_tc]
             + [("flow_stats_xdp", dev) for dev in count_xdp])
         self._vxlan_devices = set(vxlan_devices)
@@ -167,6 +173,7 @@ class DataPlane:
             self._ipr.close()
             self._ipr = None
         self._release_locks()
+        self.pins.close()
 
     def purge(self) -> None:
         """Remove everything of this node: hooks (also those a previous agent
@@ -386,7 +393,9 @@ class DataPlane:
 
     # ---------------------------------------------------------------- attach
     def _hook_name(self, program: str) -> str:
-        return f"xdp {self.xdp_mode}" if program == "flow_stats_xdp" else "tc egress"
+        if program == "flow_stats_xdp":
+            return f"xdp {self.xdp_mode}"
+        return "tc ingress" if program in INGRESS_PROGRAMS else "tc egress"
 
     def _require(self, dev: str) -> int:
         index = self._index_of(dev)
@@ -428,17 +437,17 @@ class DataPlane:
                 # Mark every attachment on this interface: whoever is removed
                 # last removes the qdisc.
                 att.added_clsact = True
-            prio = TC_PRIO[att.program]
-            current = hooks.egress_filters(self._ipr, att.ifindex).get(prio)
+            prio, parent = TC_PRIO[att.program], _tc_parent(att.program)
+            current = hooks.egress_filters(self._ipr, att.ifindex, parent).get(prio)
             if current is not None and current[1] == ours:
                 return
             if current is not None and current[1] not in old_ids:
                 raise DataPlaneError(
-                    f"{att.ifname}: a tc egress filter already sits at priority {prio:#x}; "
+                    f"{att.ifname}: a {att.hook} filter already sits at priority {prio:#x}; "
                     "remove it or stop the agent that put it there")
             hooks.set_egress_filter(self._ipr, att.ifindex, prio, fd,
                                     bpfobj.PROGRAMS[att.program].function,
-                                    replace=current is not None)
+                                    replace=current is not None, parent=parent)
         except hooks.HookError as exc:
             raise DataPlaneError(f"attaching {att.program} to {att.ifname} ({att.hook}) "
                                  f"failed: {exc}") from None
@@ -501,10 +510,10 @@ class DataPlane:
             return
         if not hooks.has_clsact(self._ipr, att.ifindex):
             return
-        prio = TC_PRIO[att.program]
-        current = hooks.egress_filters(self._ipr, att.ifindex).get(prio)
+        prio, parent = TC_PRIO[att.program], _tc_parent(att.program)
+        current = hooks.egress_filters(self._ipr, att.ifindex, parent).get(prio)
         if current is not None and current[1] in ids:
-            hooks.del_egress_filter(self._ipr, att.ifindex, prio)
+            hooks.del_egress_filter(self._ipr, att.ifindex, prio, parent)
 
     def _pinned_prog_ids(self) -> set[int]:
         ids = set()
@@ -520,6 +529,10 @@ class DataPlane:
                     finally:
                         os.close(fd)
         return ids
+
+
+def _tc_parent(program: str) -> str:
+    return hooks.INGRESS_PARENT if program in INGRESS_PROGRAMS else hooks.EGRESS_PARENT
 
 
 def _prog_id(fd: int) -> int:

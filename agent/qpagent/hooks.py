@@ -15,6 +15,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import sched_bpf
 
 EGRESS_PARENT = "ffff:fff3"
+INGRESS_PARENT = "ffff:fff2"
 FILTER_HANDLE = ":1"
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
 XDP_FLAGS = {"generic": 1 << 1, "native": 1 << 2}
@@ -58,10 +59,12 @@ def del_clsact(ipr, index: int) -> None:
             raise
 
 
-def egress_filters(ipr, index: int) -> dict[int, tuple[str | None, int | None]]:
-    """{priority: (program name, program id)} of the bpf filters on egress."""
+def egress_filters(ipr, index: int, parent: str = EGRESS_PARENT
+                   ) -> dict[int, tuple[str | None, int | None]]:
+    """{priority: (program name, program id)} of the bpf filters on egress
+    (or on ingress, with parent=INGRESS_PARENT)."""
     out = {}
-    for msg in ipr.get_filters(index=index, parent=EGRESS_PARENT):
+    for msg in ipr.get_filters(index=index, parent=parent):
         opts = msg.get_attr("TCA_OPTIONS")
         if msg.get_attr("TCA_KIND") != "bpf" or opts is None:
             continue
@@ -69,19 +72,20 @@ def egress_filters(ipr, index: int) -> dict[int, tuple[str | None, int | None]]:
     return out
 
 
-def set_egress_filter(ipr, index: int, prio: int, fd: int, name: str, replace: bool) -> None:
+def set_egress_filter(ipr, index: int, prio: int, fd: int, name: str, replace: bool,
+                      parent: str = EGRESS_PARENT) -> None:
     """Add our filter at `prio`, or (replace) swap the program of the one
     there in a single netlink request."""
     try:
         ipr.tc("replace-filter" if replace else "add-filter", "bpf", index, FILTER_HANDLE,
-               fd=fd, name=name, parent=EGRESS_PARENT, classid=1, direct_action=True, prio=prio)
+               fd=fd, name=name, parent=parent, classid=1, direct_action=True, prio=prio)
     except NetlinkError as exc:
-        raise HookError(f"tc egress filter at priority {prio:#x}: {os.strerror(exc.code)}") from None
+        raise HookError(f"tc filter at priority {prio:#x}: {os.strerror(exc.code)}") from None
 
 
-def del_egress_filter(ipr, index: int, prio: int) -> None:
+def del_egress_filter(ipr, index: int, prio: int, parent: str = EGRESS_PARENT) -> None:
     try:
-        ipr.tc("del-filter", "bpf", index, parent=EGRESS_PARENT, prio=prio)
+        ipr.tc("del-filter", "bpf", index, parent=parent, prio=prio)
     except NetlinkError as exc:
         if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
             raise

@@ -109,6 +109,31 @@ def _families(node: str, snap: dict, reactions: ReactionHistogram) -> Iterable[M
             path_alive.add_metric(labels, 1 if path.get("alive") else 0)
     yield from (path_bytes, path_packets, path_qps, path_alive)
 
+    # Liveness per path (only paths whose VTEP answers probes have RTT and loss).
+    rtt = gauge("qpagent_path_rtt_seconds", "Round-trip time of the path's newest probe reply",
+                path_labels)
+    loss = gauge("qpagent_path_probe_loss_ratio",
+                 "Probes without a reply over the last second", path_labels)
+    healthy = gauge("qpagent_path_healthy",
+                    "1 if the path answers probes, 0 if it stopped (unchecked paths: absent)",
+                    path_labels)
+    for vtep in snap.get("vteps", []):
+        for path in vtep.get("paths", []):
+            labels = [node, str(vtep["address"]), str(path["index"]), str(path["uplink"])]
+            if path.get("rtt_ms") is not None:
+                rtt.add_metric(labels, path["rtt_ms"] / 1e3)
+            if path.get("loss_ratio") is not None:
+                loss.add_metric(labels, path["loss_ratio"])
+            if path.get("health") in ("up", "down"):
+                healthy.add_metric(labels, 1 if path["health"] == "up" else 0)
+    yield from (rtt, loss, healthy)
+
+    repairs = counter("qpagent_repairs", "QPs moved off a failing path, by what told",
+                      ["cause"])
+    for cause, row in sorted((snap.get("repairs") or {}).items()):
+        repairs.add_metric([node, str(cause)], row.get("total", 0))
+    yield repairs
+
     imbalance = gauge("qpagent_imbalance_ratio",
                       "QPs on the busiest live path over ceil(QPs/live paths), the best possible (1 = balanced)",
                       ["vtep"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -118,20 +119,59 @@ def ensure_bpffs(mountpoint: str) -> str:
     return reach
 
 
+def _use_lock_path(mountpoint: str) -> str:
+    return host_path(mountpoint.rstrip("/") + ".lock")
+
+
+def hold_bpffs(mountpoint: str) -> int:
+    """A shared lock on the bpffs at `mountpoint`, taken before it is
+    mounted or used and held while pins are made or read: unmount_bpffs
+    leaves a bpffs alone while anyone holds it (two agents, or an agent
+    starting while another node's purge tidies up). Returns the fd."""
+    path = _use_lock_path(mountpoint)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:   # the file we locked is still the lock (an unmount may have removed it)
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 def unmount_bpffs(mountpoint: str) -> None:
-    """Unmount our bpffs (host namespace) if it is empty; for tests' own bases."""
+    """Unmount our bpffs (host namespace) if it is empty and nobody holds it
+    (hold_bpffs), and remove its lock file."""
     pid = host_mount_pid()
     reach = mountpoint if pid is None else f"/proc/{pid}/root{mountpoint}"
-    if not is_bpffs(reach) or set(os.listdir(reach)) - KERNEL_ITERATORS:
-        return
-    cmd = ["umount", mountpoint]
-    if pid is not None:
-        cmd = ["nsenter", f"--mount=/proc/{pid}/ns/mnt"] + cmd
-    subprocess.run(cmd, capture_output=True, check=False)
+    lock_path = _use_lock_path(mountpoint)
     try:
-        os.rmdir(reach)
-    except OSError:
-        pass
+        fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return            # an agent is using it
+        if not is_bpffs(reach) or set(os.listdir(reach)) - KERNEL_ITERATORS:
+            return
+        cmd = ["umount", mountpoint]
+        if pid is not None:
+            cmd = ["nsenter", f"--mount=/proc/{pid}/ns/mnt"] + cmd
+        subprocess.run(cmd, capture_output=True, check=False)
+        try:
+            os.rmdir(reach)
+        except OSError:
+            pass
+        if fd is not None:
+            os.unlink(lock_path)  # still held: a newcomer sees it gone and retries
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def tidy_base(base: str | None = None) -> None:
@@ -178,6 +218,14 @@ class PinStore:
         self.base = base or BASE
         self.mountpoint = os.path.join(self.base, "bpffs")
         self._root: str | None = None   # reachable path of the mountpoint
+        self._held: int | None = None   # hold_bpffs() lock while we use it
+
+    def close(self) -> None:
+        """Stop using the bpffs (pins stay); the next use takes it again."""
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
+        self._root = None
 
     # ------------------------------------------------------------ places
     @property
@@ -188,6 +236,8 @@ class PinStore:
     def root(self, create: bool = True) -> str | None:
         if self._root is None:
             if create:
+                if self._held is None:
+                    self._held = hold_bpffs(self.mountpoint)
                 self._root = ensure_bpffs(self.mountpoint)
             else:
                 for reach in (self.mountpoint, host_path(self.mountpoint)):

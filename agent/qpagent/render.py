@@ -105,7 +105,8 @@ def endpoint(address, port) -> str:
 
 def render_status(snap: dict) -> str:
     sections = [_header(snap), _programs(snap), _paths(snap), _qps(snap), _bfd(snap),
-                _reactions(snap), _events(snap), _datapath(snap), _warnings(snap)]
+                _liveness(snap), _reactions(snap), _events(snap), _datapath(snap),
+                _warnings(snap)]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -193,6 +194,34 @@ def _reactions(snap: dict) -> str:
     if replacements:
         line += "\nPlacements: " + "  ".join(f"{k} {v}" for k, v in sorted(replacements.items()))
     return line
+
+
+def _liveness(snap: dict) -> str:
+    """Per path: probe health, RTT, probes and replies, recent loss."""
+    if "liveness" not in snap:
+        return ""      # an agent from before liveness
+    if not snap["liveness"].get("enabled"):
+        return "Liveness: off"
+    rows = []
+    for vtep in snap.get("vteps") or []:
+        for p in vtep.get("paths") or []:
+            loss = p.get("loss_ratio")
+            rows.append([vtep.get("address"), p.get("index"), p.get("uplink"),
+                         p.get("health", "unchecked"), ms(p.get("rtt_ms")),
+                         human_count(p.get("probes_sent", 0)), human_count(p.get("replies", 0)),
+                         "-" if loss is None else f"{loss * 100:.0f}%"])
+    text = "Liveness (unchecked: the remote VTEP never answered a probe)\n" + table(
+        ["VTEP", "PATH", "UPLINK", "HEALTH", "RTT", "PROBES", "REPLIES", "LOSS"], rows,
+        right=(1, 4, 5, 6, 7)) if rows else "Liveness: no paths probed"
+    repairs = snap.get("repairs") or {}
+    if repairs:
+        parts = []
+        for cause, row in sorted(repairs.items()):
+            timing = (row.get("sign_to_move_ms") or {})
+            when = f" (sign to move p50 {ms(timing.get('p50'))})" if timing.get("count") else ""
+            parts.append(f"{cause} {row.get('total', 0)}{when}")
+        text += "\nRepairs: " + "  ".join(parts)
+    return text
 
 
 def _events(snap: dict) -> str:

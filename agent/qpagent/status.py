@@ -42,6 +42,35 @@ def core_view(core, qps_all: dict, describe_qp, top_n: int) -> dict:
     }
 
 
+def liveness_view(state: dict, health: dict, enabled: bool) -> None:
+    """Each path of the status gains its liveness: health (up, down or
+    unchecked: its VTEP never answered), RTT, probes sent, replies and the
+    loss ratio over the last second."""
+    state["liveness"] = {"enabled": enabled}
+    for vtep in state.get("vteps", []):
+        for path in vtep["paths"]:
+            seen = health.get((vtep["index"], path["index"]), {})
+            path.update({"health": seen.get("health", "unchecked"),
+                         "rtt_ms": seen.get("rtt_ms"),
+                         "probes_sent": seen.get("probes_sent", 0),
+                         "replies": seen.get("replies", 0),
+                         "loss_ratio": seen.get("loss_ratio")})
+
+
+def repairs_view(data_plane: dict, agent, sign_to_move: dict) -> dict:
+    """QPs repaired, by cause: liveness and retransmit moved by the data
+    plane on the QP's next packet; bfd, route and liveness by the agent
+    (QPs the data plane had not moved yet). With the time from the first
+    sign to the move where the agent knows it (its own reactions)."""
+    out = {}
+    for cause in sorted(set(data_plane) | set(agent)):
+        row = {"data_plane": int(data_plane.get(cause, 0)), "agent": int(agent.get(cause, 0))}
+        row["total"] = row["data_plane"] + row["agent"]
+        row["sign_to_move_ms"] = summary_ms(sign_to_move.get(cause, []))
+        out[cause] = row
+    return out
+
+
 def summary_ms(samples: list[float]) -> dict:
     """Nearest-rank percentiles of sorted samples (seconds), in ms."""
     if not samples:

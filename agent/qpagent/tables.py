@@ -12,9 +12,14 @@ import ctypes
 import socket
 from typing import NamedTuple
 
-from qpagent.contract import (FLOW_HAS_QP, FLOW_HAS_VNI, MAX_PATHS, PARSE_OUTCOME_NAMES,
-                              PIN_EVENT_NAMES, PORTS_PER_PATH, STEER_EVENT_NAMES)
+from qpagent.contract import (ENUMS, FLOW_HAS_QP, FLOW_HAS_VNI, MAX_PATHS,
+                              PARSE_OUTCOME_NAMES, PIN_EVENT_NAMES, PORTS_PER_PATH,
+                              STEER_EVENT_NAMES)
 from qpagent.core.decisions import QpView
+from qpagent.core.liveness import HealthReading
+
+REPAIR_CAUSE_NAMES = ENUMS["repair_cause"].names   # ("liveness", "retransmit")
+PROBE_EVENT_NAMES = ENUMS["probe_event"].names     # ("answered", "reply_seen", ...)
 
 __all__ = ["MAX_PATHS", "PORTS_PER_PATH", "PARSE_OUTCOME_NAMES", "STEER_EVENT_NAMES",
            "PIN_EVENT_NAMES", "PathView", "QpView", "QpTables"]
@@ -48,6 +53,10 @@ class QpTables:
         self.pin_events = dp.table("pin", "pin_events")
         self.pin_uplinks = dp.table("pin", "pin_uplinks")
         self.flow_table = dp.table("flows", "flow_table")
+        self.path_health = dp.table("steer", "path_health")
+        self.repair_config = dp.table("steer", "repair_config")
+        self.repair_events = dp.table("steer", "repair_events")
+        self.probe_events = dp.table("steer", "probe_events")
 
     # ---------------------------------------------------------------- paths
     def write_path(self, vtep: int, path: int, ifindex: int, alive: bool,
@@ -121,12 +130,59 @@ class QpTables:
         for ifindex in ifindexes:
             self.pin_uplinks[self.pin_uplinks.Key(ifindex)] = self.pin_uplinks.Leaf(1)
 
+    # ---------------------------------------------------------------- liveness
+    def health(self, paths) -> dict[tuple[int, int], HealthReading]:
+        """path_health of some (vtep, path) pairs: what probe replies the
+        data plane recorded."""
+        out = {}
+        if self.path_health is None:
+            return out
+        for vtep, path in paths:
+            entry = self.path_health[self.path_health.Key(vtep * MAX_PATHS + path)]
+            out[(vtep, path)] = HealthReading(entry.replies, entry.last_reply_ns, entry.rtt_ns)
+        return out
+
+    def write_deadline(self, vtep: int, path: int, deadline_ns: int) -> None:
+        """Only deadline_ns is ours; the rest is path_probe's, read just before."""
+        if self.path_health is None:
+            return
+        key = self.path_health.Key(vtep * MAX_PATHS + path)
+        entry = self.path_health[key]
+        entry.deadline_ns = deadline_ns
+        self.path_health[key] = entry
+
+    def disarm_all(self) -> None:
+        if self.path_health is None:
+            return
+        for key, entry in self.path_health.items():
+            if entry.deadline_ns:
+                self.write_deadline(*divmod(key.value, MAX_PATHS), 0)
+
+    def set_repair_config(self, holddown_ns: int, retransmit: bool) -> None:
+        if self.repair_config is None:
+            return
+        key = self.repair_config.Key(0)
+        entry = self.repair_config[key]
+        entry.holddown_ns = holddown_ns
+        entry.retransmit = 1 if retransmit else 0
+        self.repair_config[key] = entry
+
+    def believe_probes_until(self, until_ns: int) -> None:
+        """The prober is running: probe silence kills paths until until_ns
+        (CLOCK_MONOTONIC). Renewed every round; 0 says nobody probes."""
+        if self.repair_config is None:
+            return
+        key = self.repair_config.Key(0)
+        entry = self.repair_config[key]
+        entry.believe_until_ns = until_ns
+        self.repair_config[key] = entry
+
     # ---------------------------------------------------------------- QPs
     def all_qps(self) -> dict[bytes, QpView]:
         out = {}
         for key, s in self.qp_table.items():
             out[bytes(key)] = QpView(s.vtep, s.path, s.slot, s.port, s.packets,
-                                     s.bytes, s.moves, s.last_ns)
+                                     s.bytes, s.moves, s.last_ns, s.repaired_ns)
         return out
 
     def move_qp(self, key: bytes, vtep: int, path: int, slot: int, port: int,
@@ -153,8 +209,11 @@ class QpTables:
 
     # ---------------------------------------------------------------- counters
     def events(self, which: str) -> dict[str, int]:
-        table, names = ((self.steer_events, STEER_EVENT_NAMES) if which == "steer"
-                        else (self.pin_events, PIN_EVENT_NAMES))
+        """Per-CPU event counters summed: "steer", "pin", "repair", "probe"."""
+        table, names = {"steer": (self.steer_events, STEER_EVENT_NAMES),
+                        "pin": (self.pin_events, PIN_EVENT_NAMES),
+                        "repair": (self.repair_events, REPAIR_CAUSE_NAMES),
+                        "probe": (self.probe_events, PROBE_EVENT_NAMES)}[which]
         if table is None:
             return {}
         return {name: int(sum(table.getvalue(table.Key(i))))

@@ -64,11 +64,13 @@ def hook_ids(ns: str, devices) -> dict:
     """Program ids at each hook, as iproute2 reports them (JSON)."""
     out = {}
     for dev in devices:
-        egress = sh(f"tc -n {ns} -j filter show dev {dev} egress", check=False).stdout.strip()
+        filters = []
+        for hook in ("egress", "ingress"):
+            shown = sh(f"tc -n {ns} -j filter show dev {dev} {hook}", check=False).stdout.strip()
+            filters += json.loads(shown or "[]")
         link = json.loads(sh(f"ip -n {ns} -j -d link show dev {dev}").stdout)[0]
         out[dev] = {
-            "tc": sorted(f["options"]["prog"]["id"] for f in json.loads(egress or "[]")
-                         if "options" in f),
+            "tc": sorted(f["options"]["prog"]["id"] for f in filters if "options" in f),
             "xdp": [link["xdp"]["prog"]["id"]] if "xdp" in link else [],
         }
     return out
@@ -79,12 +81,15 @@ def hooks_state(ns: str, devices) -> dict:
     state = {}
     for dev in devices:
         qdiscs = sh(f"tc -n {ns} qdisc show dev {dev}").stdout
-        egress = sh(f"tc -n {ns} filter show dev {dev} egress", check=False).stdout
+        names = {}
+        for hook in ("egress", "ingress"):
+            shown = sh(f"tc -n {ns} filter show dev {dev} {hook}", check=False).stdout
+            names[hook] = sorted(line.split(" name ")[1].split()[0]
+                                 for line in shown.splitlines() if " name " in line)
         link = sh(f"ip -n {ns} -d link show dev {dev}").stdout
         state[dev] = {
             "clsact": "clsact" in qdiscs,
-            "egress": sorted(line.split(" name ")[1].split()[0]
-                             for line in egress.splitlines() if " name " in line),
+            "egress": names["egress"], "ingress": names["ingress"],
             "xdp": [w for w in link.split() if w.startswith("xdp")][:1],
         }
     return state
@@ -106,15 +111,17 @@ def test_attach_then_detach_leaves_nothing(twovtep, pin_base):
     try:
         dp.attach()
         attached = hooks_state(ns, devices)
-        expected = {VXLAN_DEV: {"clsact": True, "egress": ["qp_steer"], "xdp": []}}
+        expected = {VXLAN_DEV: {"clsact": True, "egress": ["qp_steer"], "ingress": [],
+                                "xdp": []}}
         for up in twovtep.a.uplinks:
             expected[up] = {"clsact": True, "egress": ["flow_stats_tc", "path_pin"],
+                            "ingress": ["path_probe"],
                             "xdp": ["xdpgeneric"]}
         assert attached == expected
         rows = {(r["name"], r["interface"]): r for r in dp.programs()}
         assert set(rows) == {("qp_steer", VXLAN_DEV)} | {
             (prog, up) for up in twovtep.a.uplinks
-            for prog in ("path_pin", "flow_stats_tc", "flow_stats_xdp")}
+            for prog in ("path_pin", "path_probe", "flow_stats_tc", "flow_stats_xdp")}
         assert all(r["prog_id"] > 0 and r["ifindex"] > 0 for r in rows.values())
         # The tables the agent and the metrics read are reachable.
         for obj, names in (("steer", ("qp_table", "mac_vtep", "path_table", "steer_events",
@@ -136,7 +143,7 @@ def test_preexisting_clsact_stays_our_filters_go(twovtep2, pin_base):
     dp = dataplane(twovtep2, pin_base, vxlan_devices=[], uplinks=["up0"], count_xdp=[], count_tc=[])
     with dp:
         assert hooks_state(ns, ["up0"])["up0"]["egress"] == ["path_pin"]
-    assert hooks_state(ns, ["up0"]) == {"up0": {"clsact": True, "egress": [], "xdp": []}}
+    assert hooks_state(ns, ["up0"]) == {"up0": {"clsact": True, "egress": [], "ingress": [], "xdp": []}}
 
 
 def test_second_agent_on_the_same_interfaces_is_refused(twovtep2, pin_base):
@@ -159,8 +166,8 @@ def test_missing_interface_is_named_and_nothing_is_left(twovtep2, pin_base):
     with pytest.raises(DataPlaneError, match=f"interface up7 not found in network namespace {ns}"):
         dp.attach()
     assert hooks_state(ns, [VXLAN_DEV, "up0"]) == {
-        VXLAN_DEV: {"clsact": False, "egress": [], "xdp": []},
-        "up0": {"clsact": False, "egress": [], "xdp": []}}
+        VXLAN_DEV: {"clsact": False, "egress": [], "ingress": [], "xdp": []},
+        "up0": {"clsact": False, "egress": [], "ingress": [], "xdp": []}}
     with dataplane(twovtep2, pin_base, uplinks=["up0"]):  # and the locks were released
         pass
 
@@ -186,7 +193,8 @@ def test_recreated_uplink_is_reattached_and_a_missing_one_reported(twovtep2, pin
         assert new_index != old_index
         assert dp.reattach_changed() == [f"up1 re-attached (ifindex None -> {new_index})"]
         assert hooks_state(a.vtep_ns, ["up1"])["up1"] == {
-            "clsact": True, "egress": ["flow_stats_tc", "path_pin"], "xdp": ["xdpgeneric"]}
+            "clsact": True, "egress": ["flow_stats_tc", "path_pin"], "ingress": ["path_probe"],
+            "xdp": ["xdpgeneric"]}
         # Deleted and recreated between two checks: seen by the new ifindex.
         sh(f"ip -n {a.vtep_ns} link del up0")
         sh(f"ip -n {a.vtep_ns} link add up0 type veth peer name up0 netns {b.vtep_ns}")
@@ -196,7 +204,7 @@ def test_recreated_uplink_is_reattached_and_a_missing_one_reported(twovtep2, pin
         assert changes[0].endswith(f"-> {newer})")
         assert {r["ifindex"] for r in dp.programs() if r["interface"] == "up0"} == {newer}
     assert hooks_state(a.vtep_ns, ["up0", "up1", VXLAN_DEV]) == {
-        dev: {"clsact": False, "egress": [], "xdp": []} for dev in ("up0", "up1", VXLAN_DEV)}
+        dev: {"clsact": False, "egress": [], "ingress": [], "xdp": []} for dev in ("up0", "up1", VXLAN_DEV)}
 
 
 def test_a_released_data_plane_keeps_steering_and_is_adopted_without_compiling(twovtep, pin_base):
@@ -256,7 +264,7 @@ def test_an_uplink_taken_out_of_the_config_loses_its_hooks_on_adoption(twovtep2,
     second = dataplane(twovtep2, pin_base, uplinks=["up0"], count_xdp=["up0"], count_tc=["up0"])
     try:
         assert second.attach() == ADOPTED
-        assert hooks_state(ns, ["up1"]) == {"up1": {"clsact": False, "egress": [], "xdp": []}}
+        assert hooks_state(ns, ["up1"]) == {"up1": {"clsact": False, "egress": [], "ingress": [], "xdp": []}}
         assert hooks_state(ns, ["up0"])["up0"]["egress"] == ["flow_stats_tc", "path_pin"]
     finally:
         second.purge()

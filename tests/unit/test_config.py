@@ -42,6 +42,17 @@ xdp_mode = "native"
 enabled = true
 namespace = "leaf1"
 vtysh = "/usr/bin/vtysh"
+
+[liveness]
+enabled = false
+interval_ms = 20
+misses = 5
+budget_pps = 400
+hold_down_ms = 2500
+
+[repair]
+retransmit = false
+holddown_ms = 250
 """
 
 
@@ -80,7 +91,38 @@ def test_full_file_is_read_whole(tmp_path):
                   "end_to_end": False},
         "count": {"xdp": ("eth1",), "tc_egress": ("eth1", "eth2"), "xdp_mode": "native"},
         "frr": {"enabled": True, "namespace": "leaf1", "vtysh": "/usr/bin/vtysh"},
+        "liveness": {"enabled": False, "interval_ms": 20, "misses": 5, "budget_pps": 400,
+                     "hold_down_ms": 2500},
+        "repair": {"retransmit": False, "holddown_ms": 250},
     }
+
+
+def test_liveness_and_repair_defaults():
+    config = Config(steer=SteerSettings())
+    assert (config.liveness.enabled, config.liveness.interval_ms, config.liveness.misses,
+            config.liveness.budget_pps, config.liveness.hold_down_ms) == (True, 10, 3, 1000, 1000)
+    assert (config.repair.retransmit, config.repair.holddown_ms) == (True, 100)
+
+
+@pytest.mark.parametrize("section, key, value, problem", [
+    ("liveness", "interval_ms", "0", "expected an integer 1..10000, got 0"),
+    ("liveness", "interval_ms", "2.5", "expected an integer 1..10000, got number 2.5"),
+    ("liveness", "misses", "0", "expected an integer 1..100, got 0"),
+    ("liveness", "budget_pps", "-1", "expected an integer 1..1000000, got -1"),
+    ("liveness", "hold_down_ms", '"1s"', "expected an integer 0..3600000, got string '1s'"),
+    ("liveness", "enabled", '"yes"', "expected true or false, got string 'yes'"),
+    ("repair", "retransmit", "1", "expected true or false, got integer 1"),
+    ("repair", "holddown_ms", "-5", "expected an integer 0..3600000, got -5"),
+])
+def test_bad_liveness_and_repair_values_name_key_and_line(tmp_path, section, key, value, problem):
+    text = MINIMAL + f"\n[{section}]\n{key} = {value}\n"
+    assert error_of(tmp_path, text) == f"qpagent.toml:6: {section}.{key}: {problem}"
+
+
+def test_unknown_liveness_key_is_named_with_a_suggestion(tmp_path):
+    text = MINIMAL + "\n[liveness]\ninterval = 5\n"
+    assert error_of(tmp_path, text).startswith(
+        "qpagent.toml:6: liveness.interval: unknown key (did you mean liveness.interval_ms?)")
 
 
 def test_config_is_frozen(tmp_path):
@@ -156,7 +198,7 @@ BAD_TOML = [
                  id="unknown-key-suggestion"),
     pytest.param("[stear]\nuplinks = [\"eth1\"]\n",
                  "qpagent.toml:1: stear: unknown section (did you mean steer?); "
-                 "known: agent, count, frr, steer",
+                 "known: agent, count, frr, liveness, repair, steer",
                  id="unknown-section"),
     pytest.param("[agent]\ntop_qps = 3\n\n[steer]\nuplinks = [\"eth1\"]\n",
                  "qpagent.toml:4: steer.vxlan_devices: required but missing",
@@ -246,7 +288,7 @@ BAD_YAML = [
                  "got a list", id="not-a-mapping"),
     pytest.param("agent:\n  top_qps: 3\n", "qpagent.yaml: steer.vxlan_devices: required but missing",
                  id="empty-steer"),
-    pytest.param("1: x\n", "qpagent.yaml:1: 1: unknown section; known: agent, count, frr, steer",
+    pytest.param("1: x\n", "qpagent.yaml:1: 1: unknown section; known: agent, count, frr, liveness, repair, steer",
                  id="integer-key"),
     pytest.param("steer: {}\n---\nsteer: {}\n",
                  "qpagent.yaml:2: YAML syntax error: expected a single document in the stream; "

@@ -322,3 +322,97 @@ def test_restore_refuses_state_that_the_pinned_maps_do_not_hold(pinned):
 def test_restore_refuses_malformed_state():
     out = Core().restore_state({"vteps": [{"index": "x"}]}, {})
     assert len(out) == 1 and isinstance(out[0], Warn) and "start afresh" in out[0].text
+
+
+# ---------------------------------------------------------------- liveness
+
+from qpagent.core.actions import WriteDeadline  # noqa: E402
+from qpagent.core.inputs import PathHealthChanged  # noqa: E402
+from qpagent.core.liveness import deadline_ns  # noqa: E402
+
+PATH_C = first_hop("eth3", [49170, 49171, 49172])
+PATH_D = first_hop("eth4", [49180, 49181, 49182])
+DEADLINE = deadline_ns(4, 10, 1000, 3)      # 4 paths, 10 ms x 3 within 1000 probes/s
+
+
+def health(world: World, path: int, healthy: bool) -> list:
+    event = PathHealthChanged(KEY, path, healthy, 1_000_000, world.now)
+    return world._play(world.core.path_health(event, world.qps, world.now))
+
+
+def four_paths_eight_qps() -> World:
+    world = World()
+    world.paths(PATH_A, PATH_B, PATH_C, PATH_D, cause="start", fdb=FDB)
+    for i, (path, base) in enumerate([(0, 49152), (1, 49160), (2, 49170), (3, 49180)] * 2):
+        world.qp(f"q{i}", path, base + i // 4, i // 4)
+    return world
+
+
+def test_first_reply_of_a_path_arms_it_and_moves_nothing():
+    world = four_paths_eight_qps()
+    assert health(world, 2, True) == [WriteDeadline(0, 2, DEADLINE)]
+    assert health(world, 2, True) == []      # armed once
+
+
+def test_unhealthy_path_is_dead_and_its_orphans_move_with_reason_liveness():
+    world = four_paths_eight_qps()
+    for path in range(4):
+        health(world, path, True)
+    out = health(world, 2, False)
+    moves = [a for a in out if isinstance(a, MoveQp)]
+    assert write(2, PATH_C, alive=False, qps=2) in out     # dead, then its QPs move
+    assert sorted((m.qp, m.reason) for m in moves) == [(b"q2", "liveness"), (b"q6", "liveness")]
+    assert sorted(world.placement().values()) == [0, 0, 0, 1, 1, 1, 3, 3]
+    assert world.core.replacements["liveness"] == 2
+    assert world.core.repairs["liveness"] == 2
+    # Still dead after discovery says the path is there (routing sees nothing wrong).
+    assert [m for m in world.paths(PATH_A, PATH_B, PATH_C, PATH_D, cause="periodic")
+            if isinstance(m, MoveQp)] == []
+    assert not world.core.vteps[KEY].paths[2].alive
+
+
+def test_qps_the_data_plane_already_moved_cost_no_further_move():
+    world = four_paths_eight_qps()
+    # The data plane moved q2 and q6 on their next packet, before the agent heard.
+    world.qps[b"q2"] = world.qps[b"q2"]._replace(path=0, port=49154, slot=2)
+    world.qps[b"q6"] = world.qps[b"q6"]._replace(path=1, port=49162, slot=2)
+    out = health(world, 2, False)
+    assert [a for a in out if isinstance(a, MoveQp)] == []
+    assert write(2, PATH_C, alive=False, qps=0) in out
+
+
+def test_healthy_again_brings_the_path_back_with_the_fewest_moves():
+    world = four_paths_eight_qps()
+    health(world, 2, False)
+    world.now += 2
+    out = health(world, 2, True)
+    moves = [a for a in out if isinstance(a, MoveQp)]
+    assert [(m.path, m.reason) for m in moves] == [(2, "path_up"), (2, "path_up")]
+    assert write(2, PATH_C, alive=True, qps=2) in out
+    assert sorted(world.placement().values()) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_liveness_targets_are_every_live_path_and_the_ones_dead_for_want_of_replies():
+    world = four_paths_eight_qps()
+    world.paths(PATH_A, PATH_B, PATH_C, cause="route_del")     # D: no route
+    health(world, 1, False)                                   # B: no replies
+    (target,) = world.core.liveness_targets()
+    assert (target.vtep, target.local, target.address, target.paths) == (
+        0, "10.255.0.3", REMOTE, ((0, 49152), (1, 49160), (2, 49170)))
+
+
+def test_a_vtep_never_heard_from_is_never_armed_and_its_paths_never_die():
+    world = four_paths_eight_qps()
+    out = world.paths(PATH_A, PATH_B, PATH_C, PATH_D, cause="periodic", fdb=FDB)
+    assert not [a for a in out if isinstance(a, WriteDeadline)]
+    assert world.core.startup()[0].__class__.__name__ == "DisarmAll"
+    assert all(p.alive for p in world.core.vteps[KEY].paths.values())
+
+
+def test_a_path_count_change_rewrites_the_deadline_of_armed_paths():
+    world = World(probe_budget_pps=200)       # 2 probes per 10 ms round
+    world.paths(PATH_A, PATH_B, cause="start", fdb=FDB)
+    assert health(world, 0, True) == [WriteDeadline(0, 0, 30_000_000)]
+    out = world.paths(PATH_A, PATH_B, PATH_C, cause="route_add")
+    # Three paths take turns two at a time: each probed every 20 ms.
+    assert WriteDeadline(0, 0, 60_000_000) in out

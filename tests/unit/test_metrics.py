@@ -150,7 +150,8 @@ def test_parse_outcomes_by_hook_and_interface(exporter):
         (("hook", row["hook"]), ("interface", row["interface"]), ("outcome", outcome)): row[outcome]
         for row in SNAPSHOT["parse"] for outcome in PARSE_OUTCOME_NAMES}
     hooks = {dict(k)["hook"] for k in parse}
-    assert hooks == set(HOOK_NAMES.values()) == {"xdp_ingress", "tc_egress", "qp_steer", "path_pin"}
+    assert hooks == set(HOOK_NAMES.values()) == {"xdp_ingress", "tc_egress", "qp_steer", "path_pin",
+                                                 "path_probe"}
     roce = {(dict(k)["hook"], dict(k)["interface"]): v for k, v in parse.items()
             if dict(k)["outcome"] == "roce"}
     assert roce[("qp_steer", "vxlan100")] == sum(q["packets"] for q in SNAPSHOT["qps"])
@@ -160,8 +161,8 @@ def test_program_series_in_base_units(exporter):
     samples = scrape(exporter(FixedAgent()))
     progs = {(("interface", p["interface"]), ("program", p["name"])): p
              for p in SNAPSHOT["programs"]}
-    assert {dict(k)["program"] for k in progs} == {"qp_steer", "path_pin", "flow_stats_tc",
-                                                    "flow_stats_xdp"}
+    assert {dict(k)["program"] for k in progs} == {"qp_steer", "path_pin", "path_probe",
+                                                    "flow_stats_tc", "flow_stats_xdp"}
     assert pick(samples, "qpagent_prog_runs_total") == {k: p["run_cnt"] for k, p in progs.items()}
     assert pick(samples, "qpagent_prog_run_time_seconds_total") == {
         k: pytest.approx(p["run_time_ns"] / 1e9) for k, p in progs.items()}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from qpagent.core.actions import (ForgetQp, MoveQp, Note, SetMacVteps, SetPathCounts,
-                                  Warn, WritePath)
+from qpagent.core.actions import (DisarmAll, ForgetQp, MoveQp, Note, SetMacVteps,
+                                  SetPathCounts, SetRepairConfig, Warn, WriteDeadline,
+                                  WritePath)
 
 
 class MapWriter:
@@ -26,6 +27,12 @@ class MapWriter:
                 self.tables.set_mac_vteps(dict(action.macs))
             elif isinstance(action, SetPathCounts):
                 self.tables.set_path_counts(action.vtep, dict(action.counts))
+            elif isinstance(action, WriteDeadline):
+                self.tables.write_deadline(action.vtep, action.path, action.deadline_ns)
+            elif isinstance(action, DisarmAll):
+                self.tables.disarm_all()
+            elif isinstance(action, SetRepairConfig):
+                self.tables.set_repair_config(action.holddown_ns, action.retransmit)
             elif isinstance(action, Note):
                 notes.append(action)
             elif isinstance(action, Warn):

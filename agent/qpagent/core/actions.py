@@ -56,5 +56,28 @@ class Warn:
     text: str
 
 
-REPLACEMENT_REASONS = ("dead_path", "path_up", "rebalance", "port_remap")
-MAP_WRITES = (WritePath, MoveQp, ForgetQp, SetMacVteps, SetPathCounts)
+@dataclass(frozen=True)
+class WriteDeadline:
+    """Arm (or, with 0, disarm) the data plane's liveness check of a path:
+    it is unusable after deadline_ns without a probe reply."""
+    vtep: int
+    path: int
+    deadline_ns: int
+
+
+@dataclass(frozen=True)
+class DisarmAll:
+    """No path is checked: nobody probes (the agent starts or stops)."""
+
+
+@dataclass(frozen=True)
+class SetRepairConfig:
+    holddown_ns: int
+    retransmit: bool
+
+
+REPLACEMENT_REASONS = ("dead_path", "liveness", "path_up", "rebalance", "port_remap")
+# Repairs the agent makes itself, by what told it (the data plane counts its own).
+AGENT_REPAIR_CAUSES = ("bfd", "route", "liveness")
+MAP_WRITES = (WritePath, MoveQp, ForgetQp, SetMacVteps, SetPathCounts, WriteDeadline,
+              DisarmAll, SetRepairConfig)

@@ -9,10 +9,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple
 
-from qpagent.core import pathtable
-from qpagent.core.actions import (REPLACEMENT_REASONS, MoveQp, Note, SetMacVteps,
-                                  SetPathCounts, Warn, WritePath, ForgetQp)
-from qpagent.core.inputs import BfdSeen, FdbSeen, PathsSeen, Tick
+from qpagent.core import liveness, pathtable
+from qpagent.core.actions import (AGENT_REPAIR_CAUSES, REPLACEMENT_REASONS, DisarmAll,
+                                  ForgetQp, MoveQp, Note, SetMacVteps, SetPathCounts,
+                                  SetRepairConfig, Warn, WriteDeadline, WritePath)
+from qpagent.core.inputs import BfdSeen, FdbSeen, PathHealthChanged, PathsSeen, Tick
 from qpagent.core.model import Found, PathState, VtepKey, VtepState
 from qpagent.core.placement import rebalance
 from qpagent.portmath import hash_for_port
@@ -35,6 +36,7 @@ class QpView(NamedTuple):
     bytes: int
     moves: int
     last_ns: int
+    repaired_ns: int = 0   # the data plane's last repair of this QP (0: never)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,21 @@ class Settings:
     end_to_end: bool = False        # paths are whole paths (probe rounds refine them)
     hysteresis_s: float = HYSTERESIS_S
     qp_idle_s: float = QP_IDLE_S
+    probe_interval_ms: int = 10     # liveness: see qpagent.core.liveness
+    probe_misses: int = 3
+    probe_budget_pps: int = 1000
+    repair_holddown_ms: int = 100   # data-plane repair of one QP at most this often
+    repair_retransmit: bool = True
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    """A remote VTEP's paths to probe: (path index, outer source port) each."""
+    key: VtepKey
+    vtep: int
+    local: str
+    address: str
+    paths: tuple[tuple[int, int], ...]
 
 
 class Core:
@@ -56,6 +73,10 @@ class Core:
         self._found: dict[VtepKey, list[Found]] = {}   # last discovery, before BFD
         self._moved_at: dict[bytes, float] = {}        # QP -> seconds (now_ns clock)
         self._qp_seen: dict[bytes, tuple[int, int]] = {}
+        # Paths without probe replies, by identity: dead like a BFD-down uplink.
+        self.unhealthy: set[tuple[VtepKey, tuple]] = set()
+        self._deadlines: dict[tuple[VtepKey, int], int] = {}   # armed paths
+        self.repairs: Counter = Counter({c: 0 for c in AGENT_REPAIR_CAUSES})
 
     # ------------------------------------------------------------ inputs
     def paths_seen(self, event: PathsSeen, qps: Mapping[bytes, QpView], now: float) -> list:
@@ -85,6 +106,44 @@ class Core:
         if event.down_uplinks == before:
             return []
         return self._apply(set(self.vteps), qps, "bfd", now)
+
+    def path_health(self, event: PathHealthChanged, qps: Mapping[bytes, QpView],
+                    now: float) -> list:
+        """A probed path went unhealthy (dead like a BFD-down uplink; the
+        data plane has usually moved its QPs already) or healthy (armed on
+        its first reply; back, with the fewest moves, after the hold-down)."""
+        vtep = self.vteps.get(event.key)
+        path = vtep.paths.get(event.path_index) if vtep else None
+        if path is None:
+            return []
+        ident = (event.key, path.identity)
+        out: list = []
+        if event.healthy:
+            if (event.key, path.index) not in self._deadlines:
+                self._deadlines[(event.key, path.index)] = self._deadline(vtep)
+                out.append(WriteDeadline(vtep.index, path.index, self._deadline(vtep)))
+            if ident not in self.unhealthy:
+                return out
+            self.unhealthy.discard(ident)
+            cause = "path_up"
+            out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
+                                        f"({path.uplink}) answers again: back in use"))
+        else:
+            if ident in self.unhealthy:
+                return out
+            self.unhealthy.add(ident)
+            cause = "liveness"
+            out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
+                                        f"({path.uplink}) stopped answering probes: dead"))
+        return out + self._apply({event.key}, qps, cause, now)
+
+    def startup(self) -> list:
+        """What the data plane needs before anything else: the repair
+        settings, and no path checked until this agent has seen it answer
+        (an earlier agent's deadlines would kill every path meanwhile)."""
+        s = self.settings
+        return [DisarmAll(), SetRepairConfig(s.repair_holddown_ms * 1_000_000,
+                                             s.repair_retransmit)]
 
     def tick(self, event: Tick, qps: dict[bytes, QpView]) -> list:
         """Forget idle QPs, attribute traffic to paths, restore balance,
@@ -126,6 +185,32 @@ class Core:
 
     def probe_targets(self) -> list[VtepState]:
         return [v for k, v in self.vteps.items() if k in self.present]
+
+    def liveness_targets(self) -> list[ProbeTarget]:
+        """Every path of every present VTEP, in use or spare, and the paths
+        dead only for want of replies (to see them come back)."""
+        out = []
+        for vtep in sorted(self.probe_targets(), key=lambda v: v.index):
+            paths = tuple((p.index, p.ports[0]) for p in sorted(vtep.paths.values(),
+                                                                 key=lambda p: p.index)
+                          if p.ports and (p.alive or (vtep.key, p.identity) in self.unhealthy))
+            if paths:
+                out.append(ProbeTarget(vtep.key, vtep.index, vtep.local, vtep.address, paths))
+        return out
+
+    def path_unhealthy(self, key: VtepKey, index: int) -> bool:
+        vtep = self.vteps.get(key)
+        path = vtep.paths.get(index) if vtep else None
+        return path is not None and (key, path.identity) in self.unhealthy
+
+    def health_deadlines(self) -> dict[VtepKey, int]:
+        return {t.key: self._deadline(self.vteps[t.key]) for t in self.liveness_targets()}
+
+    def _deadline(self, vtep: VtepState) -> int:
+        n = sum(1 for p in vtep.paths.values()
+                if p.ports and (p.alive or (vtep.key, p.identity) in self.unhealthy))
+        s = self.settings
+        return liveness.deadline_ns(n, s.probe_interval_ms, s.probe_budget_pps, s.probe_misses)
 
     # ------------------------------------------------------------ restart
     def export_state(self) -> dict:
@@ -196,15 +281,35 @@ class Core:
         down = self.bfd.down_uplinks
         for key in sorted(keys):
             vtep = self.vteps[key]
-            found = [f for f in self._found.get(key, []) if f.ifname not in down]
+            found = [f for f in self._found.get(key, [])
+                     if f.ifname not in down and (key, f.identity) not in self.unhealthy]
             changed = pathtable.merge_paths(vtep, found, warnings.append)
             if changed:
                 self.generation += 1
             mine = {k: q for k, q in qps.items() if q.vtep == vtep.index}
             if changed or force_write:
                 out += self._write_paths(vtep, mine)
+                out += self._rearm(vtep)
             out += self._replace_qps(vtep, mine, cause, now)
         out += [Warn(w) for w in warnings]
+        return out
+
+    def _rearm(self, vtep: VtepState) -> list[WriteDeadline]:
+        """Armed paths get the deadline their VTEP's path count gives now
+        (with more paths than the budget probes each interval, each path is
+        probed less often); a path index that went away is disarmed."""
+        out = []
+        for (key, index), written in sorted(self._deadlines.items()):
+            if key != vtep.key:
+                continue
+            path = vtep.paths.get(index)
+            wanted = self._deadline(vtep) if path is not None and path.ports else 0
+            if wanted != written:
+                out.append(WriteDeadline(vtep.index, index, wanted))
+                if wanted:
+                    self._deadlines[(key, index)] = wanted
+                else:
+                    del self._deadlines[(key, index)]
         return out
 
     def _write_paths(self, vtep: VtepState, qps: Mapping[bytes, QpView]) -> list[WritePath]:
@@ -230,6 +335,9 @@ class Core:
         live = vtep.live_paths()
         assignment = {k: (q.path if q.path in live else None) for k, q in qps.items()}
         recent = {k for k, t in self._moved_at.items() if now - t < self.settings.hysteresis_s}
+        # QPs the data plane repaired lately stay where it put them if they can.
+        recent |= {k for k, q in qps.items()
+                   if q.repaired_ns and now - q.repaired_ns / 1e9 < self.settings.hysteresis_s}
         if not self.settings.rebalance:
             assignment = {k: p for k, p in assignment.items() if p is None}
         moves = rebalance(assignment, live, {k: q.bytes for k, q in qps.items()}, recent)
@@ -249,6 +357,8 @@ class Core:
             port = path.ports[slot]
             taken[new_path].add(port)
             why = _reason(old_path, new_path, cause)
+            if old_path is None:
+                self.repairs[_repair_cause(cause)] += 1
             out.append(MoveQp(key, vtep.index, new_path, slot, port,
                               hash_for_port(port, *vtep.port_range), why))
             qps[key] = qps[key]._replace(path=new_path, slot=slot, port=port)
@@ -278,8 +388,14 @@ def _reason(old_path: int | None, new_path: int, cause: str) -> str:
     if old_path == new_path:
         return "port_remap"
     if old_path is None:
-        return "dead_path"
+        return "liveness" if cause == "liveness" else "dead_path"
     return "rebalance" if cause == "periodic" else "path_up"
+
+
+def _repair_cause(cause: str) -> str:
+    """What told the agent a path died: BFD, probes, or routing (route and
+    link events, discovery)."""
+    return cause if cause in ("bfd", "liveness") else "route"
 
 
 def _free_slot(ports: list[int], taken: set[int]) -> int:
@@ -290,4 +406,4 @@ def _free_slot(ports: list[int], taken: set[int]) -> int:
     return len(taken) % len(ports)
 
 
-__all__ = ["Core", "Settings", "QpView", "Found", "PathState"]
+__all__ = ["Core", "Settings", "QpView", "ProbeTarget", "Found", "PathState"]

@@ -41,3 +41,15 @@ class Tick:
     """The once-a-second reconciliation: counters, idle QPs, balance.
     now_ns is on bpf_ktime_get_ns's clock (CLOCK_MONOTONIC)."""
     now_ns: int
+
+
+@dataclass(frozen=True)
+class PathHealthChanged:
+    """A path of a remote VTEP that answers probes went unhealthy (no reply
+    within its deadline) or healthy (first reply, or answering for the
+    hold-down again). `seen` is time.monotonic() when the change was seen."""
+    key: VtepKey
+    path_index: int
+    healthy: bool
+    rtt_ns: int
+    seen: float

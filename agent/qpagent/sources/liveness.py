@@ -1,0 +1,192 @@
+"""End-to-end path liveness: probes out, the data plane's record of the
+replies read back, health changes queued for the loop.
+
+Every interval one thread sends a REQUEST on every path of every present
+remote VTEP (in use or spare; the paths take turns when they exceed the
+budget), then reads path_health and lets a HealthTracker decide. A probe
+is an ordinary VXLAN packet with that path's outer 5-tuple (VNI PROBE_VNI,
+then struct probe_msg), sent from a raw socket with our own IPv4 header:
+path_pin pins it to the uplink the FIB names for the 5-tuple, as it does
+for the data, and every router hashes it like the data. The remote VTEP's
+path_probe answers it in its data plane; ours records the reply. IPv4 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+from qpagent.contract import CONSTANTS, ENUMS, STRUCTS, VXLAN_UDP_PORT
+from qpagent.core.decisions import ProbeTarget
+from qpagent.core.liveness import HealthReading, HealthTracker, probes_per_round
+
+log = logging.getLogger("qpagent")
+
+PROBE_VNI = CONSTANTS["PROBE_VNI"]
+PROBE_MAGIC = CONSTANTS["PROBE_MAGIC"]
+PROBE_REQUEST = dict(ENUMS["probe_kind"].members)["PROBE_REQUEST"]
+PROBE_MSG = STRUCTS["probe_msg"]
+VXLAN_FLAG_VNI = 0x08
+LOSS_WINDOW_S = 1.0      # probe loss is reported over the last second
+
+
+def probe_packet(local: str, remote: str, sport: int, vtep: int, path: int, seq: int,
+                 tx_ns: int) -> bytes:
+    """IPv4 + UDP + VXLAN + probe_msg. The kernel fills the IP id and
+    checksum (IP_HDRINCL); the UDP checksum is 0, as VXLAN senders leave it."""
+    msg = PROBE_MSG()
+    msg.magic = socket.htonl(PROBE_MAGIC)
+    msg.kind = PROBE_REQUEST
+    msg.vtep, msg.path, msg.seq, msg.tx_ns = vtep, path, seq & 0xFFFFFFFF, tx_ns
+    vxlan = struct.pack("!II", VXLAN_FLAG_VNI << 24, PROBE_VNI << 8)
+    payload = vxlan + bytes(msg)
+    udp = struct.pack("!HHHH", sport, VXLAN_UDP_PORT, 8 + len(payload), 0)
+    total = 20 + len(udp) + len(payload)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, socket.IPPROTO_UDP, 0,
+                     socket.inet_aton(local), socket.inet_aton(remote))
+    return ip + udp + payload
+
+
+class PathCounters:
+    """Probes sent and replies recorded for one path, with a short history
+    for the recent loss ratio."""
+
+    def __init__(self):
+        self.sent = 0
+        self.replies = 0
+        self.rtt_ns = 0
+        self.state = "unchecked"
+        self._history: deque = deque()   # (monotonic s, sent, replies)
+
+    def record(self, now: float, reading: HealthReading) -> None:
+        self.replies, self.rtt_ns = reading.replies, reading.rtt_ns
+        self._history.append((now, self.sent, self.replies))
+        while len(self._history) > 2 and now - self._history[1][0] >= LOSS_WINDOW_S:
+            self._history.popleft()
+
+    def loss_ratio(self) -> float | None:
+        if len(self._history) < 2:
+            return None
+        (_, sent0, rep0), (_, sent1, rep1) = self._history[0], self._history[-1]
+        if sent1 <= sent0:
+            return None
+        return min(1.0, max(0.0, 1 - (rep1 - rep0) / (sent1 - sent0)))
+
+
+class LivenessSource:
+    """The prober and health reader thread. `read_health(pairs)` reads
+    path_health for (vtep index, path) pairs (qpagent.tables.QpTables.health)."""
+
+    def __init__(self, events: queue.Queue, read_health: Callable, interval_ms: int,
+                 budget_pps: int, hold_down_ms: int,
+                 believe_until: Callable[[int], None] = lambda _: None):
+        self.events = events
+        self.read_health = read_health
+        # Silence means a dead path only while we probe: each round tells
+        # the data plane so, for one deadline ahead (an agent that stops or
+        # is killed then moves no QP).
+        self.believe_until = believe_until
+        self.interval_ms = interval_ms
+        self.per_round = probes_per_round(interval_ms, budget_pps)
+        self.tracker = HealthTracker(hold_down_ms * 1_000_000)
+        self._targets: list[ProbeTarget] = []
+        self._deadlines: dict = {}
+        self._counters: dict[tuple[int, int], PathCounters] = {}
+        self._turn: dict = {}                 # VTEP key -> next path to probe (round-robin)
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    def set_targets(self, targets: list[ProbeTarget], deadlines: dict) -> None:
+        with self._lock:
+            self._targets, self._deadlines = list(targets), dict(deadlines)
+
+    def start(self) -> "LivenessSource":
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self._thread = threading.Thread(target=self._run, name="qpagent-liveness", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def snapshot(self) -> dict[tuple[int, int], dict]:
+        """Per (vtep index, path): health, rtt_ms, probes sent, replies, loss ratio."""
+        with self._lock:
+            return {k: {"health": c.state, "rtt_ms": round(c.rtt_ns / 1e6, 3) if c.replies else None,
+                        "probes_sent": c.sent, "replies": c.replies, "loss_ratio": c.loss_ratio()}
+                    for k, c in self._counters.items()}
+
+    # ---------------------------------------------------------------- thread
+    def _run(self) -> None:
+        period = self.interval_ms / 1000
+        next_round = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self._round()
+            except Exception:   # a bad round must not stop liveness for good
+                log.exception("liveness round failed")
+            next_round += period
+            delay = next_round - time.monotonic()
+            if delay < 0:          # fell behind (a busy machine): do not burst
+                next_round, delay = time.monotonic(), 0
+            self._stop.wait(delay)
+
+    def _round(self) -> None:
+        with self._lock:
+            targets, deadlines = self._targets, self._deadlines
+            wanted = {(t.vtep, index) for t in targets for index, _ in t.paths}
+            for gone in set(self._counters) - wanted:
+                del self._counters[gone]
+            for pair in wanted - set(self._counters):
+                self._counters[pair] = PathCounters()
+        for target in targets:
+            self._send(target)
+        if deadlines:
+            self.believe_until(time.monotonic_ns() + max(deadlines.values()))
+        readings = self.read_health(sorted(wanted))
+        now_ns = time.monotonic_ns()
+        now = now_ns / 1e9
+        by_path = {(t.key, t.vtep, index): readings.get((t.vtep, index), HealthReading())
+                   for t in targets for index, _ in t.paths}
+        changes = self.tracker.observe(by_path, deadlines, now_ns, now)
+        with self._lock:
+            for (key, vtep, index), reading in by_path.items():
+                counters = self._counters[(vtep, index)]
+                counters.record(now, reading)
+                counters.state = self.tracker.state((key, vtep, index))
+        for change in changes:
+            self.events.put(change)
+
+    def _send(self, target: ProbeTarget) -> None:
+        paths = target.paths
+        if len(paths) > self.per_round:    # take turns within the budget
+            start = self._turn.get(target.key, 0) % len(paths)
+            paths = (paths + paths)[start:start + self.per_round]
+            self._turn[target.key] = start + self.per_round
+        for index, port in paths:
+            self._seq += 1
+            packet = probe_packet(target.local, target.address, port, target.vtep, index,
+                                  self._seq, time.monotonic_ns())
+            try:
+                self._sock.sendto(packet, (target.address, 0))
+            except OSError as exc:   # no route right now: the path will miss
+                log.debug("probe to %s path %d: %s", target.address, index, exc)
+                continue
+            with self._lock:
+                counters = self._counters.get((target.vtep, index))
+                if counters is not None:
+                    counters.sent += 1
