@@ -9,6 +9,7 @@ from bpffs. Constants and names come from qpagent.contract.
 from __future__ import annotations
 
 import ctypes
+import heapq
 import socket
 from typing import NamedTuple
 
@@ -246,10 +247,15 @@ class QpTables:
         if self.flow_table is None:
             return []
         boot = _boot_time()
+        # Only the top `limit` are formatted: a table can hold a million flows.
+        top = heapq.nlargest(limit, self.flow_table.items(), key=lambda kv: kv[1].bytes)
+        names: dict[int, str] = {}
         rows = []
-        for k, v in self.flow_table.items():
+        for k, v in top:
+            if k.ifindex not in names:
+                names[k.ifindex] = _ifname(k.ifindex)
             rows.append({
-                "interface": _ifname(k.ifindex), "hook": hook_names.get(k.hook, str(k.hook)),
+                "interface": names[k.ifindex], "hook": hook_names.get(k.hook, str(k.hook)),
                 "family": k.family, "proto": k.proto,
                 "src": _addr(k.family, k.saddr), "dst": _addr(k.family, k.daddr),
                 "sport": k.sport, "dport": k.dport,
@@ -259,8 +265,7 @@ class QpTables:
                 "first_seen": round(boot + v.first_ns / 1e9, 6),
                 "last_seen": round(boot + v.last_ns / 1e9, 6),
             })
-        rows.sort(key=lambda r: -r["bytes"])
-        return rows[:limit]
+        return rows
 
 
 def _ifname(ifindex: int) -> str:
