@@ -3,6 +3,14 @@
 Every error names the file, the key path (``steer.source_ports``), the line the
 key is written on and what was expected, so an operator can fix it without
 reading code.
+
+Two modes, told apart by the file alone:
+
+    VTEP mode   [steer] names VXLAN devices and uplinks: RoCE QPs are steered
+                onto paths, and [count] interfaces are counted too.
+    host mode   no [steer] devices, only [count] interfaces: flow counters on
+                a host's NICs (XDP ingress, tc egress), exported like a VTEP's;
+                nothing is steered, so no paths, probes or BFD.
 """
 
 from __future__ import annotations
@@ -85,7 +93,7 @@ class RepairSettings:
 
 @dataclass(frozen=True)
 class Config:
-    steer: SteerSettings
+    steer: SteerSettings = field(default_factory=SteerSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     count: CountSettings = field(default_factory=CountSettings)
     frr: FrrSettings = field(default_factory=FrrSettings)
@@ -96,6 +104,28 @@ class Config:
     def to_dict(self) -> dict:
         data = asdict(self)
         return {name: data[name] for name in SECTIONS}
+
+    @property
+    def steers(self) -> bool:
+        """VTEP mode; False is host mode (counting only)."""
+        return bool(self.steer.vxlan_devices)
+
+    @property
+    def mode(self) -> str:
+        return "vtep" if self.steers else "host"
+
+    def describe(self) -> str:
+        """One line saying what an agent with this configuration does."""
+        counted = sorted(set(self.count.xdp) | set(self.count.tc_egress))
+        hooks = [f"XDP ingress ({', '.join(self.count.xdp)})" if self.count.xdp else "",
+                 f"tc egress ({', '.join(self.count.tc_egress)})" if self.count.tc_egress else ""]
+        counting = " and ".join(h for h in hooks if h)
+        if not self.steers:
+            return (f"host mode: counts flows on {', '.join(counted)} at {counting}; "
+                    "steers nothing (no paths, probes or BFD)")
+        line = (f"VTEP mode: steers RoCE QPs on {', '.join(self.steer.vxlan_devices)} "
+                f"over uplinks {', '.join(self.steer.uplinks)}")
+        return line + (f"; counts flows at {counting}" if counting else "")
 
 
 # ---------------------------------------------------------------- addresses
@@ -386,8 +416,9 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "node": (_node_name, False),
     },
     "steer": {
-        "vxlan_devices": (_ifnames(required=True), True),
-        "uplinks": (_ifnames(required=True), True),
+        # Both empty (or no [steer] at all) is host mode: see cross_checks.
+        "vxlan_devices": (_ifnames(required=False), False),
+        "uplinks": (_ifnames(required=False), False),
         "source_ports": (_port_range, False),
         "ports_per_path": (_integer(1, MAX_PORTS_PER_PATH), False),
         "rebalance": (_boolean, False),
@@ -464,6 +495,14 @@ class _Validator:
 
     def cross_checks(self, sections: dict) -> None:
         steer = sections["steer"]
+        if not steer.vxlan_devices and not steer.uplinks:
+            self.host_mode_checks(sections)
+            return
+        for key, other in (("vxlan_devices", "uplinks"), ("uplinks", "vxlan_devices")):
+            if not getattr(steer, key):
+                raise self.error(f"steer.{key}", f"required when steer.{other} is set (VTEP "
+                                 "mode); for host mode (counting only) leave both out and "
+                                 "list interfaces under [count]")
         low, high = steer.source_ports
         if high - low + 1 < steer.ports_per_path:
             raise self.error("steer.source_ports",
@@ -476,6 +515,22 @@ class _Validator:
                              "uplinks carry the encapsulated traffic, VXLAN devices the inner")
 
 
+    def host_mode_checks(self, sections: dict) -> None:
+        """No steering: something must be counted, and settings that only
+        make sense on a VTEP must not be asked for."""
+        count = sections["count"]
+        if not count.xdp and not count.tc_egress:
+            raise self.error("count", "nothing to do: no [steer] VXLAN devices and no [count] "
+                             "interfaces; a VTEP needs steer.vxlan_devices and steer.uplinks, "
+                             "a host (counting only) count.xdp and/or count.tc_egress")
+        if sections["steer"].end_to_end:
+            raise self.error("steer.end_to_end", "host mode (no steer.vxlan_devices) steers "
+                             "nothing, so there are no end-to-end paths to probe")
+        if sections["frr"].enabled is True:
+            raise self.error("frr.enabled", "host mode (no steer.vxlan_devices) has no uplinks "
+                             "whose BFD sessions matter; leave it out or set false")
+
+
 def _suggest(word: str, known, prefix: str = "") -> str:
     close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
     hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
@@ -485,8 +540,9 @@ def _suggest(word: str, known, prefix: str = "") -> str:
 # ---------------------------------------------------------------- rendering
 
 def to_toml(config: Config) -> str:
-    """The effective configuration, written back as TOML (for check-config)."""
-    out = []
+    """The effective configuration, written back as TOML (for check-config),
+    headed by a comment that says what it does."""
+    out = [f"# {config.describe()}"]
     for section, values in config.to_dict().items():
         out.append(f"[{section}]")
         for key, value in values.items():

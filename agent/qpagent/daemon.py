@@ -8,6 +8,11 @@ socket and the metrics exporter read under the same lock; the maps
 themselves are read without it (the kernel keeps each entry consistent), so
 a scrape never delays a reaction. Reactions are timed from the moment a
 source saw a change to the moment the maps were written.
+
+In host mode (a configuration that steers nothing, only counts) the loop
+has no core work: no FDB, paths, probes or BFD. It keeps the counters
+attached (an interface recreated gets them back) and serves status, flows
+and metrics.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -34,7 +40,8 @@ from qpagent.metrics import ReactionHistogram
 from qpagent.sources.discovery import PathDiscovery, Prober, Target
 from qpagent.sources.fdb import read_fdb
 from qpagent.sources.signals import BfdChanged, ProbeRound, RouteChanged, Stop
-from qpagent.status import core_view, liveness_view, repairs_view, summary_ms
+from qpagent.status import (core_view, flow_qp_view, liveness_view, repairs_view,
+                            summary_ms)
 
 log = logging.getLogger("qpagent")
 
@@ -118,6 +125,12 @@ class Agent:
             except OSError as exc:
                 self._warn(f"BPF run-time statistics unavailable: {exc}")
         self.tables = QpTables(self.dp)
+        if not cfg.steers:
+            self._start_services()
+            self._note("start", f"attached {len(self.dp.programs())} programs; "
+                                f"{cfg.describe()}")
+            log.info("qpagent %s running on %s in host mode", __version__, self.node)
+            return
         self.tables.set_pin_uplinks(self._uplink_indexes())
         self._writer = MapWriter(self.tables)
         self._discovery = PathDiscovery(**self._discovery_args())
@@ -168,6 +181,8 @@ class Agent:
             from qpagent.metrics import start_metrics_server
             self._services.append(start_metrics_server(self.cfg.agent.metrics_address, self))
         self._services.append(RouteMonitor(self._queue).start())
+        if not self.cfg.steers:
+            return   # host mode: link events re-attach the counters; nothing else to watch
         if self.cfg.frr.enabled is not False:
             poller = BfdPoller(self.cfg.frr.namespace or None, vtysh=self.cfg.frr.vtysh)
             self._services.append(BfdWatcher(poller, set(self.cfg.steer.uplinks), self._queue,
@@ -212,11 +227,12 @@ class Agent:
             now = time.monotonic()
             if now >= next_topology:
                 with self._lock:
-                    self._topology("periodic", seen=None)
+                    if self.cfg.steers:
+                        self._topology("periodic", seen=None)
                     for line in self.dp.reattach_changed():
                         self._note("reattach", line)
                 next_topology = now + TOPOLOGY_EVERY_S
-            if now >= next_reconcile:
+            if now >= next_reconcile and self.cfg.steers:
                 with self._lock:
                     qps = self.tables.all_qps()
                     self._apply(self.core.tick(Tick(time.monotonic_ns()), qps))
@@ -247,6 +263,11 @@ class Agent:
                         self._timed(item.seen, "bfd", moves, kind="bfd")
             routes = [e for e in batch if isinstance(e, RouteChanged)]
             if not routes:
+                return
+            if not self.cfg.steers:
+                if any(e.kind.startswith("link") for e in routes):
+                    for line in self.dp.reattach_changed():
+                        self._note("reattach", line)
                 return
             kinds = Counter(e.kind for e in routes)
             cause = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in kinds.items())
@@ -371,6 +392,8 @@ class Agent:
     def snapshot(self, top_n: int | None = None) -> dict:
         """Everything `qpagent status` shows (see control.py for the format)."""
         top_n = self.cfg.agent.top_qps if top_n is None else top_n
+        if not self.cfg.steers:
+            return self._host_snapshot(top_n)
         qps_all = self.tables.all_qps() if self.tables else {}
         kernel = {
             "programs": self.dp.programs() if self.dp else [],
@@ -394,6 +417,26 @@ class Agent:
             liveness_view(state, health, self.cfg.liveness.enabled)
             state["repairs"] = repairs_view(dp_repairs, self.core.repairs,
                                             {k: sorted(v) for k, v in self.reactions_by_cause.items()})
+        state.update(kernel)
+        return state
+
+    def _host_snapshot(self, top_n: int) -> dict:
+        """Host mode: no paths, QPs placed or BFD; the flow table's RoCE QPs
+        instead (what this host sent and received, per interface and hook)."""
+        flows = self.tables.flows(sys.maxsize, HOOK_NAMES) if self.tables else []
+        flow_qps, total = flow_qp_view(flows, top_n)
+        kernel = {
+            "programs": self.dp.programs() if self.dp else [],
+            "parse": self.tables.parse_counters(HOOK_NAMES) if self.tables else [],
+        }
+        with self._lock:
+            state = {
+                "mode": "host", "describe": self.cfg.describe(),
+                "node": self.node, "version": __version__, "pid": os.getpid(),
+                "uptime_s": round(time.time() - self.started, 3),
+                "flow_qps": flow_qps, "flow_qp_total": total, "qp_total": 0,
+                "events": list(self.events), "warnings": list(self.warnings),
+            }
         state.update(kernel)
         return state
 

@@ -7,6 +7,10 @@
     flow_stats_tc   tc clsact egress of each counted interface
     flow_stats_xdp  XDP of each counted interface (generic or native)
 
+Only the objects the wanted hooks need are compiled: a host agent (no VXLAN
+devices or uplinks, counted interfaces only) builds and attaches flow_stats
+alone, so it neither compiles nor pins qp_steer and path_pin.
+
 Programs and maps are pinned per node in bpffs (qpagent.pins), under a digest
 of what was compiled. attach() then does one of three things:
 

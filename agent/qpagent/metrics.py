@@ -192,6 +192,17 @@ def _families(node: str, snap: dict, reactions: ReactionHistogram) -> Iterable[M
                              str(qp["port"]), str(qp["path"])], qp.get("bytes", 0))
     yield qp_bytes
 
+    # A host agent (host mode) counts QPs instead of steering them.
+    flow_labels = ("interface", "hook", "src", "dst", "vni", "dqp")
+    flow_packets = counter("qpagent_flow_qp_packets", "Packets of the top counted RoCE QPs",
+                           flow_labels)
+    flow_bytes = counter("qpagent_flow_qp_bytes", "Bytes of the top counted RoCE QPs", flow_labels)
+    for row in snap.get("flow_qps", []):
+        labels = [node] + ["" if row[k] is None else str(row[k]) for k in flow_labels]
+        flow_packets.add_metric(labels, row.get("packets", 0))
+        flow_bytes.add_metric(labels, row.get("bytes", 0))
+    yield from (flow_packets, flow_bytes)
+
     qps = gauge("qpagent_qps", "RoCE QPs the agent steers")
     qps.add_metric([node], snap.get("qp_total", 0))
     yield qps

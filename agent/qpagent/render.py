@@ -104,10 +104,40 @@ def endpoint(address, port) -> str:
 # ---------------------------------------------------------------- status
 
 def render_status(snap: dict) -> str:
+    if snap.get("mode") == "host":
+        return _render_host(snap)
     sections = [_header(snap), _programs(snap), _paths(snap), _qps(snap), _bfd(snap),
                 _liveness(snap), _reactions(snap), _events(snap), _datapath(snap),
                 _warnings(snap)]
     return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _render_host(snap: dict) -> str:
+    """A host agent steers nothing: its counters are the whole story."""
+    header = (f"qpagent {snap.get('version', '?')} on {snap.get('node', '?')}  "
+              f"pid {snap.get('pid', '?')}  up {human_duration(snap.get('uptime_s'))}  "
+              f"host mode  QP flows {snap.get('flow_qp_total', 0)}")
+    if snap.get("describe"):
+        header += f"\n{snap['describe']}"
+    sections = [header, _programs(snap), _flow_qps(snap), _events(snap), _datapath(snap),
+                _warnings(snap)]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _flow_qps(snap: dict) -> str:
+    rows = snap.get("flow_qps") or []
+    total = snap.get("flow_qp_total", len(rows))
+    if not rows:
+        return "QPs: no RoCE flow counted yet"
+    now = time.time()
+    table_rows = [[r.get("interface"), r.get("hook"), f"{r.get('src')} -> {r.get('dst')}",
+                   r.get("vni"), r.get("dqp"), human_count(r.get("packets")),
+                   human_bytes(r.get("bytes")),
+                   "-" if r.get("last_seen") is None else f"{max(0.0, now - r['last_seen']):.1f}s"]
+                  for r in rows]
+    return (f"QPs counted (top {len(rows)} of {total} by bytes)\n"
+            + table(["INTERFACE", "HOOK", "SRC -> DST", "VNI", "DQP", "PACKETS", "BYTES", "IDLE"],
+                    table_rows, right=(3, 4, 5, 6, 7)))
 
 
 def _header(snap: dict) -> str:

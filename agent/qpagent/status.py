@@ -42,6 +42,25 @@ def core_view(core, qps_all: dict, describe_qp, top_n: int) -> dict:
     }
 
 
+def flow_qp_view(flows: list[dict], top_n: int) -> tuple[list[dict], int]:
+    """Per-QP counters from the flow table: flows that carry a destination
+    QP, summed by interface, hook, addresses, VNI and QP (one QP may use
+    several UDP source ports). The top N by bytes, and how many QPs in all."""
+    by_qp: dict[tuple, dict] = {}
+    for f in flows:
+        if f.get("dqp") is None:
+            continue
+        key = (f["interface"], f["hook"], f["src"], f["dst"], f.get("vni"), f["dqp"])
+        row = by_qp.setdefault(key, {
+            "interface": f["interface"], "hook": f["hook"], "src": f["src"], "dst": f["dst"],
+            "vni": f.get("vni"), "dqp": f["dqp"], "packets": 0, "bytes": 0, "last_seen": None})
+        row["packets"] += f.get("packets", 0)
+        row["bytes"] += f.get("bytes", 0)
+        row["last_seen"] = max(filter(None, (row["last_seen"], f.get("last_seen"))), default=None)
+    rows = sorted(by_qp.values(), key=lambda r: (-r["bytes"], r["interface"], r["hook"], r["dqp"]))
+    return rows[:top_n], len(rows)
+
+
 def liveness_view(state: dict, health: dict, enabled: bool) -> None:
     """Each path of the status gains its liveness: health (up, down or
     unchecked: its VTEP never answered), RTT, probes sent, replies and the

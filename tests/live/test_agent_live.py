@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_config import write_agent_config
 from processes import stop_group, wait_until
 from roce_wire import LinkCapture, roce_frame, send_frames
 from twovtep import VNI, VXLAN_DEV, sh
@@ -28,23 +29,6 @@ K_QPS = 7
 FIRST_QP = 0x100
 QPAGENT = str(Path(sys.executable).parent / "qpagent")
 
-CONFIG = """\
-[agent]
-node = "{node}"
-metrics_address = ""
-control_socket = "{socket}"
-top_qps = 100
-[steer]
-vxlan_devices = ["{vxlan}"]
-uplinks = [{uplinks}]
-source_ports = [49152, 65535]
-[count]
-xdp = [{uplinks}]
-tc_egress = [{uplinks}]
-xdp_mode = "generic"
-[frr]
-enabled = false
-"""
 
 
 class RunningAgent:
@@ -53,9 +37,8 @@ class RunningAgent:
         self.socket = os.path.join(workdir, "agent.sock")
         self.log_path = os.path.join(workdir, "agent.log")
         config = self.config = os.path.join(workdir, "agent.toml")
-        uplinks = ", ".join(f'"{u}"' for u in topo.a.uplinks)
-        Path(config).write_text(CONFIG.format(node=topo.a.vtep_ns, socket=self.socket,
-                                              vxlan=VXLAN_DEV, uplinks=uplinks))
+        write_agent_config(config, node=topo.a.vtep_ns, socket=self.socket, vxlan=VXLAN_DEV,
+                           uplinks=topo.a.uplinks)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", topo.a.vtep_ns, QPAGENT, "run", "--config", config],

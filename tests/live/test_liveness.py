@@ -35,6 +35,7 @@ from scapy.contrib.roce import BTH
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
+from agent_config import write_agent_config
 from processes import stop_group, wait_until
 from roce_wire import roce_frame
 from twovtep import sh
@@ -51,22 +52,6 @@ ETH_P_ALL = 0x0003
 PACKET_HOST = 0
 PACKET_OUTGOING = 4
 
-CONFIG = """\
-[agent]
-node = "{node}"
-metrics_address = ""
-control_socket = "{socket}"
-top_qps = 100
-[steer]
-vxlan_devices = ["vxlan100"]
-uplinks = [{uplinks}]
-[frr]
-enabled = false
-[liveness]
-interval_ms = 10
-misses = 3
-hold_down_ms = 1000
-"""
 
 
 # ---------------------------------------------------------------- topology
@@ -169,8 +154,8 @@ class Agent:
         self.ns = topo.vtep[side]
         self.socket = os.path.join(workdir, f"agent{side}.sock")
         self.config = os.path.join(workdir, f"agent{side}.toml")
-        Path(self.config).write_text(CONFIG.format(
-            node=self.ns, socket=self.socket, uplinks=", ".join(f'"{u}"' for u in topo.uplinks)))
+        write_agent_config(self.config, node=self.ns, socket=self.socket, vxlan="vxlan100",
+                           uplinks=topo.uplinks, count=False)
         self.log_path = os.path.join(workdir, f"agent{side}.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, QPAGENT, "run",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_config import write_agent_config
 from processes import stop_group, wait_until
 from scapy.contrib.roce import BTH
 from scapy.layers.l2 import Ether
@@ -41,23 +42,6 @@ FIRST_QP = 0x200
 ROUND_S = 0.01        # one frame per QP every 10 ms
 QPAGENT = str(Path(sys.executable).parent / "qpagent")
 
-CONFIG = """\
-[agent]
-node = "{node}"
-metrics_address = ""
-control_socket = "{socket}"
-top_qps = 100
-[steer]
-vxlan_devices = ["{vxlan}"]
-uplinks = [{uplinks}]
-source_ports = [49152, 65535]
-[count]
-xdp = [{uplinks}]
-tc_egress = [{uplinks}]
-xdp_mode = "generic"
-[frr]
-enabled = false
-"""
 
 
 class Agents:
@@ -71,9 +55,8 @@ class Agents:
         self.pin_base = f"/run/qt-pins-{uuid.uuid4().hex[:8]}"
         self.socket = os.path.join(workdir, "agent.sock")
         self.config = os.path.join(workdir, "agent.toml")
-        uplinks = ", ".join(f'"{u}"' for u in topo.a.uplinks)
-        Path(self.config).write_text(CONFIG.format(node=self.node, socket=self.socket,
-                                                   vxlan=VXLAN_DEV, uplinks=uplinks))
+        write_agent_config(self.config, node=self.node, socket=self.socket, vxlan=VXLAN_DEV,
+                           uplinks=topo.a.uplinks)
         self.proc = None
         self.log = None
         self.runs = 0

@@ -56,6 +56,6 @@ def test_saved_snapshots_match_a_real_agent(twovtep2):
     assert status_shape(status) == status_shape(saved_status)
     assert flows_shape(flows) == flows_shape(saved_flows)
     # The names users filter on, spelled out once more.
-    assert status_shape(status)["parse hooks"] == ["path_pin", "qp_steer", "tc_egress",
-                                                   "xdp_ingress"]
+    assert status_shape(status)["parse hooks"] == ["path_pin", "path_probe", "qp_steer",
+                                                   "tc_egress", "xdp_ingress"]
     assert "redirected_neigh" in status["pin_events"]

@@ -229,6 +229,7 @@ def test_check_config_prints_effective_config(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output == f"""\
 # {path}: valid; effective configuration:
+# VTEP mode: steers RoCE QPs on vxlan100 over uplinks eth1, eth2
 [agent]
 metrics_address = "127.0.0.1:9464"
 control_socket = "/run/qpagent/qpagent.sock"
@@ -282,7 +283,9 @@ def test_run_with_bad_config_exits_2_without_traceback(tmp_path):
     path.write_text("[steer]\nuplinks = [\"eth1\"]\n")
     result = invoke("run", "--config", str(path))
     assert (result.exit_code, result.output) == \
-        (2, f"qpagent: {path}:1: steer.vxlan_devices: required but missing\n")
+        (2, f"qpagent: {path}:1: steer.vxlan_devices: required when steer.uplinks is set "
+            "(VTEP mode); for host mode (counting only) leave both out and list interfaces "
+            "under [count]\n")
 
 
 @pytest.fixture

@@ -56,6 +56,18 @@ holddown_ms = 250
 """
 
 
+HOST = """\
+[count]
+xdp = ["eth0"]
+"""
+
+NEEDS_BOTH = ("required when steer.{o} is set (VTEP mode); for host mode (counting only) "
+              "leave both out and list interfaces under [count]")
+NOTHING_TO_DO = ("nothing to do: no [steer] VXLAN devices and no [count] interfaces; a VTEP "
+                 "needs steer.vxlan_devices and steer.uplinks, a host (counting only) "
+                 "count.xdp and/or count.tc_egress")
+
+
 def write(tmp_path, text, name="qpagent.toml"):
     path = tmp_path / name
     path.write_text(text)
@@ -95,6 +107,37 @@ def test_full_file_is_read_whole(tmp_path):
                      "hold_down_ms": 2500},
         "repair": {"retransmit": False, "holddown_ms": 250},
     }
+
+
+def test_host_mode_counts_only_and_says_so(tmp_path):
+    config = load_config(write(tmp_path, "[count]\nxdp = [\"eth0\"]\ntc_egress = [\"eth0\"]\n"))
+    assert config == Config(agent=AgentSettings(node=socket.gethostname().split(".")[0]),
+                            count=CountSettings(xdp=("eth0",), tc_egress=("eth0",)),
+                            source=str(tmp_path / "qpagent.toml"))
+    assert (config.mode, config.steers) == ("host", False)
+    assert config.describe() == ("host mode: counts flows on eth0 at XDP ingress (eth0) and "
+                                 "tc egress (eth0); steers nothing (no paths, probes or BFD)")
+
+
+def test_host_mode_with_empty_steer_lists_is_the_same(tmp_path):
+    empty = load_config(write(tmp_path, HOST + "[steer]\nvxlan_devices = []\nuplinks = []\n"))
+    assert (empty.mode, empty.steer.vxlan_devices, empty.steer.uplinks) == ("host", (), ())
+
+
+def test_vtep_mode_says_what_it_steers(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL + "[count]\ntc_egress = [\"eth1\"]\n"))
+    assert config.mode == "vtep"
+    assert config.describe() == ("VTEP mode: steers RoCE QPs on vxlan100 over uplinks eth1, eth2; "
+                                 "counts flows at tc egress (eth1)")
+
+
+def test_host_config_round_trips_through_toml_with_its_mode_on_top(tmp_path):
+    config = load_config(write(tmp_path, HOST))
+    text = to_toml(config)
+    assert text.splitlines()[0] == ("# host mode: counts flows on eth0 at XDP ingress (eth0); "
+                                    "steers nothing (no paths, probes or BFD)")
+    again = load_config(write(tmp_path, text, "again.toml"))
+    assert again.to_dict() == config.to_dict()
 
 
 def test_liveness_and_repair_defaults():
@@ -201,15 +244,25 @@ BAD_TOML = [
                  "known: agent, count, frr, liveness, repair, steer",
                  id="unknown-section"),
     pytest.param("[agent]\ntop_qps = 3\n\n[steer]\nuplinks = [\"eth1\"]\n",
-                 "qpagent.toml:4: steer.vxlan_devices: required but missing",
+                 "qpagent.toml:4: steer.vxlan_devices: " + NEEDS_BOTH.format(o="uplinks"),
                  id="missing-required-points-at-section"),
     pytest.param("[agent]\ntop_qps = 3\n",
-                 "qpagent.toml: steer.vxlan_devices: required but missing",
-                 id="missing-section"),
+                 "qpagent.toml: count: " + NOTHING_TO_DO,
+                 id="nothing-steered-nothing-counted"),
     pytest.param("[steer]\nvxlan_devices = []\nuplinks = [\"eth1\"]\n",
-                 "qpagent.toml:2: steer.vxlan_devices: expected at least one interface name, "
-                 "got an empty list",
-                 id="empty-required-list"),
+                 "qpagent.toml:2: steer.vxlan_devices: " + NEEDS_BOTH.format(o="uplinks"),
+                 id="empty-vxlan-list-with-uplinks"),
+    pytest.param("[steer]\nvxlan_devices = [\"vxlan100\"]\n",
+                 "qpagent.toml:1: steer.uplinks: " + NEEDS_BOTH.format(o="vxlan_devices"),
+                 id="vxlan-without-uplinks"),
+    pytest.param(HOST + "[steer]\nend_to_end = true\n",
+                 "qpagent.toml:4: steer.end_to_end: host mode (no steer.vxlan_devices) steers "
+                 "nothing, so there are no end-to-end paths to probe",
+                 id="host-mode-end-to-end"),
+    pytest.param(HOST + "[frr]\nenabled = true\n",
+                 "qpagent.toml:4: frr.enabled: host mode (no steer.vxlan_devices) has no uplinks "
+                 "whose BFD sessions matter; leave it out or set false",
+                 id="host-mode-frr"),
     pytest.param("[steer]\nvxlan_devices = \"vxlan100\"\nuplinks = [\"eth1\"]\n",
                  "qpagent.toml:2: steer.vxlan_devices: expected a list of interface names, "
                  "got string 'vxlan100'",
@@ -286,8 +339,8 @@ BAD_YAML = [
                  None, id="syntax"),
     pytest.param("- steer\n", "qpagent.yaml:1: expected a mapping of sections at the top level, "
                  "got a list", id="not-a-mapping"),
-    pytest.param("agent:\n  top_qps: 3\n", "qpagent.yaml: steer.vxlan_devices: required but missing",
-                 id="empty-steer"),
+    pytest.param("agent:\n  top_qps: 3\n", "qpagent.yaml: count: " + NOTHING_TO_DO,
+                 id="nothing-steered-nothing-counted"),
     pytest.param("1: x\n", "qpagent.yaml:1: 1: unknown section; known: agent, count, frr, liveness, repair, steer",
                  id="integer-key"),
     pytest.param("steer: {}\n---\nsteer: {}\n",
