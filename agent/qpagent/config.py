@@ -87,7 +87,11 @@ class LivenessSettings:
 @dataclass(frozen=True)
 class RepairSettings:
     """Per-QP repair in the data plane, from the QP's own packets."""
-    retransmit: bool = True        # a retransmitted PSN moves the QP to another path
+    # A retransmitted PSN moves the QP to another path. Off by default: a
+    # congestion drop also makes a QP resend, and moving then only adds
+    # reordering (the step that tells a failing path from a full queue, a
+    # path made suspect by several QPs and confirmed by probes, is not built).
+    retransmit: bool = False
     holddown_ms: int = 100         # a QP is repaired at most once per this long
 
 

@@ -264,7 +264,7 @@ budget_pps = 1000
 hold_down_ms = 1000
 
 [repair]
-retransmit = true
+retransmit = false
 holddown_ms = 100
 """
 

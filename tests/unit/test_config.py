@@ -144,7 +144,7 @@ def test_liveness_and_repair_defaults():
     config = Config(steer=SteerSettings())
     assert (config.liveness.enabled, config.liveness.interval_ms, config.liveness.misses,
             config.liveness.budget_pps, config.liveness.hold_down_ms) == (True, 10, 3, 1000, 1000)
-    assert (config.repair.retransmit, config.repair.holddown_ms) == (True, 100)
+    assert (config.repair.retransmit, config.repair.holddown_ms) == (False, 100)
 
 
 @pytest.mark.parametrize("section, key, value, problem", [
