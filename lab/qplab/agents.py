@@ -1,4 +1,7 @@
-"""Start one `qpagent run` per leaf that asks for one.
+"""Start one `qpagent run` per leaf and per host that asks for one.
+
+A leaf's agent steers (VTEP mode); a host's runs in host mode: flow counters
+on its NIC, exported like the leaves' and scraped by the same Prometheus.
 
 Each agent's configuration is a qpagent `Config`, written with qpagent's
 own serialiser and read back through its loader, so a lab never starts an
@@ -14,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from qpagent.config import (AgentSettings, Config, CountSettings, FrrSettings, SteerSettings,
-                            load_config, to_toml)
+from qpagent.config import (AgentSettings, Config, CountSettings, FrrSettings, LivenessSettings,
+                            RepairSettings, SteerSettings, load_config, to_toml)
 
 from . import netns
 from .context import AGENT_SOCKET_DIR, LabContext
@@ -24,13 +27,16 @@ from .state import AgentState
 from .topology import REPO_ROOT
 
 METRICS_PORT = 9464
+HOST_NIC = "eth0"        # a host's one link, to its leaf (lab.py names it)
 START_TIMEOUT = 120.0   # BCC compiles every agent at once: slow on 2 busy cores
 
 
-def agent_config(plan: Plan, leaf: str, ctx: LabContext) -> Config:
+def agent_config(plan: Plan, leaf: str, ctx: LabContext, liveness: LivenessSettings | None = None,
+                 repair: RepairSettings | None = None) -> Config:
     """A leaf's agent: steer its VXLAN devices over its uplinks, balancing
     over whole end-to-end paths (WAN links too, learnt by TTL probes), count
-    on the uplinks, follow the leaf's FRR for BFD."""
+    on the uplinks, follow the leaf's FRR for BFD. Liveness and repair are
+    qpagent's defaults unless given (experiments compare BFD alone with them)."""
     r = plan.routers[leaf]
     uplinks = tuple(r.uplinks)
     return Config(
@@ -39,7 +45,31 @@ def agent_config(plan: Plan, leaf: str, ctx: LabContext) -> Config:
         steer=SteerSettings(vxlan_devices=tuple(f"vxlan{v}" for v in r.vnis), uplinks=uplinks,
                             source_ports=VXLAN_SOURCE_PORTS, end_to_end=True),
         count=CountSettings(xdp=uplinks, tc_egress=uplinks),
-        frr=FrrSettings(enabled=True, namespace=ctx.ns(leaf)))
+        frr=FrrSettings(enabled=True, namespace=ctx.ns(leaf)),
+        liveness=liveness or LivenessSettings(), repair=repair or RepairSettings())
+
+
+def host_agent_config(plan: Plan, host: str, ctx: LabContext) -> Config:
+    """A host's agent, in host mode: count every flow on its NIC (eth0) both
+    ways, steer nothing, ask no FRR (a host runs none)."""
+    h = plan.hosts[host]
+    return Config(
+        agent=AgentSettings(metrics_address=f"{h.mgmt.ip}:{METRICS_PORT}",
+                            control_socket=str(ctx.agent_socket(host)), node=host),
+        count=CountSettings(xdp=(HOST_NIC,), tc_egress=(HOST_NIC,)),
+        frr=FrrSettings(enabled=False), liveness=LivenessSettings(enabled=False))
+
+
+def node_config(plan: Plan, node: str, ctx: LabContext, liveness: LivenessSettings | None = None,
+                repair: RepairSettings | None = None) -> Config:
+    if node in plan.hosts:
+        return host_agent_config(plan, node, ctx)
+    return agent_config(plan, node, ctx, liveness, repair)
+
+
+def _mgmt_ip(plan: Plan, node: str) -> str:
+    where = plan.hosts[node] if node in plan.hosts else plan.routers[node]
+    return str(where.mgmt.ip)
 
 
 def write_config(config: Config, path: Path) -> Config:
@@ -50,7 +80,9 @@ def write_config(config: Config, path: Path) -> Config:
 
 
 def agent_nodes(plan: Plan) -> list[str]:
-    return [r.name for r in plan.leaves() if r.agent]
+    """Leaves first (they steer), then hosts in host mode."""
+    return [r.name for r in plan.leaves() if r.agent] + \
+        [h.name for h in plan.hosts.values() if h.agent]
 
 
 def agent_command(config: Path) -> list[str]:
@@ -60,7 +92,9 @@ def agent_command(config: Path) -> list[str]:
     return [sys.executable, "-m", "qpagent.cli", "run", "--config", str(config)]
 
 
-def start_all(plan: Plan, ctx: LabContext, progress, timeout: float = START_TIMEOUT) -> dict[str, AgentState]:
+def start_all(plan: Plan, ctx: LabContext, progress, timeout: float = START_TIMEOUT,
+              liveness: LivenessSettings | None = None,
+              repair: RepairSettings | None = None) -> dict[str, AgentState]:
     """Start every agent, wait for each control socket; report per node."""
     nodes = agent_nodes(plan)
     if not nodes:
@@ -73,7 +107,7 @@ def start_all(plan: Plan, ctx: LabContext, progress, timeout: float = START_TIME
     procs = {}
     for node in nodes:
         config = conf_dir / f"{node}.toml"
-        write_config(agent_config(plan, node, ctx), config)
+        write_config(node_config(plan, node, ctx, liveness, repair), config)
         procs[node] = netns.spawn(ctx.ns(node), agent_command(config),
                                   str(ctx.run_dir / "logs" / f"agent-{node}.log"))
     deadline = time.monotonic() + timeout
@@ -86,7 +120,7 @@ def start_all(plan: Plan, ctx: LabContext, progress, timeout: float = START_TIME
     for node in nodes:
         entry = AgentState(node, procs[node].pid, str(conf_dir / f"{node}.toml"),
                            str(ctx.agent_socket(node)),
-                           f"http://{plan.routers[node].mgmt.ip}:{METRICS_PORT}/metrics", ok=True)
+                           f"http://{_mgmt_ip(plan, node)}:{METRICS_PORT}/metrics", ok=True)
         if procs[node].poll() is not None:
             log = ctx.run_dir / "logs" / f"agent-{node}.log"
             tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
@@ -98,6 +132,15 @@ def start_all(plan: Plan, ctx: LabContext, progress, timeout: float = START_TIME
     progress(f"agents: {ok}/{len(nodes)} running" +
              "".join(f"\n  {n}: {e.error}" for n, e in result.items() if not e.ok))
     return result
+
+
+def stop_all(agents: dict[str, AgentState], ctx: LabContext, progress) -> None:
+    """Stop every agent (SIGTERM, then SIGKILL) and remove its data plane, so
+    the lab runs on kernel hashing again and agents can be started afresh."""
+    netns.kill_pids([a.pid for a in agents.values()], grace=3.0)
+    purge_nodes(agents, ctx, progress)
+    for entry in agents.values():
+        Path(entry.socket).unlink(missing_ok=True)
 
 
 def purge_nodes(agents: dict[str, AgentState], ctx: LabContext, progress) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from . import agents, lab as build, monitor, netns, status, wan
+from qpagent.config import LivenessSettings, RepairSettings
+
+from . import agents, lab as build, links, monitor, netns, status, wan
 from .context import LabContext
 from .plan import build_plan
 from .state import AgentState, HostState, LabState, WanState
@@ -106,18 +108,36 @@ class Lab:
         wan.set_blackhole(self.state.wans[name], False)
         self.save()
 
+    def blackhole(self, a: str, b: str, on: bool = True) -> str:
+        """Silently cut (or restore) the link between two routers, at any tier:
+        a WAN link in its delay line, a fabric link by a drop filter at its
+        non-leaf end. The link stays up; only BFD or end-to-end probes notice."""
+        said = links.act(self.state, self.ctx, a, b, "blackhole" if on else "restore")
+        self.save()
+        return said
+
     # -- agents -------------------------------------------------------------------
     def agents_running(self) -> bool:
         return self.state.agents_running()
 
-    def start_agents(self, progress: Progress = print) -> dict[str, AgentState]:
-        """Start the agents the topology asks for (once)."""
+    def start_agents(self, progress: Progress = print, liveness: LivenessSettings | None = None,
+                     repair: RepairSettings | None = None) -> dict[str, AgentState]:
+        """Start the agents the topology asks for (once), with qpagent's own
+        liveness and repair settings unless given."""
         if not self.state.agents:
-            self.state.agents = agents.start_all(build_plan(self.topology), self.ctx, progress)
+            self.state.agents = agents.start_all(build_plan(self.topology), self.ctx, progress,
+                                                 liveness=liveness, repair=repair)
             if self.state.monitor:   # Prometheus scrapes the new agents too
                 monitor.reload(self.state, self.state.monitor)
             self.save()
         return self.state.agents
+
+    def stop_agents(self, progress: Progress = print) -> None:
+        """Stop every agent and remove its data plane: kernel hashing again."""
+        if self.state.agents:
+            agents.stop_all(self.state.agents, self.ctx, progress)
+            self.state.agents = {}
+            self.save()
 
     # -- Prometheus -----------------------------------------------------------------
     def start_prometheus(self, progress: Progress = print) -> str:

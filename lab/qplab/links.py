@@ -2,13 +2,15 @@
 
 down/up: the routers' interfaces go administratively down/up (a failure
 both ends see at once). blackhole/restore: the link stays up and silently
-drops everything, which only BFD notices; done in the WAN box's delay line.
+drops everything, which only BFD notices; done in the WAN box's delay line
+for a WAN link, by a drop filter on the end that runs no agent for a fabric
+link (qplab.blackhole).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import netns, wan
+from . import blackhole, netns, wan
 from .context import LabContext
 from .state import LabState
 
@@ -57,9 +59,29 @@ def act(state: LabState, ctx: LabContext, a: str, b: str, action: str) -> str:
         key = sorted([a, b])
         state.links_down = [l for l in state.links_down if l != key] + ([key] if action == "down" else [])
         return f"{a} <-> {b}: interfaces {action}"
+    if link.kind == "fabric":
+        node, ifname = drop_end(state, link)
+        key = sorted([a, b])
+        if action == "blackhole":
+            blackhole.cut(ctx.ns(node), ifname)
+        else:
+            blackhole.restore(ctx.ns(node), ifname)
+        state.links_blackholed = ([l for l in state.links_blackholed if l != key]
+                                  + ([key] if action == "blackhole" else []))
+        return (f"{a} <-> {b}: " + (f"blackholed at {node} {ifname} (link stays up, drops everything)"
+                                    if action == "blackhole" else "restored"))
     if link.kind != "wan":
-        raise LinkError(f"{a} <-> {b} is not a WAN link: blackhole/restore work on WAN links "
-                        "(their delay line drops everything); use down/up here")
+        raise LinkError(f"{a} <-> {b} is a host link: blackhole/restore work on WAN and fabric "
+                        "links; use down/up here")
     w = state.wans[link.wan]
     wan.set_blackhole(w, action == "blackhole")
     return f"{a} <-> {b}: {'blackholed (link stays up, drops everything)' if w.blackhole else 'restored'}"
+
+
+def drop_end(state: LabState, link: Link) -> tuple[str, str]:
+    """The (node, interface) of a fabric link where a silent drop goes: the
+    end that is not a leaf (a leaf's hooks belong to its agent)."""
+    for node, ifname in link.ends:
+        if state.routers[node].role != "leaf":
+            return node, ifname
+    return link.ends[0]

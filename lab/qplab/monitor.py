@@ -77,8 +77,9 @@ def prometheus_config(state: LabState, mon: MonitorState) -> dict:
         if not agent.ok:
             continue
         target = urllib.parse.urlsplit(agent.metrics).netloc
-        r = state.routers[name]
-        agents.append({"targets": [target], "labels": {"node": name, "role": r.role, "dc": r.dc}})
+        r = state.routers.get(name) or state.hosts[name]   # hosts run agents in host mode
+        agents.append({"targets": [target], "labels": {"node": name, "role": getattr(r, "role", "host"),
+                                                       "dc": r.dc}})
     routers = [{"targets": [mon.exporters[name]], "labels": {"node": name, "role": r.role, "dc": r.dc}}
                for name, r in state.routers.items()]
     return {

@@ -53,6 +53,7 @@ class HostPlan:
     address: ipaddress.IPv4Interface
     mac: str
     mgmt: ipaddress.IPv4Interface
+    agent: bool = False             # a host-mode qpagent counting on eth0
 
 
 @dataclass
@@ -146,7 +147,7 @@ def build_plan(topo: Topology) -> Plan:
             port = "h-" + h.name.split("-", 1)[1]
             r.host_ports[port] = h.name
             hosts[h.name] = HostPlan(h.name, h.dc, leaf.name, port, h.vni, h.address,
-                                     _host_mac(h.address.ip), None)
+                                     _host_mac(h.address.ip), None, agent=h.agent)
     for h in hosts.values():
         h.mgmt = ipaddress.IPv4Interface(f"{next(mgmt_hosts)}/{mgmt_len}")
     return Plan(topo, routers, hosts, links, wans, gateway)

@@ -109,6 +109,7 @@ class LabState:
     wans: dict[str, WanState]
     agents: dict[str, AgentState] = field(default_factory=dict)
     links_down: list[list[str]] = field(default_factory=list)   # sorted node pairs
+    links_blackholed: list[list[str]] = field(default_factory=list)   # fabric links, sorted pairs
     up_seconds: float | None = None
     monitor: MonitorState | None = None
 

@@ -57,7 +57,7 @@ def collect(state: LabState) -> dict:
             "wans": {n: asdict(w) for n, w in state.wans.items()},
             "agents": {n: asdict(a) for n, a in state.agents.items()},
             "prometheus": asdict(state.monitor) if state.monitor else None,
-            "links_down": state.links_down}
+            "links_down": state.links_down, "links_blackholed": state.links_blackholed}
 
 
 def problems(state: LabState, status: dict) -> list[str]:

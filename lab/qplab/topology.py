@@ -65,6 +65,7 @@ class Host:
     leaf: str          # global leaf name
     vni: int
     address: ipaddress.IPv4Interface
+    agent: bool = False    # qpagent in host mode: flow counters on its NIC, no steering
 
 
 @dataclass(frozen=True)
@@ -346,8 +347,9 @@ class _Checker:
             where = f"leaf {leaf}.hosts[{i}]"
             m = self.mapping(item, where, {"name", "vni", "address", "agent"})
             local = self.name(m.get("name"), f"{where}.name")
-            if m.get("agent"):
-                self.bad(f"{where}.agent: qpagent steers on a VTEP, so it runs on leaves only")
+            agent = m.get("agent", False)
+            if not isinstance(agent, bool):
+                self.bad(f"{where}.agent: expected true or false, got {agent!r}")
             vni = m.get("vni")
             if vni not in vnis:
                 self.bad(f"{where}: VNI {vni!r} is not declared in 'vnis' "
@@ -364,7 +366,7 @@ class _Checker:
             if addr.network != vnis[vni].subnet:
                 addr = ipaddress.IPv4Interface(f"{addr.ip}/{vnis[vni].subnet.prefixlen}")
             if local:
-                out.append(Host(f"{dc}-{local}", dc, leaf, vni, addr))
+                out.append(Host(f"{dc}-{local}", dc, leaf, vni, addr, agent is True))
         return out
 
     def unique_nodes(self, dcs: list[DataCenter]) -> None:

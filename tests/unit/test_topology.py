@@ -79,8 +79,8 @@ def test_default_topology_shape():
     (lambda t: t["dcs"][0]["leaves"][0].update(name="Leaf_1"),
      "dc dc1.leaves[0].name: bad name 'Leaf_1' (lower-case letters and digits, starting with a letter, "
      "at most 12 characters)"),
-    (lambda t: t["dcs"][0]["leaves"][0]["hosts"][0].update(agent=True),
-     "leaf dc1-leaf1.hosts[0].agent: qpagent steers on a VTEP, so it runs on leaves only"),
+    (lambda t: t["dcs"][0]["leaves"][0]["hosts"][0].update(agent="yes"),
+     "leaf dc1-leaf1.hosts[0].agent: expected true or false, got 'yes'"),
 ])
 def test_each_bad_input_has_its_own_message(raw, mutate, message):
     bad = copy.deepcopy(raw)
@@ -225,3 +225,39 @@ def test_prometheus_config_from_the_lab_state(tmp_path):
     state.monitor = mon
     state.save(ctx)
     assert LabState.load(ctx) == state
+
+
+def test_hosts_with_agent_true_get_a_host_mode_agent(raw, tmp_path):
+    """`agent: true` under a host: a host-mode qpagent counting on its NIC,
+    metrics on its management address, scraped beside the leaves' agents."""
+    from qpagent.config import load_config
+    from qplab import agents, monitor
+    from qplab.state import AgentState
+    data = copy.deepcopy(raw)
+    data["dcs"][0]["leaves"][0]["hosts"][0]["agent"] = True     # dc1-h1
+    plan = build_plan(parse_topology(data))
+    assert [h.name for h in plan.hosts.values() if h.agent] == ["dc1-h1"]
+    nodes = agents.agent_nodes(plan)
+    assert nodes[-1] == "dc1-h1" and nodes[:-1] == [r.name for r in plan.leaves()]
+
+    ctx = LabContext("qpx-", tmp_path / "run")
+    written = agents.write_config(agents.node_config(plan, "dc1-h1", ctx), tmp_path / "h1.toml")
+    host = plan.hosts["dc1-h1"]
+    assert (written.mode, written.steer.vxlan_devices, written.steer.uplinks) == ("host", (), ())
+    assert (written.count.xdp, written.count.tc_egress) == (("eth0",), ("eth0",))
+    assert (written.frr.enabled, written.liveness.enabled) == (False, False)
+    assert written.agent.metrics_address == f"{host.mgmt.ip}:9464"
+    assert written.agent.node == "dc1-h1"
+    assert load_config(tmp_path / "h1.toml").describe().startswith("host mode: counts flows on eth0")
+    assert agents.node_config(plan, "dc1-leaf1", ctx).mode == "vtep"
+
+    state = LabState.from_plan(plan, ctx)
+    state.agents = {"dc1-h1": AgentState("dc1-h1", 1, "c", "s", f"http://{host.mgmt.ip}:9464/metrics",
+                                         True)}
+    scraped = monitor.prometheus_config(state, monitor.plan_monitor(state, ctx))["scrape_configs"][0]
+    assert scraped["static_configs"] == [{"targets": [f"{host.mgmt.ip}:9464"],
+                                          "labels": {"node": "dc1-h1", "role": "host", "dc": "dc1"}}]
+
+
+def test_default_topology_runs_no_host_agents():
+    assert not any(h.agent for h in build_plan(load_topology()).hosts.values())
