@@ -13,7 +13,7 @@ from qpagent.config import (AgentSettings, Config, CountSettings, FrrSettings,
 def write_agent_config(path: str | Path, *, node: str, socket: str, vxlan: str, uplinks,
                        metrics_address: str = "", top_qps: int = 100, count: bool = True,
                        frr_namespace: str | None = None, poll_interval: float = 0.2,
-                       liveness: bool = True) -> None:
+                       liveness: bool = False) -> None:
     """A steering agent on `vxlan` and `uplinks`; flows counted on the
     uplinks (count); FRR asked in `frr_namespace`, or not at all."""
     uplinks = tuple(uplinks)

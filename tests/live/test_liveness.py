@@ -155,7 +155,7 @@ class Agent:
         self.socket = os.path.join(workdir, f"agent{side}.sock")
         self.config = os.path.join(workdir, f"agent{side}.toml")
         write_agent_config(self.config, node=self.ns, socket=self.socket, vxlan="vxlan100",
-                           uplinks=topo.uplinks, count=False)
+                           uplinks=topo.uplinks, count=False, liveness=True)
         self.log_path = os.path.join(workdir, f"agent{side}.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, QPAGENT, "run",

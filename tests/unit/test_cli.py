@@ -23,19 +23,19 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SNAPSHOT = json.loads((FIXTURES / "agent_status.json").read_text())
 
 STATUS_TEXT = """\
-qpagent 0.1.0 on qt2-620db3-vtepA  pid 5564  up 9s  QPs 5
+qpagent 0.1.0 on qt2-b41b43-vtepA  pid 14639  up 7s  QPs 5
 
 Programs
 PROGRAM         HOOK         INTERFACE    ID  RUNS  NS/RUN
-qp_steer        tc egress    vxlan100   1432    10    2700
-path_pin        tc egress    up0        1430   128    2034
-path_pin        tc egress    up1        1430   128    2034
-path_probe      tc ingress   up0        1431     9     586
-path_probe      tc ingress   up1        1431     9     586
-flow_stats_tc   tc egress    up0        1428    99    2276
-flow_stats_tc   tc egress    up1        1428    99    2276
-flow_stats_xdp  xdp generic  up0        1429     9     909
-flow_stats_xdp  xdp generic  up1        1429     9     909
+qp_steer        tc egress    vxlan100   2539    10    2466
+path_pin        tc egress    up0        2537    18    1034
+path_pin        tc egress    up1        2537    18    1034
+path_probe      tc ingress   up0        2538     9     437
+path_probe      tc ingress   up1        2538     9     437
+flow_stats_tc   tc egress    up0        2535    16    2185
+flow_stats_tc   tc egress    up1        2535    16    2185
+flow_stats_xdp  xdp generic  up0        2536     9     851
+flow_stats_xdp  xdp generic  up1        2536     9     851
 
 Paths
 VTEP      PATH  UPLINK  GATEWAY    STATE  QPS  PACKETS  BYTES  PORTS
@@ -46,39 +46,35 @@ Imbalance (busiest/best possible, 1.00 = even): 10.0.0.2 1.00
 QPs (top 5 of 5 by bytes)
 SRC -> DST                      DQP  VTEP       PORT  PATH  UPLINK  PACKETS  BYTES  MOVES
 192.168.100.1 -> 192.168.100.2  260  10.0.0.2  49156     1  up1           2  244 B      1
-192.168.100.1 -> 192.168.100.2  258  10.0.0.2  49155     1  up1           2  244 B      1
 192.168.100.1 -> 192.168.100.2  259  10.0.0.2  49153     1  up1           2  244 B      0
+192.168.100.1 -> 192.168.100.2  258  10.0.0.2  49155     1  up1           2  244 B      1
 192.168.100.1 -> 192.168.100.2  257  10.0.0.2  49152     1  up1           2  244 B      0
 192.168.100.1 -> 192.168.100.2  256  10.0.0.2  49154     1  up1           2  244 B      1
 
 BFD: unavailable (FRR not asked: frr.enabled = false)
 
-Liveness (unchecked: the remote VTEP never answered a probe)
-VTEP      PATH  UPLINK  HEALTH     RTT  PROBES  REPLIES  LOSS
-10.0.0.2     0  up0     unchecked    -       0        0     -
-10.0.0.2     1  up1     unchecked    -      59        0  100%
-Repairs: bfd 0  liveness 0  retransmit 0  route 3 (sign to move p50 5.1 ms)
+Liveness: off
 
-Reaction (event -> maps): 1 samples  p50 5.1 ms  p99 5.1 ms  max 5.1 ms
+Reaction (event -> maps): 1 samples  p50 4.8 ms  p99 4.8 ms  max 4.8 ms
 Placements: dead_path 3  liveness 0  path_up 0  port_remap 0  rebalance 0
 
 Last 2 events
 TIME          KIND      REACTION  DETAIL
-10:06:37.094  start            -  attached 9 programs; 1 remote VTEPs
-10:06:37.361  reaction    5.1 ms  link_down: 3 QP moves
+11:14:42.301  start            -  attached 9 programs; 1 remote VTEPs
+11:14:42.662  reaction    4.8 ms  link_down: 3 QP moves
 
 Steer: hash_set 10  no_live_path 0  no_vtep 0  placed_dead 0  placed_new 5
-Pin: fib_failed 0  not_vxlan 5  on_fib_link 96  redirected 28  redirected_neigh 1
+Pin: fib_failed 0  not_vxlan 6  on_fib_link 10  redirected 1  redirected_neigh 1
 
 Parse outcomes
 INTERFACE  HOOK         ROCE  NOT_ROCE  NOT_IP  TRUNCATED  FRAGMENT  IPV6_EXT  BAD_BTH
 up0        xdp_ingress     0         0       1          0         0         0        0
-up0        tc_egress       3         0      28          0         0         1        0
-up0        path_pin        5         0      55          0         0         1        0
+up0        tc_egress       3         0       1          0         0         1        0
+up0        path_pin        5         0       1          0         0         1        0
 up0        path_probe      0         0       1          0         0         0        0
 up1        xdp_ingress     0         6       2          0         0         0        0
-up1        tc_egress       7         0      61          0         0         1        0
-up1        path_pin        7         0      59          0         0         1        0
+up1        tc_egress       7         0       2          0         0         2        0
+up1        path_pin        7         0       2          0         0         2        0
 up1        path_probe      0         6       2          0         0         0        0
 vxlan100   qp_steer       10         0       0          0         0         0        0
 """
@@ -154,13 +150,12 @@ def test_flows_human_output(agent_socket):
     lines = result.output.splitlines()
     assert [line.split()[:-1] for line in lines] == [
         ["INTERFACE", "HOOK", "PROTO", "SOURCE", "DESTINATION", "VNI", "DQP", "PACKETS", "BYTES"],
-        # The liveness probes of path 1 (VNI PROBE_VNI) leaving, counted at tc egress:
-        # the remote VTEP runs no agent, so nothing comes back.
-        ["up1", "tc_egress", "udp", "10.0.0.1:49152", "10.0.0.2:4789", "16777215", "-", "67",
-         "5.4", "KiB"],
-        # Those of path 0, until its uplink went down.
-        ["up0", "tc_egress", "udp", "10.0.0.1:49155", "10.0.0.2:4789", "16777215", "-", "27",
-         "2.2", "KiB"],
+        # The outer VXLAN flow coming back from vtepB, counted by XDP.
+        ["up1", "xdp_ingress", "udp", "10.0.0.2:64159", "10.0.0.1:4789", "100", "-", "6",
+         "1.2", "KiB"],
+        # One QP's outer flow leaving, counted at tc egress with VNI and dest QP.
+        ["up1", "tc_egress", "udp", "10.0.0.1:49152", "10.0.0.2:4789", "100", "257", "2",
+         "344", "B"],
     ]
     # Idle time: seconds since last seen, a little more than when the data was made.
     idle = [float(line.split()[-1].rstrip("s")) for line in lines[1:]]
@@ -257,7 +252,7 @@ namespace = ""
 vtysh = "vtysh"
 
 [liveness]
-enabled = true
+enabled = false
 interval_ms = 10
 misses = 3
 budget_pps = 1000

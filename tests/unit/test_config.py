@@ -143,7 +143,7 @@ def test_host_config_round_trips_through_toml_with_its_mode_on_top(tmp_path):
 def test_liveness_and_repair_defaults():
     config = Config(steer=SteerSettings())
     assert (config.liveness.enabled, config.liveness.interval_ms, config.liveness.misses,
-            config.liveness.budget_pps, config.liveness.hold_down_ms) == (True, 10, 3, 1000, 1000)
+            config.liveness.budget_pps, config.liveness.hold_down_ms) == (False, 10, 3, 1000, 1000)
     assert (config.repair.retransmit, config.repair.holddown_ms) == (False, 100)
 
 

@@ -102,7 +102,7 @@ def test_agent_config_is_accepted_by_qpagent(plan, tmp_path):
                   "end_to_end": True},
         "count": {"xdp": ("eth1", "eth2"), "tc_egress": ("eth1", "eth2"), "xdp_mode": "generic"},
         "frr": {"enabled": True, "namespace": "qpl-dc2-leaf2", "vtysh": "vtysh"},
-        "liveness": {"enabled": True, "interval_ms": 10, "misses": 3, "budget_pps": 1000,
+        "liveness": {"enabled": False, "interval_ms": 10, "misses": 3, "budget_pps": 1000,
                      "hold_down_ms": 1000},
         "repair": {"retransmit": False, "holddown_ms": 100}}
     # and the agent's own command accepts the file
