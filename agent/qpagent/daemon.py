@@ -139,7 +139,7 @@ class Agent:
         self._check_sysctls()
         with self._lock:
             self._apply(self.core.startup())
-            if getattr(self.dp, "adopted", False):
+            if self.dp.adopted:
                 self._restore()
             self._topology("start", seen=None)
         self._start_services()
@@ -232,10 +232,12 @@ class Agent:
                     for line in self.dp.reattach_changed():
                         self._note("reattach", line)
                 next_topology = now + TOPOLOGY_EVERY_S
-            if now >= next_reconcile and self.cfg.steers:
-                with self._lock:
-                    qps = self.tables.all_qps()
-                    self._apply(self.core.tick(Tick(time.monotonic_ns()), qps))
+            if now >= next_reconcile:
+                if self.cfg.steers:
+                    with self._lock:
+                        qps = self.tables.all_qps()
+                        self._apply(self.core.tick(Tick(time.monotonic_ns()), qps))
+                # Advanced in host mode too, or the loop would spin.
                 next_reconcile = now + RECONCILE_EVERY_S
 
     def _react(self, batch: list) -> None:
