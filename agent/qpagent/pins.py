@@ -34,6 +34,7 @@ from pathlib import Path
 from qpagent import bpfsys
 
 BASE = os.environ.get("QPAGENT_PIN_BASE", "/run/qpagent")
+MNT_DETACH = 2
 BPF_FS_MAGIC = 0xCAFE4A11
 RECORD_FORMAT = 1
 KERNEL_ITERATORS = {"maps.debug", "progs.debug"}   # what the kernel puts in a new bpffs
@@ -163,6 +164,11 @@ def unmount_bpffs(mountpoint: str) -> None:
         if pid is not None:
             cmd = ["nsenter", f"--mount=/proc/{pid}/ns/mnt"] + cmd
         subprocess.run(cmd, capture_output=True, check=False)
+        if pid is not None and is_bpffs(mountpoint):
+            # Our own mount namespace (ip netns exec) holds a copy of the
+            # mount that the host's umount does not reach when /run does not
+            # propagate; while it stands, the directory is busy.
+            _libc.umount2(os.fsencode(mountpoint), MNT_DETACH)
         try:
             os.rmdir(reach)
         except OSError:
