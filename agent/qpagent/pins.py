@@ -344,3 +344,16 @@ class PinStore:
             path.parent.rmdir()
         except OSError:
             pass
+
+
+def remove_base(base: str) -> None:
+    """Remove every node's pinned sets and records under `base`, then the
+    base itself (a throw-away base, as tests and benchmarks use: a live
+    agent's hooks are `qpagent purge`'s to remove, not this)."""
+    root = PinStore("any", base).root(create=False)
+    for node in (set(os.listdir(root)) - KERNEL_ITERATORS if root else ()):
+        store = PinStore(node, base)
+        for digest in store.digests():
+            store.remove(digest)
+        store.remove_record()
+    tidy_base(base)

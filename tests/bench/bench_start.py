@@ -64,12 +64,7 @@ def main() -> None:
                 adopted.append(timed_attach(dp, ADOPTED))
                 dp.purge()
     finally:
-        pins.unmount_bpffs(os.path.join(base, "bpffs"))
-        for d in (os.path.join(base, "pinned"), os.path.join(base, "bpffs"), base):
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
+        pins.remove_base(base)
     print(json.dumps({
         "programs": ["qp_steer", "path_pin x2", "flow_stats_tc x2", "flow_stats_xdp x2"],
         "compile_s": [round(x, 3) for x in compiled],

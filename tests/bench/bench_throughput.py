@@ -24,7 +24,6 @@ Prints JSON.
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -159,16 +158,6 @@ def ifindexes(ns: str, devices) -> dict[str, int]:
     return {link["ifname"]: link["ifindex"] for link in out if link["ifname"] in devices}
 
 
-def remove_pin_base() -> None:
-    root = pins.PinStore("any", PIN_BASE).root(create=False)
-    for node in (set(os.listdir(root)) - {"maps.debug", "progs.debug"} if root else []):
-        store = pins.PinStore(node, PIN_BASE)
-        for digest in store.digests():
-            store.remove(digest)
-    pins.unmount_bpffs(os.path.join(PIN_BASE, "bpffs"))
-    shutil.rmtree(PIN_BASE, ignore_errors=True)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -190,7 +179,7 @@ def main() -> None:
                     finally:
                         dp.purge()
     finally:
-        remove_pin_base()
+        pins.remove_base(PIN_BASE)
     report = {"seconds": args.seconds, "rounds": args.rounds, "qps": args.qps, "target": 0.97}
     for kind, runs in results.items():
         bare, attached = statistics.median(runs["bare"]), statistics.median(runs["attached"])

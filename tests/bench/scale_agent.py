@@ -15,34 +15,14 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from agent_config import write_agent_config
 from processes import stop_group, wait_until
 
-from qpagent import config, netnsutil, pins
+from qpagent import netnsutil, pins
 
 REPO = Path(__file__).resolve().parents[2]
 QPAGENT = str(Path(sys.executable).parent / "qpagent")
 METRICS_PORT = 9464
-
-CONFIG = """\
-[agent]
-node = "{node}"
-metrics_address = "127.0.0.1:{port}"
-control_socket = "{socket}"
-top_qps = 1000
-[steer]
-vxlan_devices = ["{vxlan}"]
-uplinks = [{uplinks}]
-source_ports = [49152, 65535]
-[count]
-xdp = [{xdp}]
-tc_egress = [{uplinks}]
-xdp_mode = "generic"
-[frr]
-enabled = false
-"""
-# Liveness probes need an agent at the far end to answer; the core here has none.
-NO_LIVENESS = "[liveness]\nenabled = false\n"
-
 
 def bpf_sources(workdir: str, max_flows: int | None) -> str:
     """A copy of the data plane's sources, with the flow table's capacity
@@ -55,10 +35,6 @@ def bpf_sources(workdir: str, max_flows: int | None) -> str:
     return dest
 
 
-def _quoted(names) -> str:
-    return ", ".join(f'"{n}"' for n in names)
-
-
 class ScaleAgent:
     def __init__(self, topo, workdir: str, vxlan: str, max_flows: int | None):
         self.topo = topo
@@ -67,12 +43,10 @@ class ScaleAgent:
         self.pin_base = f"/run/qtscale-pins-{uuid.uuid4().hex[:8]}"
         self.socket = os.path.join(workdir, "agent.sock")
         self.config = os.path.join(workdir, "agent.toml")
-        text = CONFIG.format(node=self.node, port=METRICS_PORT, socket=self.socket, vxlan=vxlan,
-                             uplinks=_quoted(topo.uplinks),
-                             xdp=_quoted([*topo.uplinks, "hostlink"]))
-        if "liveness" in getattr(config, "SETTINGS", {}):
-            text += NO_LIVENESS
-        Path(self.config).write_text(text)
+        # Liveness stays off (the default): the core namespace runs no agent to answer.
+        write_agent_config(self.config, node=self.node, socket=self.socket, vxlan=vxlan,
+                           uplinks=topo.uplinks, metrics_address=f"127.0.0.1:{METRICS_PORT}",
+                           top_qps=1000, count_xdp=[*topo.uplinks, "hostlink"])
         self.bpf_dir = bpf_sources(workdir, max_flows)
         self.proc = None
         self.log = None

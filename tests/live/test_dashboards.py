@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import twovtep as twovtep_module
 from qt6_prometheus import (PROMETHEUS, Prometheus, dashboard_variables, expand, free_ports,
                             http_get, panel_targets)
+from agent_config import write_agent_config
 from processes import stop_group, wait_until
 from roce_wire import roce_frame, send_frames
 from twovtep import VXLAN_DEV, sh, two_vteps
@@ -46,25 +47,6 @@ PREFIX = "qt6-"
 K_QPS = 6
 FIRST_QP = 0x600
 FAILED_UPLINK = "up0"
-
-AGENT_CONFIG = """\
-[agent]
-metrics_address = "127.0.0.1:{metrics_port}"
-control_socket = "{socket}"
-top_qps = 20
-poll_interval = 0.1
-node = "{node}"
-[steer]
-vxlan_devices = ["{vxlan}"]
-uplinks = [{uplinks}]
-[count]
-xdp = [{uplinks}]
-tc_egress = [{uplinks}]
-xdp_mode = "generic"
-[frr]
-enabled = true
-namespace = "{frr_name}"
-"""
 
 BFD_CONFIG = """\
 frr defaults datacenter
@@ -185,9 +167,9 @@ class Agent:
         self.socket = os.path.join(self.workdir, "agent.sock")
         self.log_path = Path(self.workdir, "agent.log")
         config = self.config = Path(self.workdir, "agent.toml")
-        config.write_text(AGENT_CONFIG.format(
-            metrics_port=metrics_port, socket=self.socket, node=self.node, vxlan=VXLAN_DEV,
-            uplinks=", ".join(f'"{u}"' for u in topo.a.uplinks), frr_name=frr_name))
+        write_agent_config(config, node=self.node, socket=self.socket, vxlan=VXLAN_DEV,
+                           uplinks=topo.a.uplinks, metrics_address=f"127.0.0.1:{metrics_port}",
+                           top_qps=20, poll_interval=0.1, frr_namespace=frr_name)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", topo.a.vtep_ns, QPAGENT, "run", "--config", str(config)],

@@ -27,24 +27,7 @@ def pin_base():
     try:
         yield base
     finally:
-        remove_pin_base(base)
-
-
-def remove_pin_base(base: str) -> None:
-    root = pins.PinStore("any", base).root(create=False)
-    for node in (set(os.listdir(root)) - KERNEL_FILES if root else []):
-        store = pins.PinStore(node, base)
-        for digest in store.digests():
-            store.remove(digest)
-    pinned = os.path.join(base, "pinned")
-    for name in (os.listdir(pinned) if os.path.isdir(pinned) else []):
-        os.unlink(os.path.join(pinned, name))
-    pins.unmount_bpffs(os.path.join(base, "bpffs"))
-    for sub in ("pinned", "bpffs", ""):
-        try:
-            os.rmdir(os.path.join(base, sub))
-        except OSError:
-            pass
+        pins.remove_base(base)
 
 
 def pinned_files(base: str) -> list[str]:

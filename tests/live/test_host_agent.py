@@ -119,16 +119,7 @@ class Agent:
                               capture_output=True, text=True, timeout=60, env=self.env())
 
     def remove_pin_base(self) -> None:
-        store = pins.PinStore(self.node, self.pin_base)
-        for digest in store.digests():
-            store.remove(digest)
-        store.remove_record()
-        pins.unmount_bpffs(os.path.join(self.pin_base, "bpffs"))
-        for sub in ("bpffs", ""):
-            try:
-                os.rmdir(os.path.join(self.pin_base, sub))
-            except OSError:
-                pass
+        pins.remove_base(self.pin_base)
 
 
 @pytest.fixture
