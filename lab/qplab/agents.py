@@ -13,10 +13,12 @@ still useful without it.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
+from qpagent import pins
 from qpagent.config import (AgentSettings, Config, CountSettings, FrrSettings, LivenessSettings,
                             RepairSettings, SteerSettings, load_config, to_toml)
 
@@ -104,6 +106,10 @@ def start_all(plan: Plan, ctx: LabContext, progress, timeout: float = START_TIME
     conf_dir.mkdir(parents=True, exist_ok=True)
     (ctx.run_dir / "logs").mkdir(parents=True, exist_ok=True)
     AGENT_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
+    # Mount the agents' shared bpffs once, before they start side by side:
+    # agents that each find it missing would each mount one on the same
+    # directory, and pins in the covered mounts vanish from sight.
+    pins.ensure_bpffs(os.path.join(pins.BASE, "bpffs"))
     procs = {}
     for node in nodes:
         config = conf_dir / f"{node}.toml"
