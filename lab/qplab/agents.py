@@ -43,7 +43,7 @@ def agent_config(plan: Plan, leaf: str, ctx: LabContext, liveness: LivenessSetti
     uplinks = tuple(r.uplinks)
     return Config(
         agent=AgentSettings(metrics_address=f"{r.mgmt.ip}:{METRICS_PORT}",
-                            control_socket=str(ctx.agent_socket(leaf)), node=leaf),
+                            control_socket=str(ctx.agent_socket(leaf)), node=ctx.ns(leaf)),
         steer=SteerSettings(vxlan_devices=tuple(f"vxlan{v}" for v in r.vnis), uplinks=uplinks,
                             source_ports=VXLAN_SOURCE_PORTS, end_to_end=True),
         count=CountSettings(xdp=uplinks, tc_egress=uplinks),
@@ -57,7 +57,7 @@ def host_agent_config(plan: Plan, host: str, ctx: LabContext) -> Config:
     h = plan.hosts[host]
     return Config(
         agent=AgentSettings(metrics_address=f"{h.mgmt.ip}:{METRICS_PORT}",
-                            control_socket=str(ctx.agent_socket(host)), node=host),
+                            control_socket=str(ctx.agent_socket(host)), node=ctx.ns(host)),
         count=CountSettings(xdp=(HOST_NIC,), tc_egress=(HOST_NIC,)),
         frr=FrrSettings(enabled=False), liveness=LivenessSettings(enabled=False))
 
@@ -166,9 +166,9 @@ def purge_nodes(agents: dict[str, AgentState], ctx: LabContext, progress) -> Non
             config = load_config(entry.config)
             dp = DataPlane(vxlan_devices=config.steer.vxlan_devices, uplinks=config.steer.uplinks,
                            count_xdp=config.count.xdp, count_tc=config.count.tc_egress,
-                           xdp_mode=config.count.xdp_mode, netns=ctx.ns(node), node=node)
+                           xdp_mode=config.count.xdp_mode, netns=ctx.ns(node), node=ctx.ns(node))
         except Exception:  # noqa: BLE001 - no config left: pins and files still go
-            dp = DataPlane(node=node)
+            dp = DataPlane(node=ctx.ns(node))
         try:
             dp.purge()
         except (DataPlaneError, OSError) as exc:

@@ -87,8 +87,9 @@ def prometheus_config(state: LabState, mon: MonitorState) -> dict:
                    "evaluation_interval": SCRAPE_INTERVAL,
                    "external_labels": {"lab": state.name}},
         "scrape_configs": [
-            # the agent's own `node` label is the one to keep (honor_labels)
-            {"job_name": "qpagent", "honor_labels": True, "static_configs": agents},
+            # the target's `node` label (the lab's node name) wins over the agent's
+            # own (its namespace name, unique across labs: it keys its pins)
+            {"job_name": "qpagent", "honor_labels": False, "static_configs": agents},
             {"job_name": "frr", "scrape_interval": FRR_SCRAPE_INTERVAL,
              "scrape_timeout": FRR_SCRAPE_INTERVAL, "static_configs": routers},
         ],

@@ -211,7 +211,7 @@ def test_prometheus_config_from_the_lab_state(tmp_path):
                                                      "http://172.31.255.254:9090")
     config = monitor.prometheus_config(state, mon)
     agents, frr = config["scrape_configs"]
-    assert agents == {"job_name": "qpagent", "honor_labels": True, "static_configs": [
+    assert agents == {"job_name": "qpagent", "honor_labels": False, "static_configs": [
         {"targets": ["172.31.255.2:9464"], "labels": {"node": "dc1-leaf1", "role": "leaf", "dc": "dc1"}}]}
     assert frr["job_name"] == "frr"
     assert [(c["targets"], c["labels"]["node"]) for c in frr["static_configs"]][:2] == [
@@ -247,7 +247,8 @@ def test_hosts_with_agent_true_get_a_host_mode_agent(raw, tmp_path):
     assert (written.count.xdp, written.count.tc_egress) == (("eth0",), ("eth0",))
     assert (written.frr.enabled, written.liveness.enabled) == (False, False)
     assert written.agent.metrics_address == f"{host.mgmt.ip}:9464"
-    assert written.agent.node == "dc1-h1"
+    # the data plane is keyed by the namespace name: unique across labs
+    assert written.agent.node == "qpx-dc1-h1"
     assert load_config(tmp_path / "h1.toml").describe().startswith("host mode: counts flows on eth0")
     assert agents.node_config(plan, "dc1-leaf1", ctx).mode == "vtep"
 
