@@ -34,18 +34,19 @@ START_TIMEOUT = 120.0   # BCC compiles every agent at once: slow on 2 busy cores
 
 
 def agent_config(plan: Plan, leaf: str, ctx: LabContext, liveness: LivenessSettings | None = None,
-                 repair: RepairSettings | None = None) -> Config:
+                 repair: RepairSettings | None = None, end_to_end: bool = True) -> Config:
     """A leaf's agent: steer its VXLAN devices over its uplinks, balancing
     over whole end-to-end paths (WAN links too, learnt by TTL probes), count
     on the uplinks, follow the leaf's FRR for BFD. Liveness and repair are
-    qpagent's defaults unless given (experiments compare BFD alone with them)."""
+    qpagent's defaults unless given (experiments compare BFD alone with them);
+    end_to_end=False balances over the leaf's own uplinks only."""
     r = plan.routers[leaf]
     uplinks = tuple(r.uplinks)
     return Config(
         agent=AgentSettings(metrics_address=f"{r.mgmt.ip}:{METRICS_PORT}",
                             control_socket=str(ctx.agent_socket(leaf)), node=ctx.ns(leaf)),
         steer=SteerSettings(vxlan_devices=tuple(f"vxlan{v}" for v in r.vnis), uplinks=uplinks,
-                            source_ports=VXLAN_SOURCE_PORTS, end_to_end=True),
+                            source_ports=VXLAN_SOURCE_PORTS, end_to_end=end_to_end),
         count=CountSettings(xdp=uplinks, tc_egress=uplinks),
         frr=FrrSettings(enabled=True, namespace=ctx.ns(leaf)),
         liveness=liveness or LivenessSettings(), repair=repair or RepairSettings())
@@ -63,10 +64,10 @@ def host_agent_config(plan: Plan, host: str, ctx: LabContext) -> Config:
 
 
 def node_config(plan: Plan, node: str, ctx: LabContext, liveness: LivenessSettings | None = None,
-                repair: RepairSettings | None = None) -> Config:
+                repair: RepairSettings | None = None, end_to_end: bool = True) -> Config:
     if node in plan.hosts:
         return host_agent_config(plan, node, ctx)
-    return agent_config(plan, node, ctx, liveness, repair)
+    return agent_config(plan, node, ctx, liveness, repair, end_to_end)
 
 
 def _mgmt_ip(plan: Plan, node: str) -> str:
@@ -96,7 +97,7 @@ def agent_command(config: Path) -> list[str]:
 
 def start_all(plan: Plan, ctx: LabContext, progress, timeout: float = START_TIMEOUT,
               liveness: LivenessSettings | None = None,
-              repair: RepairSettings | None = None) -> dict[str, AgentState]:
+              repair: RepairSettings | None = None, end_to_end: bool = True) -> dict[str, AgentState]:
     """Start every agent, wait for each control socket; report per node."""
     nodes = agent_nodes(plan)
     if not nodes:
@@ -113,7 +114,7 @@ def start_all(plan: Plan, ctx: LabContext, progress, timeout: float = START_TIME
     procs = {}
     for node in nodes:
         config = conf_dir / f"{node}.toml"
-        write_config(node_config(plan, node, ctx, liveness, repair), config)
+        write_config(node_config(plan, node, ctx, liveness, repair, end_to_end), config)
         procs[node] = netns.spawn(ctx.ns(node), agent_command(config),
                                   str(ctx.run_dir / "logs" / f"agent-{node}.log"))
     deadline = time.monotonic() + timeout

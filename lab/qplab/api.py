@@ -121,12 +121,15 @@ class Lab:
         return self.state.agents_running()
 
     def start_agents(self, progress: Progress = print, liveness: LivenessSettings | None = None,
-                     repair: RepairSettings | None = None) -> dict[str, AgentState]:
+                     repair: RepairSettings | None = None,
+                     end_to_end: bool = True) -> dict[str, AgentState]:
         """Start the agents the topology asks for (once), with qpagent's own
-        liveness and repair settings unless given."""
+        liveness and repair settings unless given; end_to_end=False balances
+        over each leaf's own uplinks only."""
         if not self.state.agents:
             self.state.agents = agents.start_all(build_plan(self.topology), self.ctx, progress,
-                                                 liveness=liveness, repair=repair)
+                                                 liveness=liveness, repair=repair,
+                                                 end_to_end=end_to_end)
             if self.state.monitor:   # Prometheus scrapes the new agents too
                 monitor.reload(self.state, self.state.monitor)
             self.save()
