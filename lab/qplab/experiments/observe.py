@@ -10,6 +10,8 @@
 - BfdWatch: BFD peer state of the routers at both ends of one WAN link,
   polled through vtysh, with the times it changed.
 - agent_status: the qpagent status JSON of a leaf, when the agent runs.
+- CpuMeter: how busy this machine's CPUs were during a run, to check that
+  the WAN, not the CPU, was the bottleneck.
 """
 from __future__ import annotations
 
@@ -269,3 +271,32 @@ def agent_status(socket_path: str, top: int = 256) -> dict | None:
         return ControlClient(socket_path).request({"cmd": "status", "top": top}, timeout=3)
     except Exception:           # not running, or an older agent: no status
         return None
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)      # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class CpuMeter:
+    """The fraction of all CPU time spent busy between start() and stop()."""
+
+    def start(self) -> "CpuMeter":
+        self._t0 = _cpu_times()
+        return self
+
+    def stop(self) -> float | None:
+        busy, total = _cpu_times()
+        db, dt = busy - self._t0[0], total - self._t0[1]
+        return round(db / dt, 3) if dt > 0 else None
+
+
+def peak_utilization(samples: list[dict], rate_mbit: float, window_s: float = 1.0) -> float | None:
+    """The busiest WAN link direction's highest rate over `window_s`, as a
+    fraction of the configured link rate (near 1.0: the WAN was the limit)."""
+    rs = rates(samples, min_interval=window_s)
+    peaks = [v for r in rs for name, per in r.items() if name != "t" for v in per.values()]
+    return round(max(peaks) / (rate_mbit * 1e6), 3) if peaks and rate_mbit > 0 else None

@@ -1,16 +1,21 @@
 """Run experiments over the lab and write results JSON and a markdown report.
 
     python -m qplab.experiments --quick --out results/quick
-    python -m qplab.experiments --full --out results/full
+    python -m qplab.experiments --full --out results/full --report lab/report
 
-The lab is the running one (used as it is) or one brought up here without
-agents (and taken down at the end). The kernel-hashing scenarios run first,
-with no agent; the agents are then started for the qpagent ones.
+The lab is the running one or one brought up here (and taken down at the
+end). Scenarios run one agent mode at a time: kernel hashing with no agent,
+then the agents started in each qpagent mode. Every run is saved as it ends
+(DIR/runs/NAME.json); a sweep started again skips the runs already saved,
+so an interrupted sweep resumes where it stopped.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import signal
 import statistics
 import sys
 import threading
@@ -29,7 +34,9 @@ from . import observe
 from .analysis import agent_digest, failover_timeline, headline, qp_links
 from .report import write_report
 from .run import engine_hosts
-from .scenarios import Scenario, Settings, full_scenarios, quick_scenarios
+from .scenarios import (SWEEP_FAIL_ITERATIONS, SWEEP_ITERATIONS, SWEEP_SIZE_MB, Scenario, Settings,
+                        agent_settings, full_scenarios, quick_scenarios)
+from .sweep_report import write_sweep_report
 
 
 def log(msg: str) -> None:
@@ -50,13 +57,48 @@ def open_lab(mgmt: str | None = None) -> Lab:
     return Lab.up(topo, ctx, progress=lambda m: log("  " + m), start_agents=False)
 
 
+class AgentModes:
+    """Puts the lab's agents in the mode a scenario needs: none for kernel
+    hashing, else started with that mode's settings (restarted on a change)."""
+
+    def __init__(self, lab: Lab, st: Settings):
+        self.lab, self.st = lab, st
+        self.current: str | None = None      # unknown until set here
+
+    def enter(self, mode: str) -> bool:
+        """True when the lab runs in `mode`."""
+        if mode == self.current:
+            return True
+        if self.lab.agents_running():
+            log("stopping the agents")
+            self.lab.stop_agents(progress=lambda m: log("  " + m))
+        self.current = None
+        settings = agent_settings(mode, self.st)
+        if settings is not None:
+            log(f"starting the agents ({mode})")
+            res = self.lab.start_agents(progress=lambda m: log("  " + m), **settings)
+            ok = sum(1 for a in res.values() if a.ok)
+            if not (ok == len(res) and ok > 0):
+                return False
+            self._wait_placed()
+        self.current = mode
+        return True
+
+    def _wait_placed(self, timeout: float = 30.0) -> None:
+        """Until every leaf's agent knows a path to every remote VTEP (end-to-end
+        paths come from a TTL probe round, seconds after the start)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            statuses = [observe.agent_status(self.lab.agent_socket(leaf)) for leaf in self.lab.leaves()]
+            if all(s and s.get("vteps") and all(v.get("paths") for v in s["vteps"]) for s in statuses):
+                return
+            time.sleep(0.5)
+        log("  warning: not every agent reported paths to every VTEP in time")
+
+
 def start_agents(lab: Lab) -> bool:
-    """True when every agent the lab asks for answers."""
-    if not lab.state.agents:
-        log("starting the agents")
-    res = lab.start_agents(progress=lambda m: log("  " + m))
-    ok = sum(1 for a in res.values() if a.ok)
-    return ok == len(res) and ok > 0
+    """True when every agent the lab asks for answers (qpagent's own defaults)."""
+    return AgentModes(lab, Settings()).enter("qpagent")
 
 
 def settled_routes(lab: Lab, timeout: float = 60.0) -> dict:
@@ -94,6 +136,7 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
     iters = st.fail_iterations if sc.failure else st.iterations
     counters = observe.WanCounters(wans.values()).start()
     sniffer = observe.QpSniffer(wans.values()).start()
+    cpu = observe.CpuMeter().start()
     failure: dict = {}
     bfd = None
     timers: list[threading.Timer] = []
@@ -128,7 +171,7 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
     t_start = time.time()
     try:
         with Engine(hosts, st.engine, qps_per_conn=st.qps_per_conn,
-                    sport_policy=st.sport_policy, seed=st.seed) as eng:
+                    sport_policy=st.sport_policy, seed=st.seed + sc.run) as eng:
             result = run_collective(eng, sc.pattern, st.size, iters, msg_size=st.msg_size,
                                     on_iteration=on_iteration, timeout=120)
     except QpInError as e:
@@ -143,12 +186,13 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
             t.join()
         samples = counters.stop()
         seen = sniffer.stop()
+        cpu_busy = cpu.stop()
         if failure:
             lab.restore(failure["link"])
             failure["t_restore"] = time.time()
         transitions = bfd.stop() if bfd else []
     statuses = {}
-    if sc.mode == "qpagent":
+    if sc.mode != "kernel":
         for leaf in lab.leaves():
             statuses[leaf] = observe.agent_status(lab.agent_socket(leaf))
     rec = {"scenario": asdict(sc), "name": sc.name, "error": error, "t_start": t_start,
@@ -157,7 +201,9 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
            "result": result, "wan_samples": samples,
            "wan_bytes": observe.totals(samples),
            "qp_links": qp_links(seen, result, hosts),
-           "failure": failure or None, "bfd": transitions,
+           "failure": failure or None, "bfd": transitions, "seed": st.seed + sc.run,
+           "cpu_busy": cpu_busy, "elapsed_s": round(time.time() - t_start, 2),
+           "peak_wan_utilization": observe.peak_utilization(samples, st.wan_rate_mbit),
            "agents": {k: agent_digest(v, failure) for k, v in statuses.items()}}
     if result and result["per_iteration"]:
         durs = [r["duration_s"] for r in result["per_iteration"]]
@@ -179,50 +225,158 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
 
 # ---- a sweep ------------------------------------------------------------------------
 
+class Progress:
+    """A line per run: what it measured, how far the sweep is, the time left
+    (from the mean time of the runs done so far, failure runs apart)."""
+
+    GUESS_S = {False: 10.0, True: 25.0}     # before any run of a kind has ended
+
+    def __init__(self, todo: list[Scenario], done: int, total: int):
+        self.todo, self.done, self.total = list(todo), done, total
+        self.took: dict[bool, list[float]] = {False: [], True: []}
+
+    def eta_s(self) -> float:
+        mean = {k: statistics.mean(v) if v else self.GUESS_S[k] for k, v in self.took.items()}
+        return sum(mean[sc.failure] for sc in self.todo)
+
+    def ended(self, sc: Scenario, rec: dict, took_s: float) -> str:
+        self.todo.remove(sc)
+        self.done += 1
+        self.took[sc.failure].append(took_s)
+        res = rec.get("result")
+        if rec.get("job_failed"):
+            what = f"job failed, {len(rec['qps_in_error'])} QPs in error"
+        elif res and res["summary"]["median_duration_s"] is not None:
+            what = (f"busbw {res['summary']['median_busbw_Bps'] * 8 / 1e6:.1f} Mbit/s, "
+                    f"lost {rec.get('time_lost_s') or 0:.2f} s, verified {res['summary']['all_verified']}")
+        else:
+            what = f"failed: {rec.get('error')}"
+        eta = self.eta_s()
+        return (f"[{self.done}/{self.total}] {sc.name}: {what} ({took_s:.0f} s); "
+                f"about {eta / 60:.0f} min left")
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM: finish (or abandon) the run under way, save nothing
+    it left half-measured, take the lab down, and exit; the same command
+    resumes. (Ctrl-C also reaches the engine's workers, so a run under way
+    fails at once rather than being waited for.)"""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self) -> "StopRequest":
+        self._pid = os.getpid()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _on_signal(self, signum, frame) -> None:
+        if os.getpid() != self._pid:
+            # a child forked without exec inherited this handler: die as it would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.requested:          # a second one: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        log(f"{signal.Signals(signum).name}: stopping after the run under way (again to stop at "
+            "once); the same command resumes")
+
+
+def load_done(runs_dir: Path) -> dict[str, dict]:
+    """The runs an earlier, interrupted sweep saved (by name)."""
+    done = {}
+    for f in sorted(runs_dir.glob("*.json")):
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue            # a run cut off while being written: run it again
+        done[rec["name"]] = rec
+    return done
+
+
+def measure(lab: Lab, todo: list[Scenario], st: Settings, runs_dir: Path, done: dict,
+            progress: Progress, stop: StopRequest) -> None:
+    """Run each scenario in turn, saving each run as it ends."""
+    log("waiting for the lab's routes to settle")
+    baseline_routes = settled_routes(lab)
+    modes = AgentModes(lab, st)
+    baselines: dict = {}
+    wan_now = None
+    for sc in list(todo):
+        if stop.requested:
+            return
+        if not modes.enter(sc.mode):
+            log(f"skip {sc.name}: the agents could not be started")
+            progress.todo.remove(sc)
+            continue
+        if wan_now != (sc.delay_ms, sc.loss_pct):
+            lab.set_wan(delay_ms=sc.delay_ms, loss_pct=sc.loss_pct, rate_mbit=st.wan_rate_mbit,
+                        buffer_ms=st.wan_buffer_ms)
+            wan_now = (sc.delay_ms, sc.loss_pct)
+        started = time.monotonic()
+        rec = run_scenario(lab, sc, st, baseline_routes, baselines)
+        if stop.requested and rec.get("error"):
+            log(f"  {sc.name} was interrupted: not saved")
+            return
+        # Saved as it ends (written whole, then renamed): a sweep started
+        # again skips it.
+        tmp = runs_dir / f".{sc.name}.json.tmp"
+        tmp.write_text(json.dumps(rec, default=str))
+        tmp.rename(runs_dir / f"{sc.name}.json")
+        done[sc.name] = rec
+        log(progress.ended(sc, rec, time.monotonic() - started))
+
+
 def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool,
-        mgmt: str | None = None) -> dict:
+        mgmt: str | None = None, report_dir: Path | None = None, sweep: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(exist_ok=True)
     t0 = time.time()
-    lab = open_lab(mgmt)
-    records: list[dict] = []
-    try:
-        log("waiting for the lab's routes to settle")
-        baseline_routes = settled_routes(lab)
-        baselines: dict = {}
-        ordered = sorted(scenarios, key=lambda s: (s.mode != "kernel", s.failure))
-        kernel_ok = not lab.agents_running()
-        for sc in ordered:
-            if sc.mode == "kernel" and not kernel_ok:
-                log(f"skip {sc.name}: agents are running in this lab (kernel hashing needs none)")
-                continue
-            if sc.mode == "qpagent" and not start_agents(lab):
-                log(f"skip {sc.name}: no agent could be started")
-                continue
-            log(f"run {sc.name}")
-            rec = run_scenario(lab, sc, st, baseline_routes, baselines)
-            records.append(rec)
-            # A long sweep keeps what it has measured if it is stopped.
-            (out / "runs-so-far.json").write_text(json.dumps(records, indent=1, default=str))
-            res = rec.get("result")
-            if res and res["summary"]["median_duration_s"] is not None:
-                log(f"  median {res['summary']['median_duration_s']:.3f} s/iter, busbw "
-                    f"{res['summary']['median_busbw_Bps'] * 8 / 1e6:.1f} Mbit/s, "
-                    f"verified {res['summary']['all_verified']}, lost {rec.get('time_lost_s') or 0:.2f} s")
-    finally:
-        if lab.owned and not keep_lab:
-            log("taking the lab down")
-            lab.down(progress=lambda m: log("  " + m))
-    wans = len(lab.wan_links())
+    settings = json.loads(json.dumps({**asdict(st), "engine": asdict(st.engine)}))
+    saved = out / "settings.json"
+    if saved.exists() and json.loads(saved.read_text()) != settings:
+        raise ValueError(f"{out} holds runs made with other settings (see {saved}): "
+                         "name another --out, or remove it to start over")
+    saved.write_text(json.dumps(settings, indent=1))
+    done = load_done(runs_dir)
+    todo = [sc for sc in scenarios if sc.name not in done]
+    if done:
+        log(f"resuming: {len(scenarios) - len(todo)} of {len(scenarios)} runs already saved in {runs_dir}")
+    progress = Progress(todo, len(scenarios) - len(todo), len(scenarios))
+    lab = open_lab(mgmt) if todo else None
+    with StopRequest() as stop:
+        try:
+            if todo:
+                measure(lab, todo, st, runs_dir, done, progress, stop)
+        finally:
+            if lab is not None and lab.owned and not keep_lab:
+                log("taking the lab down")
+                lab.down(progress=lambda m: log("  " + m))
+    if stop.requested:
+        raise KeyboardInterrupt
+    records = [done[sc.name] for sc in scenarios if sc.name in done]
+    wans = len({link for r in records for link in r.get("wan_bytes", {})})
     net = model.Net(wan_links=wans or 1, wan_rate_bps=st.wan_rate_mbit * 1e6,
                     wan_delay_s=0.0, host_rate_bps=st.host_rate_bps,
                     qps_per_conn=st.qps_per_conn, window_pkts=st.engine.window, mtu=st.engine.mtu)
-    results = {"settings": {**asdict(st), "engine": asdict(st.engine)},
+    results = {"settings": settings,
                "model": asdict(net), "elapsed_s": round(time.time() - t0, 1),
+               "runs_total_s": round(sum(r.get("elapsed_s") or 0 for r in records), 1),
                "headline": headline(records, st, net), "runs": records}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / "runs-so-far.json").unlink(missing_ok=True)
-    write_report(results, out)
-    log(f"wrote {out / 'results.json'} and {out / 'report.md'} in {results['elapsed_s']} s")
+    if sweep:
+        report = write_sweep_report(results, report_dir or out)
+    else:
+        report = write_report(results, report_dir or out)
+    log(f"wrote {out / 'results.json'} and {report} in {results['elapsed_s']} s")
     return results
 
 
@@ -231,10 +385,17 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="kernel vs qpagent x failure or not, ring (default)")
-    g.add_argument("--full", action="store_true", help="the whole sweep (long)")
-    ap.add_argument("--out", default="results/quick", help="output directory")
-    ap.add_argument("--size-mb", type=float, default=2, help="tensor size (MiB)")
-    ap.add_argument("--iterations", type=int, default=6)
+    g.add_argument("--full", action="store_true",
+                   help="the whole sweep: 3 modes x 3 patterns x 3 delays x 2 losses x failure or not")
+    ap.add_argument("--out", default="results/quick", help="output directory (runs, results.json)")
+    ap.add_argument("--report", help="write report.md and its plots here (default: --out)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per scenario of the sweep (seeds)")
+    ap.add_argument("--only", metavar="REGEX",
+                    help="run only the sweep's scenarios whose name matches, e.g. 'ring-d5ms-l0pct'")
+    ap.add_argument("--size-mb", type=float, default=None,
+                    help="tensor size (MiB; default 2, or 0.5 for the sweep)")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="iterations per run (default 6, or 3 for the sweep)")
     ap.add_argument("--qps", type=int, default=4, help="QPs per connection")
     ap.add_argument("--policy", choices=("qpn", "fixed"), default="qpn", help="inner UDP source port policy")
     ap.add_argument("--delay-ms", type=float, default=5.0, help="WAN delay of the quick run (one way)")
@@ -242,21 +403,33 @@ def main(argv=None) -> int:
                     help="WAN link rate (Mbit/s); low enough that the WAN, not this machine's CPU, is the bottleneck")
     ap.add_argument("--mgmt", help="management subnet for a lab this run brings up (default: the topology's)")
     ap.add_argument("--keep-lab", action="store_true", help="leave a lab this run brought up")
-    ap.add_argument("--retry-preset", choices=sorted(RETRY_PRESETS), default="nccl",
+    ap.add_argument("--retry-preset", choices=sorted(RETRY_PRESETS), default=None,
                     help="RC retransmission of every QP: nccl (local ACK timeout 4.3 s, as "
-                         "collective libraries set it) or tight (67 ms); 7 retries either way")
+                         "collective libraries set it; the quick run's default), wan (1.07 s: the "
+                         "sweep's default, above the WAN's worst queueing plus a round trip) or "
+                         "tight (67 ms); 7 retries each")
     args = ap.parse_args(argv)
-    if args.size_mb <= 0 or args.iterations < 1 or args.qps < 1 or args.wan_rate <= 0:
-        ap.error("sizes, iterations, QPs and rates must be positive")
-    st = Settings(size=int(args.size_mb * (1 << 20)), iterations=args.iterations,
-                  fail_iterations=max(args.iterations, 5), qps_per_conn=args.qps,
-                  sport_policy=args.policy, wan_rate_mbit=args.wan_rate,
-                  retry_preset=args.retry_preset)
-    scenarios = full_scenarios() if args.full else quick_scenarios(args.delay_ms)
+    size_mb = args.size_mb if args.size_mb is not None else (SWEEP_SIZE_MB if args.full else 2.0)
+    iterations = args.iterations if args.iterations is not None else (SWEEP_ITERATIONS if args.full else 6)
+    if size_mb <= 0 or iterations < 1 or args.qps < 1 or args.wan_rate <= 0 or args.runs < 1:
+        ap.error("sizes, iterations, runs, QPs and rates must be positive")
+    st = Settings(size=int(size_mb * (1 << 20)), iterations=iterations,
+                  fail_iterations=max(iterations, 5) if not args.full else SWEEP_FAIL_ITERATIONS,
+                  qps_per_conn=args.qps, sport_policy=args.policy, wan_rate_mbit=args.wan_rate,
+                  retry_preset=args.retry_preset or ("wan" if args.full else "nccl"))
+    scenarios = full_scenarios(args.runs) if args.full else quick_scenarios(args.delay_ms)
+    if args.only:
+        try:
+            scenarios = [sc for sc in scenarios if re.search(args.only, sc.name)]
+        except re.error as e:
+            ap.error(f"--only: {e}")
+        if not scenarios:
+            ap.error(f"--only {args.only!r} matches no scenario")
     try:
-        run(scenarios, st, Path(args.out), args.keep_lab, args.mgmt)
+        run(scenarios, st, Path(args.out), args.keep_lab, args.mgmt,
+            Path(args.report) if args.report else None, sweep=args.full)
     except KeyboardInterrupt:
-        sys.exit("interrupted")
+        sys.exit(f"interrupted: the runs saved in {args.out}/runs are kept; run the same command to resume")
     except (RuntimeError, OSError, ValueError) as e:
         sys.exit(f"experiment failed: {e}")
     return 0

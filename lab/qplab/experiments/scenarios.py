@@ -1,33 +1,57 @@
 """What an experiment runs: scenarios and the settings they share.
 
-Scenarios: {kernel hashing, qpagent} x WAN delay x loss x {no failure, the
-busiest WAN link blackholed mid-run} x {ring, hierarchical, ps}. "kernel"
-runs with no agent attached, "qpagent" with the agents running.
+Scenarios: mode x WAN delay x loss x {no failure, the busiest WAN link
+blackholed mid-run} x {ring, hierarchical, ps}, each run several times with
+different seeds (the seed picks the QP numbers, so kernel hashing lands
+differently each time). Modes:
+
+- "kernel": no agent; Linux hashes the outer source port;
+- "qpagent-firsthop": the agents balance QPs over their own uplinks only;
+- "qpagent": the agents balance over whole end-to-end paths (TTL probes)
+  and repair on path liveness.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
 
+from qpagent.config import LivenessSettings
+
 from ..workloads.worker import EngineConfig
+
+MODES = ("kernel", "qpagent-firsthop", "qpagent")
+PATTERNS = ("ring", "hierarchical", "ps")
+SWEEP_DELAYS_MS = (5.0, 20.0, 50.0)
+SWEEP_LOSSES_PCT = (0.0, 0.1)
+# The sweep's sizes: small enough for 3 runs of 108 scenarios within an hour
+# on 2 cores, large enough that a WAN link at its rate is the bottleneck.
+SWEEP_SIZE_MB = 0.5
+SWEEP_ITERATIONS = 3
+SWEEP_FAIL_ITERATIONS = 5
 
 
 @dataclass(frozen=True)
 class Scenario:
-    mode: str            # "kernel" or "qpagent"
+    mode: str            # one of MODES
     delay_ms: float
     loss_pct: float
     failure: bool
     pattern: str
+    run: int = 0         # which of the scenario's runs (its seed offset)
 
     @property
-    def name(self) -> str:
+    def group(self) -> str:
+        """The scenario without its run index: what medians are taken over."""
         return (f"{self.mode}-{self.pattern}-d{self.delay_ms:g}ms-l{self.loss_pct:g}pct"
                 f"-{'fail' if self.failure else 'ok'}")
 
+    @property
+    def name(self) -> str:
+        return f"{self.group}-r{self.run}"
+
     def twin(self) -> "Scenario":
         """The same scenario without the failure: the baseline for time lost."""
-        return Scenario(self.mode, self.delay_ms, self.loss_pct, False, self.pattern)
+        return Scenario(self.mode, self.delay_ms, self.loss_pct, False, self.pattern, self.run)
 
 
 def quick_scenarios(delay_ms: float = 5.0) -> list[Scenario]:
@@ -35,10 +59,12 @@ def quick_scenarios(delay_ms: float = 5.0) -> list[Scenario]:
             for m in ("kernel", "qpagent") for f in (False, True)]
 
 
-def full_scenarios() -> list[Scenario]:
-    return [Scenario(m, d, l, f, p) for m, d, l, f, p in itertools.product(
-        ("kernel", "qpagent"), (0, 5, 20, 50), (0.0, 0.1), (False, True),
-        ("ring", "hierarchical", "ps"))]
+def full_scenarios(runs: int = 3, modes=MODES, delays=SWEEP_DELAYS_MS, losses=SWEEP_LOSSES_PCT,
+                   patterns=PATTERNS) -> list[Scenario]:
+    """The sweep, in the order it runs: one agent mode at a time (starting
+    agents is the slow switch), then one WAN setting at a time."""
+    return [Scenario(m, d, l, f, p, r) for m, d, l, p, f, r in itertools.product(
+        modes, delays, losses, patterns, (False, True), range(runs))]
 
 
 @dataclass
@@ -56,7 +82,19 @@ class Settings:
     engine: EngineConfig = None
     host_rate_bps: float = 1.0e9   # the engine's own rate, for the model
     seed: int = 7
+    liveness: bool = True          # "qpagent" mode repairs on end-to-end path liveness
 
     def __post_init__(self):
         if self.engine is None:
             self.engine = EngineConfig.preset(self.retry_preset, mtu=1024, window=64)
+
+
+def agent_settings(mode: str, st: Settings) -> dict | None:
+    """How `Lab.start_agents` starts the agents for `mode` (None: no agent)."""
+    if mode == "kernel":
+        return None
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
+    end_to_end = mode == "qpagent"
+    return {"end_to_end": end_to_end,
+            "liveness": LivenessSettings(enabled=end_to_end and st.liveness)}

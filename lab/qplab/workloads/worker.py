@@ -65,7 +65,7 @@ class EngineConfig:
 
     @classmethod
     def preset(cls, name: str, **fields) -> "EngineConfig":
-        """A configuration with the retry policy of a named preset ("nccl", "tight")."""
+        """A configuration with the retry policy of a named preset (gbn.RETRY_PRESETS)."""
         policy = gbn.RETRY_PRESETS.get(name)
         if policy is None:
             raise ValueError(f"unknown retry preset {name!r}; choose one of {', '.join(gbn.RETRY_PRESETS)}")

@@ -1,0 +1,100 @@
+"""A sweep's runs folded into scenarios: medians with their spread across
+runs (seeds). Pure functions of the records, tested on records alone.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from .analysis import busiest_ratio
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of a scenario's runs, with the lowest and highest run."""
+    median: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values) -> "Spread | None":
+        vals = sorted(v for v in values if v is not None)
+        if not vals:
+            return None
+        return cls(statistics.median(vals), vals[0], vals[-1], len(vals))
+
+    def text(self, spec: str = ".1f", scale: float = 1.0) -> str:
+        m, lo, hi = (x * scale for x in (self.median, self.low, self.high))
+        if self.n == 1:
+            return format(m, spec)
+        return f"{m:{spec}} [{lo:{spec}}-{hi:{spec}}]"
+
+
+@dataclass
+class Group:
+    """One scenario (mode, pattern, delay, loss, failure) over its runs."""
+    mode: str
+    pattern: str
+    delay_ms: float
+    loss_pct: float
+    failure: bool
+    runs: list[dict] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple:
+        return (self.mode, self.pattern, self.delay_ms, self.loss_pct, self.failure)
+
+    def completed(self) -> list[dict]:
+        return [r for r in self.runs if r.get("result") and not r.get("job_failed")
+                and r["result"]["summary"]["median_duration_s"] is not None]
+
+    def busbw_mbit(self) -> Spread | None:
+        return Spread.of(r["result"]["summary"]["median_busbw_Bps"] * 8 / 1e6 for r in self.completed())
+
+    def iteration_s(self) -> Spread | None:
+        return Spread.of(r["result"]["summary"]["median_duration_s"] for r in self.completed())
+
+    def time_lost_s(self) -> Spread | None:
+        return Spread.of(r.get("time_lost_s") for r in self.completed()) if self.failure else None
+
+    def balance(self) -> Spread | None:
+        """The busiest WAN link over the mean, worst direction, per run."""
+        return Spread.of(max((v for v in busiest_ratio(r["wan_bytes"]).values() if v), default=None)
+                         for r in self.completed() if r.get("wan_bytes"))
+
+    def timeline(self, key: str) -> Spread | None:
+        return Spread.of((r.get("timeline") or {}).get(key) for r in self.runs)
+
+    def jobs_failed(self) -> int:
+        return sum(1 for r in self.runs if r.get("job_failed"))
+
+    def qps_in_error(self) -> int:
+        return sum(len(r.get("qps_in_error") or ()) for r in self.runs)
+
+    def errors(self) -> list[str]:
+        return [r["error"] for r in self.runs if r.get("error") and not r.get("job_failed")]
+
+    def durations(self) -> list[float]:
+        """Every measured iteration of every run (the warm-up left out)."""
+        return [it["duration_s"] for r in self.completed() for it in r["result"]["per_iteration"][1:]]
+
+
+def groups(records: list[dict]) -> dict[tuple, Group]:
+    out: dict[tuple, Group] = {}
+    for r in records:
+        sc = r["scenario"]
+        g = Group(sc["mode"], sc["pattern"], sc["delay_ms"], sc["loss_pct"], sc["failure"])
+        out.setdefault(g.key, g).runs.append(r)
+    return out
+
+
+def machine_check(records: list[dict]) -> dict:
+    """What says the WAN, not this machine, was the bottleneck: CPU busy
+    across runs, and how close the busiest WAN link came to its rate in
+    the runs without a failure (median and range)."""
+    ok = [r for r in records if not r["scenario"]["failure"]]
+    return {"cpu_busy": Spread.of(r.get("cpu_busy") for r in records),
+            "peak_wan_utilization": Spread.of(r.get("peak_wan_utilization") for r in ok),
+            "by_mode_cpu": {m: Spread.of(r.get("cpu_busy") for r in records if r["scenario"]["mode"] == m)
+                            for m in sorted({r["scenario"]["mode"] for r in records})}}
