@@ -234,8 +234,22 @@ def main(argv=None) -> int:
     return 0
 
 
-def control(path: str, message: dict, timeout: float = 2.0) -> dict:
-    """Send one request to a running delay line and return its reply."""
+def control(path: str, message: dict, timeout: float = 2.0, attempts: int = 3) -> dict:
+    """Send one request to a running delay line and return its reply. Asked
+    again on a timeout: on a machine busy with other real-time delay lines a
+    datagram can wait its turn, and every request here is idempotent."""
+    for _ in range(attempts - 1):
+        try:
+            return _ask(path, message, timeout)
+        except TimeoutError:
+            continue
+    try:
+        return _ask(path, message, timeout)
+    except TimeoutError:
+        raise TimeoutError(f"delay line {path} did not answer within {attempts} x {timeout:g} s") from None
+
+
+def _ask(path: str, message: dict, timeout: float) -> dict:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     local = f"{path}.{os.getpid()}.{time.monotonic_ns()}.c"
     try:
@@ -250,7 +264,6 @@ def control(path: str, message: dict, timeout: float = 2.0) -> dict:
             os.unlink(local)
         except FileNotFoundError:
             pass
-
 
 if __name__ == "__main__":
     sys.exit(main())

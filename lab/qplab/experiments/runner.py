@@ -225,6 +225,9 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
 
 # ---- a sweep ------------------------------------------------------------------------
 
+MAX_LAB_FAILURES = 3        # runs in a row the lab fails before a sweep stops
+
+
 class Progress:
     """A line per run: what it measured, how far the sweep is, the time left
     (from the mean time of the runs done so far, failure runs apart)."""
@@ -309,6 +312,7 @@ def measure(lab: Lab, todo: list[Scenario], st: Settings, runs_dir: Path, done: 
     modes = AgentModes(lab, st)
     baselines: dict = {}
     wan_now = None
+    lab_failures = 0
     for sc in list(todo):
         if stop.requested:
             return
@@ -321,7 +325,19 @@ def measure(lab: Lab, todo: list[Scenario], st: Settings, runs_dir: Path, done: 
                         buffer_ms=st.wan_buffer_ms)
             wan_now = (sc.delay_ms, sc.loss_pct)
         started = time.monotonic()
-        rec = run_scenario(lab, sc, st, baseline_routes, baselines)
+        try:
+            rec = run_scenario(lab, sc, st, baseline_routes, baselines)
+        except (RuntimeError, OSError) as e:
+            # The lab, not the workload, failed (a delay line that did not
+            # answer, routes that did not come back): an hour-long sweep goes
+            # on, and a resume runs this one again; a lab that keeps failing stops it.
+            lab_failures += 1
+            progress.todo.remove(sc)
+            log(f"  {sc.name}: the lab failed this run ({e}); not saved")
+            if lab_failures >= MAX_LAB_FAILURES:
+                raise RuntimeError(f"{lab_failures} runs in a row failed in the lab; last: {e}") from e
+            continue
+        lab_failures = 0
         if stop.requested and rec.get("error"):
             log(f"  {sc.name} was interrupted: not saved")
             return
