@@ -123,7 +123,7 @@ def headline(records: list[dict], st: Settings, net: model.Net) -> dict:
             dc = r["rank_dcs"].get(h, "")
             by_dc[dc] = by_dc.get(dc, 0) + 1
         net_sc = model.Net(**{**asdict(net), "wan_delay_s": sc["delay_ms"] / 1000})
-        ideal = model.ideal(sc["pattern"], list(by_dc.values()), st.size, net_sc)
+        ideal = model.ideal(sc["pattern"], list(by_dc.values()), st.size_for(sc["pattern"]), net_sc)
         per_link_qps: dict[str, int] = {}
         for q in r["qp_links"]:
             key = f"{q['main_link']} {r['rank_dcs'].get(q['from'])}->{r['rank_dcs'].get(q['to'])}"

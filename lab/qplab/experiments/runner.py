@@ -34,8 +34,8 @@ from . import observe
 from .analysis import agent_digest, failover_timeline, headline, qp_links
 from .report import write_report
 from .run import engine_hosts
-from .scenarios import (SWEEP_FAIL_ITERATIONS, SWEEP_ITERATIONS, SWEEP_SIZE_MB, Scenario, Settings,
-                        agent_settings, full_scenarios, quick_scenarios)
+from .scenarios import (SWEEP_FAIL_ITERATIONS, SWEEP_ITERATIONS, SWEEP_PS_SIZE_MB, SWEEP_SIZE_MB,
+                        Scenario, Settings, agent_settings, full_scenarios, quick_scenarios)
 from .sweep_report import write_sweep_report
 
 
@@ -172,7 +172,7 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
     try:
         with Engine(hosts, st.engine, qps_per_conn=st.qps_per_conn,
                     sport_policy=st.sport_policy, seed=st.seed + sc.run) as eng:
-            result = run_collective(eng, sc.pattern, st.size, iters, msg_size=st.msg_size,
+            result = run_collective(eng, sc.pattern, st.size_for(sc.pattern), iters, msg_size=st.msg_size,
                                     on_iteration=on_iteration, timeout=120)
     except QpInError as e:
         # The job failed as an RC job does; what ran before the error is kept.
@@ -432,7 +432,9 @@ def main(argv=None) -> int:
     st = Settings(size=int(size_mb * (1 << 20)), iterations=iterations,
                   fail_iterations=max(iterations, 5) if not args.full else SWEEP_FAIL_ITERATIONS,
                   qps_per_conn=args.qps, sport_policy=args.policy, wan_rate_mbit=args.wan_rate,
-                  retry_preset=args.retry_preset or ("wan" if args.full else "nccl"))
+                  retry_preset=args.retry_preset or ("wan" if args.full else "nccl"),
+                  pattern_sizes={"ps": int(SWEEP_PS_SIZE_MB * (1 << 20))}
+                  if args.full and args.size_mb is None else {})
     scenarios = full_scenarios(args.runs) if args.full else quick_scenarios(args.delay_ms)
     if args.only:
         try:

@@ -13,7 +13,7 @@ differently each time). Modes:
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qpagent.config import LivenessSettings
 
@@ -26,6 +26,7 @@ SWEEP_LOSSES_PCT = (0.0, 0.1)
 # The sweep's sizes: small enough for 3 runs of 108 scenarios within an hour
 # on 2 cores, large enough that a WAN link at its rate is the bottleneck.
 SWEEP_SIZE_MB = 0.5
+SWEEP_PS_SIZE_MB = 0.25
 SWEEP_ITERATIONS = 3
 SWEEP_FAIL_ITERATIONS = 5
 
@@ -83,6 +84,12 @@ class Settings:
     host_rate_bps: float = 1.0e9   # the engine's own rate, for the model
     seed: int = 7
     liveness: bool = True          # "qpagent" mode repairs on end-to-end path liveness
+    # Tensor size per pattern where it differs from `size` (a parameter
+    # server moves each worker's whole tensor through two servers' links).
+    pattern_sizes: dict = field(default_factory=dict)
+
+    def size_for(self, pattern: str) -> int:
+        return self.pattern_sizes.get(pattern, self.size)
 
     def __post_init__(self):
         if self.engine is None:

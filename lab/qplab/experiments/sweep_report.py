@@ -23,6 +23,12 @@ MODE_LABEL = {"kernel": "kernel hashing", "qpagent-firsthop": "qpagent first hop
 MODE_COLOR = {"kernel": "tab:red", "qpagent-firsthop": "tab:orange", "qpagent": "tab:blue"}
 
 
+def wall_minutes(runs: list[dict]) -> float:
+    """Minutes from the first run's start to the last run's end."""
+    spans = [(r["t_start"], r["t_start"] + (r.get("elapsed_s") or 0)) for r in runs if r.get("t_start")]
+    return (max(e for _, e in spans) - min(s for s, _ in spans)) / 60 if spans else 0.0
+
+
 def _t(s: Spread | None, spec: str = ".1f", scale: float = 1.0) -> str:
     return "-" if s is None else s.text(spec, scale)
 
@@ -137,7 +143,8 @@ def headline_table(gs: dict, ideal: dict, delays: list) -> list[str]:
         for d in delays:
             cells = [_t(gs[(m, p, d, 0.0, False)].busbw_mbit()) if (m, p, d, 0.0, False) in gs else "-"
                      for m in MODES]
-            md.append(f"| {p} | {d:g} ms | " + " | ".join(cells) + f" | {ideal.get((p, d), 0):.1f} |")
+            model = ideal.get((p, d))
+            md.append(f"| {p} | {d:g} ms | " + " | ".join(cells) + f" | {'-' if model is None else f'{model:.1f}'} |")
     return md
 
 
@@ -200,9 +207,11 @@ def write_sweep_report(results: dict, out: Path) -> Path:
     md = ["# qpagent sweep report", "",
           f"{len(gs)} scenarios, {len(runs)} runs ({per:.3g} per scenario, each with its own seed: the "
           f"seed picks the QP numbers, so kernel hashing lands differently each run), "
-          f"{results['elapsed_s'] / 60:.0f} minutes. Every figure is the median of a scenario's runs "
+          f"{wall_minutes(runs):.0f} minutes from the first run's start to the last run's end. Every figure is the median of a scenario's runs "
           f"with the lowest and highest run in brackets.", "",
-          f"Tensor {st['size'] / 2**20:g} MiB, {st['iterations']} iterations per run "
+          f"Tensor {st['size'] / 2**20:g} MiB"
+          + "".join(f" ({p} {v / 2**20:g} MiB)" for p, v in (st.get("pattern_sizes") or {}).items())
+          + f", {st['iterations']} iterations per run "
           f"({st['fail_iterations']} with a failure, the cut half-way through iteration {st['fail_at']}), "
           f"{st['qps_per_conn']} QPs per connection, messages of {st['msg_size'] // 1024} KiB, "
           f"inner source port policy `{st['sport_policy']}`, WAN links {st['wan_rate_mbit']:g} Mbit/s "
