@@ -94,7 +94,7 @@ def _run(results, name):
 def test_wan_link_qps_and_bytes_side_by_side(experiment_out):
     results, out = experiment_out
     for mode in ("kernel", "qpagent"):
-        r = _run(results, f"{mode}-ring-d5ms-l0pct-ok")
+        r = _run(results, f"{mode}-ring-d5ms-l0pct-ok-r0")
         assert r["error"] is None and r["result"]["summary"]["all_verified"]
         # every cross-DC data flow of every QP was seen on one WAN link
         dcs = r["rank_dcs"]
@@ -120,7 +120,7 @@ def test_wan_link_qps_and_bytes_side_by_side(experiment_out):
 def test_blackholed_wan_link_mid_run_collective_completes_and_report_shows_gap(experiment_out):
     results, out = experiment_out
     for mode in ("kernel", "qpagent"):
-        r = _run(results, f"{mode}-ring-d5ms-l0pct-fail")
+        r = _run(results, f"{mode}-ring-d5ms-l0pct-fail-r0")
         assert r["error"] is None and r["result"]["summary"]["all_verified"]
         link = r["failure"]["link"]
         t0, t1 = r["failure"]["t_blackhole"], r["failure"]["t_restore"]

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from qpagent.config import LivenessSettings
 from qplab.experiments import runner, scenarios, summary, sweep_report
 from qplab.experiments.scenarios import Scenario, Settings
 
@@ -30,7 +31,9 @@ def test_agent_settings_per_mode():
     first = scenarios.agent_settings("qpagent-firsthop", st)
     assert (first["end_to_end"], first["liveness"].enabled) == (False, False)
     e2e = scenarios.agent_settings("qpagent", st)
-    assert (e2e["end_to_end"], e2e["liveness"].enabled) == (True, True)
+    assert (e2e["end_to_end"], e2e["liveness"]) == (True, LivenessSettings())   # qpagent's default
+    st.liveness = True
+    assert scenarios.agent_settings("qpagent", st)["liveness"].enabled is True
     st.liveness = False
     assert scenarios.agent_settings("qpagent", st)["liveness"].enabled is False
     with pytest.raises(ValueError, match="unknown mode 'bgp'"):

@@ -417,6 +417,9 @@ def main(argv=None) -> int:
     ap.add_argument("--delay-ms", type=float, default=5.0, help="WAN delay of the quick run (one way)")
     ap.add_argument("--wan-rate", type=float, default=5.0,
                     help="WAN link rate (Mbit/s); low enough that the WAN, not this machine's CPU, is the bottleneck")
+    ap.add_argument("--liveness", choices=("on", "off", "default"),
+                    help="path liveness of the end-to-end mode's agents: on (the sweep's "
+                         "default), off, or qpagent's own default (the quick run's)")
     ap.add_argument("--mgmt", help="management subnet for a lab this run brings up (default: the topology's)")
     ap.add_argument("--keep-lab", action="store_true", help="leave a lab this run brought up")
     ap.add_argument("--retry-preset", choices=sorted(RETRY_PRESETS), default=None,
@@ -434,7 +437,8 @@ def main(argv=None) -> int:
                   qps_per_conn=args.qps, sport_policy=args.policy, wan_rate_mbit=args.wan_rate,
                   retry_preset=args.retry_preset or ("wan" if args.full else "nccl"),
                   pattern_sizes={"ps": int(SWEEP_PS_SIZE_MB * (1 << 20))}
-                  if args.full and args.size_mb is None else {})
+                  if args.full and args.size_mb is None else {},
+                  liveness={"on": True, "off": False}.get(args.liveness or ("on" if args.full else "default")))
     scenarios = full_scenarios(args.runs) if args.full else quick_scenarios(args.delay_ms)
     if args.only:
         try:

@@ -83,7 +83,8 @@ class Settings:
     engine: EngineConfig = None
     host_rate_bps: float = 1.0e9   # the engine's own rate, for the model
     seed: int = 7
-    liveness: bool = True          # "qpagent" mode repairs on end-to-end path liveness
+    # "qpagent" mode's path liveness: on, off, or None for qpagent's own default
+    liveness: bool | None = None
     # Tensor size per pattern where it differs from `size` (a parameter
     # server moves each worker's whole tensor through two servers' links).
     pattern_sizes: dict = field(default_factory=dict)
@@ -103,5 +104,6 @@ def agent_settings(mode: str, st: Settings) -> dict | None:
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
     end_to_end = mode == "qpagent"
+    liveness = LivenessSettings() if st.liveness is None else LivenessSettings(enabled=st.liveness)
     return {"end_to_end": end_to_end,
-            "liveness": LivenessSettings(enabled=end_to_end and st.liveness)}
+            "liveness": liveness if end_to_end else LivenessSettings(enabled=False)}
