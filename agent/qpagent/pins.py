@@ -19,6 +19,7 @@ regular files, hence the record beside it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -99,6 +100,27 @@ def ensure_bpffs(mountpoint: str) -> str:
     is there; return the path through which this process reaches it."""
     if is_bpffs(mountpoint):      # mounted before our namespace was made
         return mountpoint
+    with _mounting(mountpoint):
+        return _ensure_bpffs(mountpoint)
+
+
+@contextlib.contextmanager
+def _mounting(mountpoint: str):
+    """One process at a time looks for the bpffs and mounts it: agents
+    starting side by side would each find none and mount one on the same
+    directory, and each later mount hides the pins in the earlier ones. The
+    lock is the parent directory itself, so it leaves no file behind."""
+    parent = host_path(os.path.dirname(mountpoint.rstrip("/")) or "/")
+    os.makedirs(parent, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ensure_bpffs(mountpoint: str) -> str:
     pid = host_mount_pid()
     reach = mountpoint if pid is None else f"/proc/{pid}/root{mountpoint}"
     if is_bpffs(reach):

@@ -74,3 +74,51 @@ def test_a_pin_made_inside_ip_netns_exec_outlives_it(netns):
                 os.rmdir(d)
             except OSError:
                 pass
+
+
+MOUNT_AT_ONCE = """
+import multiprocessing as mp, sys, time
+from qpagent import pins
+# Widen the window between finding no bpffs and mounting one, so that
+# processes racing through it without the lock would all mount.
+real_is_bpffs = pins.is_bpffs
+def slow_is_bpffs(path):
+    found = real_is_bpffs(path)
+    time.sleep(0.2)
+    return found
+pins.is_bpffs = slow_is_bpffs
+def one(barrier, mountpoint):
+    barrier.wait()
+    pins.ensure_bpffs(mountpoint)
+if __name__ == "__main__":
+    n, mountpoint = int(sys.argv[1]), sys.argv[2]
+    barrier = mp.Barrier(n)
+    procs = [mp.Process(target=one, args=(barrier, mountpoint)) for _ in range(n)]
+    for p in procs: p.start()
+    for p in procs: p.join()
+    sys.exit(max(p.exitcode for p in procs))
+"""
+
+
+def bpf_mounts_at(path: str) -> int:
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for line in f if line.split()[4] == path and " - bpf " in line)
+
+
+def test_agents_starting_side_by_side_mount_one_bpffs(tmp_path):
+    """Six processes that find no bpffs at the same moment mount one, not six
+    stacked on the same directory (a later mount hides the earlier one's pins)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    base = f"/run/qt-mount-{uuid.uuid4().hex[:8]}"
+    mountpoint = f"{base}/bpffs"
+    try:
+        ran = subprocess.run([sys.executable, "-c", MOUNT_AT_ONCE, "6", mountpoint],
+                             capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        assert pins.is_bpffs(mountpoint)
+        assert bpf_mounts_at(mountpoint) == 1
+    finally:
+        while bpf_mounts_at(mountpoint):
+            subprocess.run(["umount", mountpoint], check=False)
+        subprocess.run(["rm", "-rf", base], check=False)
