@@ -226,6 +226,8 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
 # ---- a sweep ------------------------------------------------------------------------
 
 MAX_LAB_FAILURES = 3        # runs in a row the lab fails before a sweep stops
+PANELS_RUN = "qpagent-ring-d5ms-l0pct-fail-r0"   # the run whose dashboard panels the report shows
+PANEL_SCRAPE_S = 5.0        # the slowest scrape interval of the lab's Prometheus
 
 
 class Progress:
@@ -305,8 +307,14 @@ def load_done(runs_dir: Path) -> dict[str, dict]:
 
 
 def measure(lab: Lab, todo: list[Scenario], st: Settings, runs_dir: Path, done: dict,
-            progress: Progress, stop: StopRequest) -> None:
-    """Run each scenario in turn, saving each run as it ends."""
+            progress: Progress, stop: StopRequest, panels_dir: Path | None = None) -> None:
+    """Run each scenario in turn, saving each run as it ends; with
+    `panels_dir`, a Prometheus scrapes the lab and the dashboard's key panels
+    of one run (PANELS_RUN) are drawn there from it."""
+    prometheus = None
+    if panels_dir is not None:
+        log("starting Prometheus")
+        prometheus = lab.start_prometheus(progress=lambda m: log("  " + m))
     log("waiting for the lab's routes to settle")
     baseline_routes = settled_routes(lab)
     modes = AgentModes(lab, st)
@@ -348,10 +356,30 @@ def measure(lab: Lab, todo: list[Scenario], st: Settings, runs_dir: Path, done: 
         tmp.rename(runs_dir / f"{sc.name}.json")
         done[sc.name] = rec
         log(progress.ended(sc, rec, time.monotonic() - started))
+        if prometheus and sc.name == PANELS_RUN:
+            draw_panels(prometheus, rec, panels_dir)
+
+
+def draw_panels(prometheus: str, rec: dict, out: Path) -> None:
+    """The dashboard's key panels over one run, from the lab's Prometheus,
+    once it has scraped the run's end."""
+    from .panels import render_panels
+    t0, t1 = rec["t_start"] - 5, rec["t_start"] + rec["elapsed_s"] + 5
+    while time.time() < t1 + 2 * PANEL_SCRAPE_S:     # the scrapes that cover the run's end
+        time.sleep(0.5)
+    try:
+        files = render_panels(prometheus, t0, t1, out)
+    except (OSError, RuntimeError, ValueError) as e:
+        log(f"  the dashboard's panels could not be drawn: {e}")
+        return
+    (out / "panels.json").write_text(json.dumps({"run": rec["name"], "t0": t0, "t1": t1,
+                                                 "files": [f.name for f in files]}, indent=1))
+    log(f"  drew the dashboard's panels of {rec['name']} from Prometheus")
 
 
 def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool,
-        mgmt: str | None = None, report_dir: Path | None = None, sweep: bool = False) -> dict:
+        mgmt: str | None = None, report_dir: Path | None = None, sweep: bool = False,
+        prometheus: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
@@ -371,7 +399,8 @@ def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool,
     with StopRequest() as stop:
         try:
             if todo:
-                measure(lab, todo, st, runs_dir, done, progress, stop)
+                measure(lab, todo, st, runs_dir, done, progress, stop,
+                        panels_dir=(report_dir or out) if prometheus else None)
         finally:
             if lab is not None and lab.owned and not keep_lab:
                 log("taking the lab down")
@@ -420,6 +449,9 @@ def main(argv=None) -> int:
     ap.add_argument("--liveness", choices=("on", "off", "default"),
                     help="path liveness of the end-to-end mode's agents: on (the sweep's "
                          "default), off, or qpagent's own default (the quick run's)")
+    ap.add_argument("--prometheus", action="store_true",
+                    help="run a Prometheus on the lab and draw the dashboard's key panels of "
+                         f"{PANELS_RUN} from it into the report")
     ap.add_argument("--mgmt", help="management subnet for a lab this run brings up (default: the topology's)")
     ap.add_argument("--keep-lab", action="store_true", help="leave a lab this run brought up")
     ap.add_argument("--retry-preset", choices=sorted(RETRY_PRESETS), default=None,
@@ -449,7 +481,7 @@ def main(argv=None) -> int:
             ap.error(f"--only {args.only!r} matches no scenario")
     try:
         run(scenarios, st, Path(args.out), args.keep_lab, args.mgmt,
-            Path(args.report) if args.report else None, sweep=args.full)
+            Path(args.report) if args.report else None, sweep=args.full, prometheus=args.prometheus)
     except KeyboardInterrupt:
         sys.exit(f"interrupted: the runs saved in {args.out}/runs are kept; run the same command to resume")
     except (RuntimeError, OSError, ValueError) as e:

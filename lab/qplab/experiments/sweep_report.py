@@ -193,6 +193,18 @@ def all_scenarios_table(gs: dict) -> list[str]:
     return md
 
 
+def panels_section(out: Path) -> list[str]:
+    """The dashboard's key panels, drawn from Prometheus during the sweep."""
+    try:
+        drawn = json.loads((out / "panels.json").read_text())
+    except (OSError, ValueError):
+        return []
+    md = ["", f"## The dashboard's key panels over {drawn['run']}", "",
+          "Drawn from the lab's Prometheus with the dashboard's own queries (range queries; "
+          "no Grafana server runs here):", ""]
+    return md + [f"![{f}]({f})" for f in drawn["files"]]
+
+
 def write_sweep_report(results: dict, out: Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -259,6 +271,7 @@ def write_sweep_report(results: dict, out: Path) -> Path:
                            f"{'the busiest link cut' if failure else 'no failure'}")
             md += ["", f"## Per-WAN-link load over time: ring, {delays[0]:g} ms, "
                    f"{'with the cut' if failure else 'no failure'}", "", f"![WAN load]({load.name})"]
+    md += panels_section(out)
     comp = out / "sweep-completion-times.png"
     plot_completion_distributions(gs, delays, comp)
     md += ["", "## Completion-time distributions", "", f"![completion times]({comp.name})"]
