@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 PYTEST  := .venv/bin/pytest
 
-.PHONY: deps demo test test-unit bench bench-lab experiment-quick lint clean
+.PHONY: deps demo test test-unit bench bench-lab experiment experiment-quick lint clean dashboards
 
 deps:
 	bash agent/scripts/install-deps.sh
@@ -27,7 +27,15 @@ bench-lab: deps
 	$(PY) tests/bench/bench_lab.py
 
 experiment-quick: deps
-	$(PY) -m qplab.experiments --quick --out results/quick
+	$(PY) -m qplab.experiments --quick --out results/quick --report lab/report/quick
+
+## The whole sweep (under an hour on 2 cores; resumes where it stopped): lab/report/.
+experiment: deps
+	$(PY) -m qplab.experiments --full --prometheus --out results/full --report lab/report
+
+## Rebuild dashboards/qpagent.json from qpagent.dashboard (never edit the JSON by hand).
+dashboards: deps
+	$(PY) -m qpagent.dashboard dashboards/qpagent.json
 
 lint: deps
 	$(PY) -m pyflakes agent lab tests

@@ -42,7 +42,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-if ! .venv/bin/python -c 'import qpagent, qplab, pyroute2, prometheus_client, click, scapy, pytest, yaml, matplotlib' 2>/dev/null; then
+if ! .venv/bin/python -c 'import qpagent, qplab, pyroute2, prometheus_client, click, scapy, pytest, yaml, matplotlib, grafana_foundation_sdk' 2>/dev/null; then
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 fi
 .venv/bin/python -c 'import bcc' || { echo "install-deps: python3-bpfcc not visible in the venv" >&2; exit 1; }

@@ -4,20 +4,27 @@ One lab for the module, up with its agents and `prometheus=True`. Every wait
 polls Prometheus' own answers with a deadline.
 """
 import ipaddress
+import json
+import math
 import os
+import re
 import subprocess
 import sys
+import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
 from conftest import free_management_subnet, need_root, unique_ctx
 from qplab import lab, monitor, netns
+from qplab.experiments import panels
 from qplab.api import Lab
 from qplab.topology import load_topology
 from qplab.waiting import wait_until
 
 SCRAPED_S = 90      # agents compile with BCC first; then a few scrape intervals
+DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "qpagent.json"
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +117,49 @@ def test_qplab_status_prints_where_prometheus_is(watched_lab):
     res = subprocess.run([sys.executable, "-m", "qplab.cli", "status"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert f"Prometheus  {watched_lab.state.monitor.prometheus}" in res.stdout, res.stdout + res.stderr
+
+
+def frr_panel_targets() -> list[tuple[str, str, str]]:
+    """(panel [refId], expression, legend) of every dashboard panel fed by
+    prometheus-frr-exporter, from the committed dashboard."""
+    dash = json.loads(DASHBOARD.read_text())
+    return [(f"{p['title']} [{t['refId']}]", t["expr"], t.get("legendFormat", ""))
+            for p in dash["panels"] for t in p.get("targets", []) if "frr_" in t["expr"]]
+
+
+def test_every_frr_panel_shows_every_router(watched_lab):
+    """Each FRR panel's query, variables filled as Grafana would (All routers),
+    returns finite data from the lab's Prometheus for every router, with the
+    labels its legend names."""
+    targets = frr_panel_targets()
+    assert {name.split(" [")[0] for name, _, _ in targets} >= {
+        "BGP sessions established", "BGP prefixes received", "BGP peers", "BFD peers (FRR)"}
+    now = time.time()
+    values = panels.grafana_values(now - 300, now, 2, panels.seconds(monitor.FRR_SCRAPE_INTERVAL))
+    routers = set(watched_lab.state.routers)
+
+    def problems() -> list[str]:
+        found = []
+        for name, expr, legend in targets:
+            series = watched_lab.query(panels.expand(expr, values))
+            finite = [s for s in series if math.isfinite(float(s["value"][1]))]
+            shown = {s["metric"].get("node") for s in finite}
+            if shown != routers:
+                found.append(f"{name}: no data for {sorted(routers - shown)}")
+            wanted = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+            dropped = {label for s in finite for label in wanted - set(s["metric"])}
+            if dropped:
+                found.append(f"{name}: legend names labels the query drops: {sorted(dropped)}")
+        return found
+    wait_until(problems, SCRAPED_S, 1.0, "every FRR panel with data for every router")
+    # converged: every router's sessions are all Established on the panel
+    sessions = {n: len(r.interfaces) for n, r in watched_lab.state.routers.items()}
+    expr = dict((n, e) for n, e, _ in targets)["BGP sessions established [A]"]
+
+    def established_gaps() -> list[str]:
+        shown = {s["metric"]["node"]: int(float(s["value"][1]))
+                 for s in watched_lab.query(panels.expand(expr, values))
+                 if s["metric"].get("afi") == "ipv4" and s["metric"].get("safi") == "unicast"}
+        return [f"{n}: {shown.get(n)}/{want} established" for n, want in sessions.items()
+                if shown.get(n) != want]
+    wait_until(established_gaps, SCRAPED_S, 1.0, "the BGP panel showing every session established")

@@ -1,12 +1,19 @@
-"""The Grafana dashboard, checked query by query against a real Prometheus.
+"""The Grafana dashboard, checked panel by panel against a real Prometheus.
+
+The dashboard is built by qpagent.dashboard (grafana-foundation-sdk);
+tests/unit/test_dashboard_build.py checks that the committed JSON is what it
+builds, and this file checks the JSON against the real thing.
 
 Grafana itself does not run here, so the test does what Grafana would: it
 expands each panel's template variables and sends the query to a real
 Prometheus (2.x, Debian's) that scrapes a real `qpagent run` on two VTEPs
-with real FRR BFD sessions, while RoCEv2 traffic for several QPs flows and
-after an uplink has failed. Every panel must come back valid, with data,
-with the labels its legend names, and every metric the dashboard uses must
-exist in the agent's scrape, so a renamed metric or label breaks this test.
+with real FRR BFD sessions and end-to-end liveness probes (answered by a
+second agent's data plane on the far VTEP), while RoCEv2 traffic for several
+QPs flows and after an uplink has failed. Every agent panel must come back
+valid, with data, with the labels its legend names, and every metric the
+dashboard uses must exist in the agent's scrape, so a renamed metric or label
+breaks this test. The FRR panels need prometheus-frr-exporter: the lab's
+Prometheus checks them (tests/lab/test_lab_prometheus.py).
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ from processes import stop_group, wait_until
 from roce_wire import roce_frame, send_frames
 from twovtep import VXLAN_DEV, sh, two_vteps
 
-from qpagent import bpfsys
+from qpagent import bpfsys, netnsutil
 from qplab import frr
+from qplab.experiments import panels
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "dashboards" / "qpagent.json"
@@ -91,7 +99,8 @@ def test_dashboard_is_well_formed():
     assert bad_sources == {}
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["DS_PROMETHEUS"]["type"] == "datasource"
-    assert variables["node"]["definition"] == "label_values(qpagent_info, node)"
+    assert variables["node"]["query"] == "label_values(qpagent_info, node)"
+    assert variables["router"]["query"] == "label_values(frr_collector_up, node)"
     assert [i["name"] for i in dash["__inputs"]] == ["DS_PROMETHEUS"]
 
 
@@ -159,21 +168,34 @@ def _alive(pid: int) -> bool:
 
 
 class Agent:
-    def __init__(self, topo, frr_name: str, metrics_port: int):
+    """`qpagent run` on one VTEP. The watched one (side A) exports metrics,
+    reads FRR and probes its paths; the far one (side B) only has to be
+    there, so that its data plane (path_probe) answers those probes."""
+
+    def __init__(self, side, metrics_port: int | None = None, frr_name: str | None = None,
+                 liveness: bool = False):
         self.workdir = tempfile.mkdtemp(prefix="qt6-agent-")
-        self.node = f"{topo.a.vtep_ns}"
-        self.topo_ns = topo.a.vtep_ns
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.node = f"{side.vtep_ns}"
+        self.topo_ns = side.vtep_ns
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""
         self.socket = os.path.join(self.workdir, "agent.sock")
         self.log_path = Path(self.workdir, "agent.log")
         config = self.config = Path(self.workdir, "agent.toml")
         write_agent_config(config, node=self.node, socket=self.socket, vxlan=VXLAN_DEV,
-                           uplinks=topo.a.uplinks, metrics_address=f"127.0.0.1:{metrics_port}",
-                           top_qps=20, poll_interval=0.1, frr_namespace=frr_name)
+                           uplinks=side.uplinks,
+                           metrics_address=f"127.0.0.1:{metrics_port}" if metrics_port else "",
+                           top_qps=20, poll_interval=0.1, frr_namespace=frr_name,
+                           liveness=liveness)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", topo.a.vtep_ns, QPAGENT, "run", "--config", str(config)],
+            ["ip", "netns", "exec", side.vtep_ns, QPAGENT, "run", "--config", str(config)],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def answering(self) -> bool:
+        """The control socket answers (the data plane is attached by then)."""
+        self.alive()
+        return subprocess.run([QPAGENT, "status", "--socket", self.socket, "--json"],
+                              capture_output=True, timeout=10).returncode == 0
 
     def log_text(self) -> str:
         self._log.flush()
@@ -224,6 +246,7 @@ class Stack:
     def __init__(self, topo, agent: Agent, prometheus: Prometheus):
         self.topo, self.agent, self.prometheus = topo, agent, prometheus
         self.qps_before_cut: dict[str, float] = {}
+        self.started = time.time()   # the agent scraped, traffic about to flow
 
     def value(self, expr: str) -> float | None:
         """The single value of an instant query (None: no series)."""
@@ -243,7 +266,7 @@ def stack():
         # Our own namespace prefix, so parallel suites never collide.
         mp.setattr(twovtep_module, "PREFIX", PREFIX)
         with two_vteps(2, tag=uuid.uuid4().hex[:6]) as topo:
-            routers = agent = prometheus = traffic = None
+            routers = far_agent = agent = prometheus = traffic = None
             try:
                 routers = BfdRouters()
                 routers.start(topo)
@@ -252,32 +275,48 @@ def stack():
                            lambda: set(routers.peers(frr_name).values()) == {"up"}
                            and len(routers.peers(frr_name)) == len(topo.a.uplinks),
                            deadline_s=30)
+                # One agent at a time: two starting at once race on mounting bpffs.
+                far_agent = Agent(topo.b)
+                wait_until("the far agent answering", far_agent.answering, deadline_s=120)
                 metrics_port, prom_port = free_ports(topo.a.vtep_ns, 2)
-                agent = Agent(topo, frr_name, metrics_port)
+                agent = Agent(topo.a, metrics_port, frr_name, liveness=True)
                 prometheus = Prometheus(topo.a.vtep_ns, [f"127.0.0.1:{metrics_port}"], prom_port)
                 wait_until("Prometheus ready", prometheus.ready, deadline_s=30)
                 wait_until("the agent's exporter scraped as up",
                            lambda: agent.alive() and set(prometheus.target_health().values()) == {"up"},
-                           deadline_s=60, every_s=0.5)
+                           deadline_s=120, every_s=0.5)   # BCC compiles first: slow on a busy machine
                 traffic = RoceTraffic(topo, range(FIRST_QP, FIRST_QP + K_QPS))
                 live = Stack(topo, agent, prometheus)
                 wait_until(f"{K_QPS} QPs in Prometheus",
                            lambda: agent.alive() and live.value(f'qpagent_qps{{node="{agent.node}"}}') == K_QPS,
                            deadline_s=20, every_s=0.2)
+                # Every path answers its probes (the far agent's path_probe) before the cut.
+                wait_until("a probe RTT for every path in Prometheus",
+                           lambda: agent.alive() and len(prometheus.query(
+                               f'qpagent_path_rtt_seconds{{node="{agent.node}"}} > 0'
+                           )["data"]["result"]) == len(topo.a.uplinks),
+                           deadline_s=30, every_s=0.5)
                 live.qps_before_cut = {
                     r["metric"]["uplink"]: float(r["value"][1]) for r in
                     prometheus.query(f'qpagent_path_qps{{node="{agent.node}"}}')["data"]["result"]}
                 # The failure: re-placement and reaction series only exist after one.
                 sh(f"ip -n {topo.a.vtep_ns} link set {FAILED_UPLINK} down")
-                wait_until("a dead-path re-placement and a timed reaction in Prometheus",
-                           lambda: agent.alive()
-                           and (live.value('sum(qpagent_replacements_total{reason="dead_path"})') or 0) > 0
-                           and (live.value("sum(qpagent_reaction_seconds_count)") or 0) > 0,
-                           deadline_s=20, every_s=0.2)
+                try:
+                    wait_until("a dead-path re-placement and a timed reaction in Prometheus",
+                               lambda: agent.alive()
+                               and (live.value('sum(qpagent_replacements_total{reason="dead_path"})') or 0) > 0
+                               and (live.value("sum(qpagent_reaction_seconds_count)") or 0) > 0,
+                               deadline_s=20, every_s=0.2)
+                except AssertionError as exc:
+                    seen = {m: prometheus.query(f'{m}{{node="{agent.node}"}}')["data"]["result"]
+                            for m in ("qpagent_replacements_total", "qpagent_repairs_total",
+                                      "qpagent_path_qps", "qpagent_reaction_seconds_count")}
+                    raise AssertionError(f"{exc}\nbefore the cut: {live.qps_before_cut}\n"
+                                         f"after: {json.dumps(seen)}\n{agent.log_text()}") from None
                 assert traffic.errors == []
                 yield live
             finally:
-                stop_all(traffic, prometheus, agent, routers)
+                stop_all(traffic, prometheus, agent, far_agent, routers)
 
 
 def stop_all(*parts) -> None:
@@ -294,10 +333,17 @@ def stop_all(*parts) -> None:
         raise RuntimeError("teardown failed: " + "; ".join(failures))
 
 
-def expanded_targets(dash: dict, node: str):
-    values = dashboard_variables(dash, {"node": node})
+def is_frr_panel(expr: str) -> bool:
+    """Panels fed by prometheus-frr-exporter (checked against the lab's Prometheus)."""
+    return "frr_" in expr
+
+
+def expanded_targets(dash: dict, node: str, router: str = ".*"):
+    """(panel [refId], the query Grafana sends, legend) of every agent panel."""
+    values = dashboard_variables(dash, {"node": node, "router": router})
     for title, ref, target in panel_targets(dash):
-        yield f"{title} [{ref}]", expand(target["expr"], values), target.get("legendFormat", "")
+        if not is_frr_panel(target["expr"]):
+            yield f"{title} [{ref}]", expand(target["expr"], values), target.get("legendFormat", "")
 
 
 def _problem(answer: dict, legend: str) -> str | None:
@@ -319,7 +365,10 @@ def _problem(answer: dict, legend: str) -> str | None:
 def test_every_panel_query_returns_data(stack):
     dash = load_dashboard()
     targets = list(expanded_targets(dash, stack.agent.node))
-    assert len(targets) >= 14
+    assert len(targets) >= 20
+    # the new per-path liveness panels are among them
+    assert {"Path RTT [A]", "Path probe loss [A]", "Path state (probes) [A]",
+            "QP repairs by cause [A]"} <= {name for name, _, _ in targets}
 
     def problems():
         found = {name: _problem(stack.prometheus.query(expr), legend) for name, expr, legend in targets}
@@ -365,10 +414,17 @@ def test_panels_show_the_failed_uplink(stack):
                 "carrying traffic": {u for u, bps in by_uplink("Throughput per path [A]", "uplink").items()
                                      if bps > 0},
                 "top QPs": sorted(top_qps()),
-                "QPs on the failed path": sorted(q for q, path in top_qps().items() if path == failed_path)}
+                "QPs on the failed path": sorted(q for q, path in top_qps().items() if path == failed_path),
+                "answering probes": {u for u, up in by_uplink("Path state (probes) [A]", "uplink").items()
+                                     if up == 1},
+                # the failed path may keep the RTT of its last reply: only survivors count
+                "survivors with an RTT under 1 s": {u for u, rtt in by_uplink("Path RTT [A]", "uplink").items()
+                                                    if u != FAILED_UPLINK and 0 < rtt < 1}}
 
-    want = {"alive": alive, "bfd": alive, "carrying traffic": set(uplinks) - {FAILED_UPLINK},
-            "top QPs": list(range(FIRST_QP, FIRST_QP + K_QPS)), "QPs on the failed path": []}
+    survivors = set(uplinks) - {FAILED_UPLINK}
+    want = {"alive": alive, "bfd": alive, "carrying traffic": survivors,
+            "top QPs": list(range(FIRST_QP, FIRST_QP + K_QPS)), "QPs on the failed path": [],
+            "answering probes": survivors, "survivors with an RTT under 1 s": survivors}
 
     # Rates need one window ($__rate_interval) after the cut to forget the old path.
     try:
@@ -418,3 +474,26 @@ def test_node_variable_lists_the_agent(stack):
     answer = stack.prometheus.api("/api/v1/label/node/values", **{"match[]": "qpagent_info"})
     assert answer["status"] == "success"
     assert answer["data"] == [stack.agent.node]
+
+
+
+def test_report_panels_render_from_the_real_prometheus(stack, tmp_path):
+    """The report's key panels (qplab.experiments.panels), range queries over
+    everything this Prometheus saw since traffic started: every one has data,
+    drawn to a PNG."""
+    t0, t1 = stack.started, time.time()
+    with netnsutil.enter(stack.topo.a.vtep_ns):   # Prometheus listens inside the namespace
+        fetched = {k.name: series for k, series in
+                   panels.fetch_panels(stack.prometheus.base, t0, t1, scrape_interval="1s").items()}
+        drawn = panels.render_panels(stack.prometheus.base, t0, t1, tmp_path, scrape_interval="1s")
+
+    def finite(series) -> list[float]:
+        return [v for s in series for _, v in s.points if math.isfinite(v)]
+    assert {name: len(finite(series)) > 0 for name, series in fetched.items()} == {
+        "wan-load": True, "qps-per-path": True, "repairs": True, "path-rtt": True}
+    last_qps = sum(s.points[-1][1] for s in fetched["qps-per-path"])
+    assert last_qps == K_QPS
+    survivors = set(stack.topo.a.uplinks) - {FAILED_UPLINK}
+    assert {u for u in survivors if any(f"({u})" in s.name for s in fetched["path-rtt"])} == survivors
+    assert [p.name for p in drawn] == [f"panel-{name}.png" for name in fetched]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in drawn)
