@@ -156,12 +156,26 @@ static __always_inline int path_live(__u32 vtep, __u32 path, __u64 now)
 	return path_usable(path_table.lookup(&idx)) && path_answering(idx, now);
 }
 
-/* Live path of the VTEP with the fewest QPs (ties: lowest index), other
- * than `exclude` (MAX_PATHS: none), or -1. */
-static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u64 now)
+/* Armed, answering within its deadline, and the prober running: seen
+ * alive moments ago, not merely never checked. */
+static __always_inline int path_verified(__u32 idx, __u64 now)
 {
-	__u32 best_qps = 0xffffffff;
-	int best = -1;
+	struct path_health *h = path_health.lookup(&idx);   /* array: inlined */
+
+	return h && h->deadline_ns && elapsed(now, h->last_reply_ns) <= h->deadline_ns &&
+	       prober_running(now);
+}
+
+/* Live path of the VTEP with the fewest QPs (ties: lowest index), other
+ * than `exclude` (MAX_PATHS: none), or -1. A repair (`verified`) takes a
+ * path that answered probes moments ago when there is one: the agent
+ * probes only the paths in use and their spares, and an unprobed path may
+ * share the failure the QP is fleeing. A new QP takes any live path. */
+static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u64 now,
+					     int verified)
+{
+	__u32 best_qps = 0xffffffff, best_checked_qps = 0xffffffff;
+	int best = -1, best_checked = -1;
 
 #pragma unroll
 	for (int i = 0; i < MAX_PATHS; i++) {
@@ -174,8 +188,12 @@ static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u64 no
 			best_qps = pe->qps;
 			best = i;
 		}
+		if (verified && pe->qps < best_checked_qps && path_verified(idx, now)) {
+			best_checked_qps = pe->qps;
+			best_checked = i;
+		}
 	}
-	return best;
+	return best_checked >= 0 ? best_checked : best;
 }
 
 /* The entry of one path, or NULL when the indexes are out of range. */
@@ -329,7 +347,9 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 			cause = REPAIR_LIVENESS;   /* routing says fine, probes do not */
 	}
 
-	path = least_loaded_path(vtep, exclude, now);
+	/* A QP leaving a path (dead, gone, or resending) goes where probes
+	 * answer, if anywhere does. */
+	path = least_loaded_path(vtep, exclude, now, qs != NULL);
 	if (path < 0 || take_slot(vtep, path, &st) < 0) {
 		if (qs)
 			account(qs, skb->len, now);

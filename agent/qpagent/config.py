@@ -16,6 +16,7 @@ Two modes, told apart by the file alone:
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import socket
 import tomllib
@@ -58,6 +59,10 @@ class SteerSettings:
     ports_per_path: int = 16
     rebalance: bool = True
     end_to_end: bool = False    # group ports by every hop (TTL probes), not the first
+    # Bottleneck capacities in Mbit/s, by uplink name or hop address (a first-hop
+    # gateway or, end to end, a router's address on the path): placement puts
+    # QPs on paths in proportion to the smallest capacity each path crosses.
+    capacities: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,13 +81,15 @@ class FrrSettings:
 
 @dataclass(frozen=True)
 class LivenessSettings:
-    """End-to-end path liveness: probes answered by the remote VTEP's data plane.
-    Off by default: it repairs a two-VTEP cut in 19 ms, but in the full lab
-    (16 end-to-end paths per VTEP, every spare probed, paths renumbered by
-    each TTL round) it flapped and cost the collectives throughput."""
+    """End-to-end path liveness: probes answered by the remote VTEP's data plane,
+    on the paths in use and their spares. Off by default: it repairs a
+    two-VTEP cut in 16-31 ms, but in the full lab, on a busy two-core host,
+    it still declared paths dead with nothing failed and did not beat BFD
+    (README, "Failures")."""
     enabled: bool = False
-    interval_ms: int = 10          # every path of every remote VTEP probed this often
-    misses: int = 3                # dead after this many intervals without a reply
+    interval_ms: int = 10          # each path in use (and its spare) probed this often
+    misses: int = 3                # dead after this many intervals without a reply...
+    rtt_margin_ms: int = 10        # ...or after its smoothed RTT plus this, if longer
     budget_pps: int = 1000         # probes per second per remote VTEP, at most
     hold_down_ms: int = 1000       # a dead path is back after answering this long
 
@@ -406,6 +413,36 @@ def _port_range(value):
     return (low, high)
 
 
+class _EntryError(ValueError):
+    """A problem with one entry of a table-valued key (named in the error)."""
+
+    def __init__(self, entry: str, problem: str):
+        self.entry = entry
+        super().__init__(problem)
+
+
+def _capacities(value):
+    """{uplink name or IPv4 address = Mbit/s}, every capacity above 0."""
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of uplink names or hop addresses to Mbit/s, "
+                         f"got {_kind(value)}")
+    out = {}
+    for name, mbit in value.items():
+        name = str(name)
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            problem = valid_ifname(name)
+            if problem:
+                raise _EntryError(name, f"{problem}; expected an uplink name or an IPv4 "
+                                  "hop address") from None
+        if isinstance(mbit, bool) or not isinstance(mbit, (int, float)) or not 0 < mbit <= 10_000_000:
+            raise _EntryError(name, f"expected a capacity in Mbit/s above 0 (at most "
+                              f"10000000), got {_kind(mbit)}")
+        out[name] = float(mbit)
+    return out
+
+
 def _frr_enabled(value):
     if isinstance(value, bool) or value == "auto":
         return value
@@ -430,6 +467,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "ports_per_path": (_integer(1, MAX_PORTS_PER_PATH), False),
         "rebalance": (_boolean, False),
         "end_to_end": (_boolean, False),
+        "capacities": (_capacities, False),
     },
     "count": {
         "xdp": (_ifnames(required=False), False),
@@ -445,6 +483,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "enabled": (_boolean, False),
         "interval_ms": (_integer(1, 10_000), False),
         "misses": (_integer(1, 100), False),
+        "rtt_margin_ms": (_integer(0, 60_000), False),
         "budget_pps": (_integer(1, 1_000_000), False),
         "hold_down_ms": (_integer(0, 3_600_000), False),
     },
@@ -491,6 +530,11 @@ class _Validator:
             check, _required = schema[key]
             try:
                 values[key] = check(value)
+            except _EntryError as exc:
+                # an inline table's entries share its line: point there
+                line = self.lines.get(f"{path}.{exc.entry}", self.lines.get(path))
+                raise ConfigError(self.file, str(exc), key=f"{path}.{exc.entry}",
+                                  line=line) from None
             except ValueError as exc:
                 raise self.error(path, str(exc)) from None
         for key, (_check, required) in schema.items():
@@ -533,6 +577,9 @@ class _Validator:
         if sections["steer"].end_to_end:
             raise self.error("steer.end_to_end", "host mode (no steer.vxlan_devices) steers "
                              "nothing, so there are no end-to-end paths to probe")
+        if sections["steer"].capacities:
+            raise self.error("steer.capacities", "host mode (no steer.vxlan_devices) places no "
+                             "QPs, so there are no paths to weigh by capacity")
         if sections["frr"].enabled is True:
             raise self.error("frr.enabled", "host mode (no steer.vxlan_devices) has no uplinks "
                              "whose BFD sessions matter; leave it out or set false")
@@ -567,4 +614,7 @@ def _toml_value(value) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):   # an inline table, keys quoted (addresses hold dots)
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")

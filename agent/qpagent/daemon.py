@@ -35,7 +35,7 @@ from qpagent.config import Config
 from qpagent.contract import HOOK_NAMES
 from qpagent.core.actions import DisarmAll, MoveQp
 from qpagent.core.decisions import Core, Settings
-from qpagent.core.inputs import BfdSeen, PathHealthChanged, PathsSeen, Tick
+from qpagent.core.inputs import BfdSeen, PathHealthChanged, PathRttSeen, PathsSeen, Tick
 from qpagent.metrics import ReactionHistogram
 from qpagent.sources.discovery import PathDiscovery, Prober, Target
 from qpagent.sources.fdb import read_fdb
@@ -72,8 +72,10 @@ class Agent:
                                   end_to_end=config.steer.end_to_end,
                                   probe_interval_ms=live.interval_ms, probe_misses=live.misses,
                                   probe_budget_pps=live.budget_pps,
+                                  probe_rtt_margin_ms=live.rtt_margin_ms,
                                   repair_holddown_ms=repair.holddown_ms,
-                                  repair_retransmit=repair.retransmit))
+                                  repair_retransmit=repair.retransmit,
+                                  capacities=dict(config.steer.capacities)))
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue()
@@ -237,6 +239,7 @@ class Agent:
                     with self._lock:
                         qps = self.tables.all_qps()
                         self._apply(self.core.tick(Tick(time.monotonic_ns()), qps))
+                        self._set_liveness_targets()   # the paths in use may have changed
                 # Advanced in host mode too, or the loop would spin.
                 next_reconcile = now + RECONCILE_EVERY_S
 
@@ -256,6 +259,9 @@ class Agent:
                     if was_down != self.core.path_unhealthy(item.key, item.path_index):
                         self._timed(item.seen, "liveness" if was_down is False else "path_up",
                                     moves)
+                elif isinstance(item, PathRttSeen):
+                    self._decide(self.core.path_rtt, item)
+                    self._set_liveness_targets()
                 elif isinstance(item, BfdChanged):
                     if not item.bfd.available and self.cfg.frr.enabled is True:
                         self._warn(f"FRR: {item.bfd.reason}")

@@ -114,6 +114,10 @@ def _families(node: str, snap: dict, reactions: ReactionHistogram) -> Iterable[M
                 path_labels)
     loss = gauge("qpagent_path_probe_loss_ratio",
                  "Probes without a reply over the last second", path_labels)
+    deadline = gauge("qpagent_path_liveness_deadline_seconds",
+                     "Silence after which the path is dead: max(interval x misses, "
+                     "smoothed RTT + margin); absent when the path is not probed",
+                     path_labels)
     healthy = gauge("qpagent_path_healthy",
                     "1 if the path answers probes, 0 if it stopped (unchecked paths: absent)",
                     path_labels)
@@ -124,9 +128,11 @@ def _families(node: str, snap: dict, reactions: ReactionHistogram) -> Iterable[M
                 rtt.add_metric(labels, path["rtt_ms"] / 1e3)
             if path.get("loss_ratio") is not None:
                 loss.add_metric(labels, path["loss_ratio"])
+            if path.get("deadline_ms") is not None:
+                deadline.add_metric(labels, path["deadline_ms"] / 1e3)
             if path.get("health") in ("up", "down"):
                 healthy.add_metric(labels, 1 if path["health"] == "up" else 0)
-    yield from (rtt, loss, healthy)
+    yield from (rtt, loss, deadline, healthy)
 
     repairs = counter("qpagent_repairs", "QPs moved off a failing path, by what told",
                       ["cause"])

@@ -238,11 +238,12 @@ def _liveness(snap: dict) -> str:
             loss = p.get("loss_ratio")
             rows.append([vtep.get("address"), p.get("index"), p.get("uplink"),
                          p.get("health", "unchecked"), ms(p.get("rtt_ms")),
-                         human_count(p.get("probes_sent", 0)), human_count(p.get("replies", 0)),
+                         ms(p.get("deadline_ms")), human_count(p.get("probes_sent", 0)), human_count(p.get("replies", 0)),
                          "-" if loss is None else f"{loss * 100:.0f}%"])
-    text = "Liveness (unchecked: the remote VTEP never answered a probe)\n" + table(
-        ["VTEP", "PATH", "UPLINK", "HEALTH", "RTT", "PROBES", "REPLIES", "LOSS"], rows,
-        right=(1, 4, 5, 6, 7)) if rows else "Liveness: no paths probed"
+    text = ("Liveness (unchecked: not probed, or the remote VTEP never answered; "
+            "DEADLINE: silence that kills the path)\n") + table(
+        ["VTEP", "PATH", "UPLINK", "HEALTH", "RTT", "DEADLINE", "PROBES", "REPLIES", "LOSS"],
+        rows, right=(1, 4, 5, 6, 7, 8)) if rows else "Liveness: no paths probed"
     repairs = snap.get("repairs") or {}
     if repairs:
         parts = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from qpagent.core.placement import imbalance
+from qpagent.core.placement import imbalance, path_weights
 
 
 def core_view(core, qps_all: dict, describe_qp, top_n: int) -> dict:
@@ -23,7 +23,10 @@ def core_view(core, qps_all: dict, describe_qp, top_n: int) -> dict:
                        "qps": counts.get(p.index, 0), "packets": p.packets, "bytes": p.bytes}
                       for p in sorted(vtep.paths.values(), key=lambda p: p.index)],
         })
-        imb[vtep.address] = round(imbalance(counts, vtep.live_paths()), 4)
+        # against each path's share by capacity (all equal without capacities)
+        weights = path_weights({p.index: p.identity for p in vtep.paths.values()},
+                               core.settings.capacities)
+        imb[vtep.address] = round(imbalance(counts, vtep.live_paths(), weights), 4)
     qps = []
     for key, s in sorted(qps_all.items(), key=lambda kv: -kv[1].bytes)[:top_n]:
         vtep = by_index.get(s.vtep)
@@ -63,14 +66,17 @@ def flow_qp_view(flows: list[dict], top_n: int) -> tuple[list[dict], int]:
 
 def liveness_view(state: dict, health: dict, enabled: bool) -> None:
     """Each path of the status gains its liveness: health (up, down or
-    unchecked: its VTEP never answered), RTT, probes sent, replies and the
-    loss ratio over the last second."""
+    unchecked: its VTEP never answered, or the path is not probed: idle),
+    RTT (newest and smoothed), the deadline in force (none: not armed),
+    probes sent, replies and the loss ratio over the last second."""
     state["liveness"] = {"enabled": enabled}
     for vtep in state.get("vteps", []):
         for path in vtep["paths"]:
             seen = health.get((vtep["index"], path["index"]), {})
             path.update({"health": seen.get("health", "unchecked"),
                          "rtt_ms": seen.get("rtt_ms"),
+                         "srtt_ms": seen.get("srtt_ms"),
+                         "deadline_ms": seen.get("deadline_ms"),
                          "probes_sent": seen.get("probes_sent", 0),
                          "replies": seen.get("replies", 0),
                          "loss_ratio": seen.get("loss_ratio")})

@@ -46,10 +46,26 @@ def agent_config(plan: Plan, leaf: str, ctx: LabContext, liveness: LivenessSetti
         agent=AgentSettings(metrics_address=f"{r.mgmt.ip}:{METRICS_PORT}",
                             control_socket=str(ctx.agent_socket(leaf)), node=ctx.ns(leaf)),
         steer=SteerSettings(vxlan_devices=tuple(f"vxlan{v}" for v in r.vnis), uplinks=uplinks,
-                            source_ports=VXLAN_SOURCE_PORTS, end_to_end=end_to_end),
+                            source_ports=VXLAN_SOURCE_PORTS, end_to_end=end_to_end,
+                            capacities=wan_capacities(plan)),
         count=CountSettings(xdp=uplinks, tc_egress=uplinks),
         frr=FrrSettings(enabled=True, namespace=ctx.ns(leaf)),
         liveness=liveness or LivenessSettings(), repair=repair or RepairSettings())
+
+
+def wan_capacities(plan: Plan) -> dict[str, float]:
+    """Each rate-limited WAN link's capacity (Mbit/s), keyed by the addresses
+    of both its ends: the far border names its inbound WAN address in the
+    agent's TTL probes, so the end-to-end path that crosses the link carries
+    it (first-hop mode sees no WAN hop: the weights stay equal). Unlimited
+    links (rate 0) bound nothing and are left out. These are the topology
+    file's rates; a later `set_wan` does not reach running agents."""
+    out = {}
+    for w in plan.wans:
+        if w.props.rate_mbit > 0:
+            out[str(w.a_address.ip)] = w.props.rate_mbit
+            out[str(w.b_address.ip)] = w.props.rate_mbit
+    return out
 
 
 def host_agent_config(plan: Plan, host: str, ctx: LabContext) -> Config:

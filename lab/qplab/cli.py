@@ -62,7 +62,8 @@ def main(cctx):
               help="Also run Prometheus scraping every agent and an FRR exporter per router.")
 @click.pass_obj
 def up(ctx: LabContext, topology, no_agent, no_wait, timeout, management, prometheus):
-    """Build the lab from TOPOLOGY (default: the shipped two-DC lab)."""
+    """Build the lab from TOPOLOGY: a file or the name of a shipped topology
+    (default, the two-DC lab; three-dc, three DCs with unequal WAN links)."""
     need_root()
     try:
         topo = load_topology(topology)
@@ -201,7 +202,8 @@ def export_group():
 
 @export_group.command(name="containerlab")
 @click.argument("outdir", type=click.Path(file_okay=False))
-@click.option("--topology", type=click.Path(dir_okay=False), help="Topology file (default: shipped).")
+@click.option("--topology", type=click.Path(dir_okay=False),
+              help="Topology file or shipped name (default: the two-DC lab).")
 def export_containerlab(outdir, topology):
     """Write a ContainerLab topology and the FRR configs into OUTDIR."""
     try:

@@ -14,7 +14,8 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_TOPOLOGY = REPO_ROOT / "lab" / "topologies" / "default.yaml"
+TOPOLOGIES_DIR = REPO_ROOT / "lab" / "topologies"
+DEFAULT_TOPOLOGY = TOPOLOGIES_DIR / "default.yaml"
 
 # (min, max) accepted for each WAN property; rate 0 means "unlimited".
 WAN_LIMITS = {
@@ -135,7 +136,7 @@ class Topology:
 def load_topology(path: str | Path | None = None) -> Topology:
     """Read and check a topology file (or a ContainerLab file qplab exported);
     raise TopologyError with every problem."""
-    path = Path(path) if path else DEFAULT_TOPOLOGY
+    path = resolve_topology(path)
     if path.name.endswith((".clab.yml", ".clab.yaml")):   # our own ContainerLab export
         from .clabload import load_containerlab
         return load_containerlab(path)
@@ -148,6 +149,26 @@ def load_topology(path: str | Path | None = None) -> Topology:
     except yaml.YAMLError as e:
         raise TopologyError([f"{path}: not valid YAML: {e}"]) from None
     return parse_topology(data, source=str(path))
+
+
+def shipped_topologies() -> list[str]:
+    """Names of the topologies that ship with the lab (`qplab up NAME`)."""
+    return sorted(p.stem for p in TOPOLOGIES_DIR.glob("*.yaml"))
+
+
+def resolve_topology(path: str | Path | None) -> Path:
+    """A topology file, or the name of a shipped one ("three-dc"); None is
+    the default. A file that exists always wins over a shipped name."""
+    if not path:
+        return DEFAULT_TOPOLOGY
+    path = Path(path)
+    if not path.exists() and path.parent == Path(".") and not path.suffix:
+        shipped = TOPOLOGIES_DIR / f"{path.name}.yaml"
+        if shipped.exists():
+            return shipped
+        raise TopologyError([f"no topology file '{path}' and no shipped topology of that "
+                             f"name (shipped: {', '.join(shipped_topologies())})"])
+    return path
 
 
 def parse_topology(data, source: str = "<dict>") -> Topology:

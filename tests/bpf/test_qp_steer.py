@@ -294,6 +294,30 @@ def test_a_path_past_its_liveness_deadline_sends_its_qps_elsewhere_on_their_next
     assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x30FF)["path"] != 2
 
 
+def test_a_qp_leaving_a_dead_path_prefers_a_path_that_answers_probes(steer):
+    """Only paths in use and their spares are probed: an unprobed path
+    (deadline 0) may share the failure. The QPs leaving path 0 go to the
+    least-loaded paths seen answering (2, then 3), not to the unprobed path
+    1 that ties with them; a new QP still takes the least loaded of all."""
+    setup_vtep(steer, n_paths=4, n_ports=4)
+    now = time.monotonic_ns()
+    qps = [0x3100 + q for q in range(5)]      # paths 0, 1, 2, 3, 0
+    for q in qps:
+        send(steer, roce(q))
+    assert [qp_state(steer, "10.0.1.1", "10.0.2.1", q)["path"] for q in qps] == [0, 1, 2, 3, 0]
+    set_health(steer, VTEP, 0, deadline_ns=30_000_000, last_reply_ns=now - 1_000_000_000)
+    for p in (2, 3):
+        set_health(steer, VTEP, p, deadline_ns=10_000_000_000, last_reply_ns=now)
+    for q in (0x3100, 0x3104):
+        send(steer, roce(q, psn=2))
+    moved = [qp_state(steer, "10.0.1.1", "10.0.2.1", q) for q in (0x3100, 0x3104)]
+    assert [(m["path"], m["last_cause"]) for m in moved] == [(2, REPAIR_LIVENESS),
+                                                             (3, REPAIR_LIVENESS)]
+    assert [path_qps(steer, VTEP, p) for p in range(4)] == [0, 1, 2, 2]
+    send(steer, roce(0x31FF))
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x31FF)["path"] == 1
+
+
 def test_with_no_prober_running_a_silent_path_keeps_its_qps(steer):
     """The agent stopped (or was killed): nobody sends probes, so silence
     says nothing and no QP moves, as a hitless restart needs."""

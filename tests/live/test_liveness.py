@@ -327,11 +327,12 @@ def all_qps_steady(traffic: Traffic, since: float) -> dict[int, set[str]] | None
 
 def test_a_silent_middle_failure_moves_its_qps_within_the_liveness_deadline(topo):
     with agents(topo, "AB") as (agent_a, _agent_b):
-        wait_until("every path of vtepA answering probes",
-                   lambda: len(p := agent_a.paths()) == N_PATHS
-                   and all(x["health"] == "up" for x in p) and p, deadline_s=30)
         with Traffic(topo) as traffic:
             t = time.monotonic()
+            # Only paths in use are probed: every path carries QPs once traffic runs.
+            wait_until("every path of vtepA answering probes",
+                       lambda: len(p := agent_a.paths()) == N_PATHS
+                       and all(x["health"] == "up" for x in p) and p, deadline_s=30)
             links = wait_until("every QP steady on one path",
                                lambda: all_qps_steady(traffic, time.monotonic() - 0.3),
                                deadline_s=15, every_s=0.35)

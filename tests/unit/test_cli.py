@@ -240,6 +240,7 @@ source_ports = [49152, 65535]
 ports_per_path = 4
 rebalance = true
 end_to_end = false
+capacities = {{}}
 
 [count]
 xdp = []
@@ -255,6 +256,7 @@ vtysh = "vtysh"
 enabled = false
 interval_ms = 10
 misses = 3
+rtt_margin_ms = 10
 budget_pps = 1000
 hold_down_ms = 1000
 

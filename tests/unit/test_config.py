@@ -100,10 +100,11 @@ def test_full_file_is_read_whole(tmp_path):
                   "top_qps": 5, "poll_interval": 0.05, "bpf_stats": True, "node": "leaf1"},
         "steer": {"vxlan_devices": ("vxlan100", "vxlan200"), "uplinks": ("eth1", "eth2"),
                   "source_ports": (40000, 40100), "ports_per_path": 8, "rebalance": False,
-                  "end_to_end": False},
+                  "end_to_end": False, "capacities": {}},
         "count": {"xdp": ("eth1",), "tc_egress": ("eth1", "eth2"), "xdp_mode": "native"},
         "frr": {"enabled": True, "namespace": "leaf1", "vtysh": "/usr/bin/vtysh"},
-        "liveness": {"enabled": False, "interval_ms": 20, "misses": 5, "budget_pps": 400,
+        "liveness": {"enabled": False, "interval_ms": 20, "misses": 5, "rtt_margin_ms": 10,
+                     "budget_pps": 400,
                      "hold_down_ms": 2500},
         "repair": {"retransmit": False, "holddown_ms": 250},
     }
@@ -237,7 +238,7 @@ BAD_TOML = [
                  id="range-smaller-than-ports-per-path"),
     pytest.param(MINIMAL + "uplink = [\"eth3\"]\n",
                  "qpagent.toml:4: steer.uplink: unknown key (did you mean steer.uplinks?); "
-                 "known: end_to_end, ports_per_path, rebalance, source_ports, uplinks, vxlan_devices",
+                 "known: capacities, end_to_end, ports_per_path, rebalance, source_ports, uplinks, vxlan_devices",
                  id="unknown-key-suggestion"),
     pytest.param("[stear]\nuplinks = [\"eth1\"]\n",
                  "qpagent.toml:1: stear: unknown section (did you mean steer?); "
@@ -289,7 +290,7 @@ BAD_TOML = [
                  id="frr-enabled"),
     pytest.param(MINIMAL + "agent = 3\n",
                  "qpagent.toml:4: steer.agent: unknown key; "
-                 "known: end_to_end, ports_per_path, rebalance, source_ports, uplinks, vxlan_devices",
+                 "known: capacities, end_to_end, ports_per_path, rebalance, source_ports, uplinks, vxlan_devices",
                  id="unknown-key-no-suggestion"),
     pytest.param("agent = 3\n" + MINIMAL,
                  "qpagent.toml:1: agent: expected a table of settings, got integer 3",

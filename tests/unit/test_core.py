@@ -250,12 +250,42 @@ def test_a_full_path_table_and_a_changed_round_keeps_paths_alive():
     world = World(end_to_end=True)
     full = [e2e("eth1", [49152 + i], "10.1.0.1", f"10.2.0.{i}") for i in range(MAX_PATHS)]
     world.paths(*full, cause="start", fdb=FDB)
-    changed = full[1:] + [e2e("eth1", [49300], "10.1.0.1", "10.2.1.99")]
+    # The round traced path 0's port onto new hops: path 0 is gone.
+    changed = full[1:] + [e2e("eth1", [49152], "10.1.0.1", "10.2.1.99")]
     world.paths(*changed, cause="probe")
     paths = world.core.vteps[KEY].paths
     assert len(paths) == MAX_PATHS
     assert sum(p.alive for p in paths.values()) == MAX_PATHS
     assert paths[0].hops == ("10.1.0.1", "10.2.1.99")
+
+
+def test_a_round_where_a_path_stayed_silent_keeps_it_its_index_and_its_ports():
+    """Routers that skip a TTL leave ports and whole paths out of a round:
+    that is no news about them, so nothing is written and no QP moves."""
+    world = World(end_to_end=True)
+    both = [e2e("eth1", [49152, 49153], "10.1.0.1", "10.2.0.1"),
+            e2e("eth2", [49160, 49161], "10.1.0.3", "10.2.0.3")]
+    world.paths(*both, cause="start", fdb=FDB)
+    world.qp("q0", 0, 49152)
+    world.qp("q1", 1, 49161, slot=1)
+    assert world.paths(both[0], cause="probe") == []                        # eth2's silent
+    # A new port for eth2's path joins after the ones its QPs hold.
+    out = world.paths(e2e("eth1", [49153], "10.1.0.1", "10.2.0.1"),
+                      e2e("eth2", [49161, 49162], "10.1.0.3", "10.2.0.3"), cause="probe")
+    assert out == [write(0, both[0], qps=1),
+                   write(1, e2e("eth2", [49160, 49161, 49162], "10.1.0.3", "10.2.0.3"), qps=1)]
+    assert world.placement() == {"q0": 0, "q1": 1}
+
+
+def test_carry_over_drops_only_ports_traced_onto_another_path():
+    a = e2e("eth1", [1, 2, 3], "10.1.0.1", "10.2.0.1")
+    b = e2e("eth2", [4, 5], "10.1.0.3", "10.2.0.3")
+    moved = e2e("eth2", [3, 6], "10.1.0.3", "10.2.0.3")
+    assert carry_over([a, b], [moved]) == [
+        e2e("eth2", [4, 5, 3, 6], "10.1.0.3", "10.2.0.3"), e2e("eth1", [1, 2], "10.1.0.1", "10.2.0.1")]
+    gone = e2e("eth2", [1, 2, 3], "10.1.0.3", "10.2.0.9")
+    assert carry_over([a], [gone]) == [gone]                     # every port elsewhere: a is gone
+    assert carry_over([first_hop("eth1", [1])], [a]) == [a]   # no hops yet: not carried
 
 
 def test_more_paths_than_the_table_holds_is_a_warning_not_a_crash():
@@ -327,12 +357,15 @@ def test_restore_refuses_malformed_state():
 # ---------------------------------------------------------------- liveness
 
 from qpagent.core.actions import WriteDeadline  # noqa: E402
-from qpagent.core.inputs import PathHealthChanged  # noqa: E402
+from qpagent.core.inputs import PathHealthChanged, PathRttSeen  # noqa: E402
+from qpagent.core.decisions import failover_spares  # noqa: E402
+from qpagent.core.pathtable import carry_over  # noqa: E402
 from qpagent.core.liveness import deadline_ns  # noqa: E402
 
 PATH_C = first_hop("eth3", [49170, 49171, 49172])
 PATH_D = first_hop("eth4", [49180, 49181, 49182])
 DEADLINE = deadline_ns(4, 10, 1000, 3)      # 4 paths, 10 ms x 3 within 1000 probes/s
+MS = 1_000_000
 
 
 def health(world: World, path: int, healthy: bool) -> list:
@@ -392,13 +425,85 @@ def test_healthy_again_brings_the_path_back_with_the_fewest_moves():
     assert sorted(world.placement().values()) == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
-def test_liveness_targets_are_every_live_path_and_the_ones_dead_for_want_of_replies():
+def test_liveness_targets_are_the_paths_in_use_then_the_ones_dead_for_want_of_replies():
     world = four_paths_eight_qps()
     world.paths(PATH_A, PATH_B, PATH_C, cause="route_del")     # D: no route
     health(world, 1, False)                                   # B: no replies
     (target,) = world.core.liveness_targets()
+    # A and C carry every QP and are each other's spare; B is probed to see it back.
     assert (target.vtep, target.local, target.address, target.paths) == (
-        0, "10.255.0.3", REMOTE, ((0, 49152), (1, 49160), (2, 49170)))
+        0, "10.255.0.3", REMOTE, ((0, 49152), (2, 49170), (1, 49160)))
+
+
+def test_only_paths_in_use_and_the_spare_their_qps_would_fail_over_to_are_probed():
+    world = World()
+    world.paths(PATH_A, PATH_B, PATH_C, PATH_D, cause="start", fdb=FDB)
+    assert world.core.liveness_targets() == []       # no QP: nothing to probe
+    world.qp("q0", 2, 49170)
+    world.tick()
+    (target,) = world.core.liveness_targets()
+    # q0 on C would flee to A: it shares no hop with C, has no QP, lowest index.
+    assert target.paths == ((2, 49170), (0, 49152))
+    world.qp("q1", 0, 49152)
+    world.tick()
+    (target,) = world.core.liveness_targets()
+    assert target.paths == ((0, 49152), (2, 49170), (1, 49160))
+
+
+def test_spares_fit_the_budget_beside_the_paths_in_use_and_there_is_always_one():
+    world = World(probe_budget_pps=300)            # 3 probes per 10 ms round
+    world.paths(PATH_A, PATH_B, PATH_C, PATH_D, cause="start", fdb=FDB)
+    world.qp("q0", 0, 49152)
+    world.tick()
+    assert len(world.core.liveness_targets()[0].paths) == 2       # room for more, one needed
+    world.qp("q1", 1, 49160)
+    world.qp("q2", 2, 49170)
+    world.tick()
+    (target,) = world.core.liveness_targets()
+    assert [i for i, _ in target.paths] == [0, 1, 2, 3]             # 3 in use + 1 spare
+
+
+def test_failover_spares_are_least_loaded_and_share_the_least_with_the_path():
+    assert failover_spares([0, 1, 2, 3], {0: 2, 1: 2}) == [2, 3]
+    assert failover_spares([0, 1], {0: 1, 1: 1}) == [1, 0]
+    assert failover_spares([0], {0: 3}) == []
+    assert failover_spares([0, 1, 2], {}) == []
+    # Paths cross spine s1 or s2 and WAN link w1 or w2: path 0's QP would
+    # flee to 3, which crosses neither of its own, not to the emptier-indexed 1 or 2.
+    crossing = {0: {"s1", "w1"}, 1: {"s2", "w1"}, 2: {"s1", "w2"}, 3: {"s2", "w2"}}
+    assert failover_spares([0, 1, 2, 3], {0: 1}, crossing) == [3]
+    assert failover_spares([0, 1, 2, 3], {0: 1, 2: 1}, crossing) == [3, 1]
+
+
+def test_a_path_left_idle_is_disarmed_and_armed_again_once_in_use():
+    world = World()
+    world.paths(PATH_A, PATH_B, PATH_C, cause="start", fdb=FDB)
+    world.qp("q0", 0, 49152)
+    world.tick()
+    assert health(world, 0, True) == [WriteDeadline(0, 0, DEADLINE)]
+    assert health(world, 1, True) == [WriteDeadline(0, 1, DEADLINE)]   # q0's spare
+    world.qps[b"q0"] = world.qps[b"q0"]._replace(path=2, port=49170)
+    out = world.tick()
+    # C is in use now and A its spare: B is probed no more, so no deadline.
+    assert WriteDeadline(0, 1, 0) in out
+    assert [a for a in out if isinstance(a, WriteDeadline) and a.path == 0] == []
+    assert health(world, 2, True) == [WriteDeadline(0, 2, DEADLINE)]
+
+
+def test_the_deadline_follows_the_smoothed_rtt_and_ignores_small_changes():
+    world = four_paths_eight_qps()
+    health(world, 0, True)
+    # 100 ms RTT, 12 ms of jitter margin: dead after 112 ms of silence.
+    out = world.core.path_rtt(PathRttSeen(KEY, 0, 100 * MS, 12 * MS), world.qps, world.now)
+    assert out == [WriteDeadline(0, 0, 112 * MS)]
+    assert world.core.health_deadlines()[(KEY, 0)] == 112 * MS
+    assert world.core.path_rtt(PathRttSeen(KEY, 0, 104 * MS, 12 * MS), world.qps,
+                               world.now) == []
+    # A short path keeps interval x misses; the margin never goes below the setting's.
+    assert world.core.path_rtt(PathRttSeen(KEY, 0, 2 * MS, 0), world.qps,
+                               world.now) == [WriteDeadline(0, 0, DEADLINE)]
+    world.core.path_rtt(PathRttSeen(KEY, 0, 25 * MS, 0), world.qps, world.now)
+    assert world.core.health_deadlines()[(KEY, 0)] == 35 * MS
 
 
 def test_a_vtep_never_heard_from_is_never_armed_and_its_paths_never_die():
@@ -412,7 +517,9 @@ def test_a_vtep_never_heard_from_is_never_armed_and_its_paths_never_die():
 def test_a_path_count_change_rewrites_the_deadline_of_armed_paths():
     world = World(probe_budget_pps=200)       # 2 probes per 10 ms round
     world.paths(PATH_A, PATH_B, cause="start", fdb=FDB)
+    world.qp("q0", 0, 49152)
+    world.qp("q1", 1, 49160)
     assert health(world, 0, True) == [WriteDeadline(0, 0, 30_000_000)]
     out = world.paths(PATH_A, PATH_B, PATH_C, cause="route_add")
-    # Three paths take turns two at a time: each probed every 20 ms.
+    # C is the spare of both: three paths take turns two at a time, each every 20 ms.
     assert WriteDeadline(0, 0, 60_000_000) in out

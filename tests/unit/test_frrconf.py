@@ -96,13 +96,16 @@ def test_agent_config_is_accepted_by_qpagent(plan, tmp_path):
     assert write_config(config, path).to_dict() == {
         "agent": {"metrics_address": "172.31.255.5:9464",
                   "control_socket": "/run/qpagent/qpl-dc2-leaf2.sock", "top_qps": 20,
-                  "poll_interval": 0.2, "bpf_stats": True, "node": "dc2-leaf2"},
+                  "poll_interval": 0.2, "bpf_stats": True, "node": "qpl-dc2-leaf2"},
         "steer": {"vxlan_devices": ("vxlan100",), "uplinks": ("eth1", "eth2"),
                   "source_ports": (49152, 65535), "ports_per_path": 16, "rebalance": True,
-                  "end_to_end": True},
+                  "end_to_end": True,
+                  # both ends of the four 1000 Mbit/s WAN links: equal weights
+                  "capacities": {f"10.0.0.{i}": 1000.0 for i in range(32, 40)}},
         "count": {"xdp": ("eth1", "eth2"), "tc_egress": ("eth1", "eth2"), "xdp_mode": "generic"},
         "frr": {"enabled": True, "namespace": "qpl-dc2-leaf2", "vtysh": "vtysh"},
-        "liveness": {"enabled": False, "interval_ms": 10, "misses": 3, "budget_pps": 1000,
+        "liveness": {"enabled": False, "interval_ms": 10, "misses": 3, "rtt_margin_ms": 10,
+                     "budget_pps": 1000,
                      "hold_down_ms": 1000},
         "repair": {"retransmit": False, "holddown_ms": 100}}
     # and the agent's own command accepts the file

@@ -8,9 +8,12 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.vxlan import VXLAN
 
 from qpagent.core.inputs import PathHealthChanged
+from qpagent.core.inputs import PathRttSeen
 from qpagent.core.liveness import (DOWN, UNCHECKED, UP, HealthReading, HealthTracker,
-                                   deadline_ns, probe_period_ns, probes_per_round)
-from qpagent.sources.liveness import PROBE_MAGIC, PROBE_VNI, PathCounters, probe_packet
+                                   RttEstimator, deadline_changed, deadline_ns, probe_period_ns,
+                                   probes_per_round, rtt_deadline_ns)
+from qpagent.sources.liveness import (PROBE_MAGIC, PROBE_VNI, PathCounters, probe_packet,
+                                      rtt_changes)
 
 MS = 1_000_000
 KEY = ("vxlan100", "10.0.0.2")
@@ -73,9 +76,9 @@ def test_a_dead_path_is_back_only_after_answering_for_the_hold_down():
     assert play(steps) == [(10, 0, True), (50, 0, False), (1710, 0, True)]
 
 
-def test_a_path_that_never_answered_while_its_vtep_does_is_down_after_a_deadline():
-    steps = [(t, {0: (t // 10, t - 1), 1: (0, None)}) for t in range(10, 100, 10)]
-    assert play(steps) == [(10, 0, True), (50, 1, False)]
+def test_a_path_that_never_answered_while_its_vtep_does_is_down_after_deadline_and_hold_down():
+    steps = [(t, {0: (t // 10, t - 1), 1: (0, None)}) for t in range(10, 1100, 10)]
+    assert play(steps) == [(10, 0, True), (1050, 1, False)]
 
 
 def test_tracker_states_and_forgetting_a_path():
@@ -88,6 +91,84 @@ def test_tracker_states_and_forgetting_a_path():
     assert tracker.state(path) == DOWN
     tracker.observe({}, {}, 110 * MS, 0.11)
     assert tracker.state(path) == UNCHECKED
+
+
+def test_a_path_is_armed_by_a_fresh_reply_only():
+    """A path probed again after a pause still shows its old replies."""
+    steps = [(t, {0: (t // 10, t - 1), 1: (5, 3)}) for t in range(100, 130, 10)]
+    steps += [(130, {0: (13, 129), 1: (6, 125)})]
+    assert play(steps) == [(100, 0, True), (130, 1, True)]
+
+
+def test_a_path_that_joins_the_probed_set_late_gets_a_whole_deadline():
+    steps = [(t, {0: (t // 10, t - 1)}) for t in range(2000, 2500, 10)]
+    steps += [(t, {0: (t // 10, t - 1), 1: (0, None)}) for t in range(2500, 3600, 10)]
+    assert play(steps) == [(2000, 0, True), (3540, 1, False)]
+
+
+def test_silence_while_the_prober_itself_stalled_kills_no_path():
+    """A busy host delays the prober's rounds: replies stop because probes
+    did, and the path is judged again only a deadline after it resumed."""
+    tracker = HealthTracker(HOLD_DOWN)
+    path = (KEY, 0, 0)
+    tracker.observe({path: reading(1, 10)}, {KEY: DEADLINE}, 10 * MS, 0.01, probing_since=0)
+    # No round from 10 to 200 ms; the prober resumes at 200 ms.
+    assert tracker.observe({path: reading(1, 10)}, {KEY: DEADLINE}, 200 * MS, 0.2,
+                           probing_since=200 * MS) == []
+    assert tracker.observe({path: reading(2, 215)}, {KEY: DEADLINE}, 220 * MS, 0.22,
+                           probing_since=200 * MS) == []
+    assert tracker.state(path) == UP
+    # Probing again for longer than the deadline: silence counts once more.
+    out = tracker.observe({path: reading(2, 215)}, {KEY: DEADLINE}, 250 * MS, 0.25,
+                          probing_since=200 * MS)
+    assert [(c.path_index, c.healthy) for c in out] == [(0, False)]
+
+
+def test_every_path_silent_at_once_is_a_stall_not_a_failure():
+    steps = [(t, {0: (t // 10, t - 1), 1: (t // 10, t - 1)}) for t in range(10, 100, 10)]
+    steps += [(t, {0: (9, 89), 1: (9, 89)}) for t in range(100, 200, 10)]   # both silent
+    steps += [(t, {0: (t // 10, t - 1), 1: (9, 89)}) for t in range(200, 300, 10)]
+    # Path 1 stays silent while path 0 answers again: now that is path 1's.
+    assert play(steps) == [(10, 0, True), (10, 1, True), (200, 1, False)]
+
+
+def test_a_per_path_deadline_wins_over_the_vtep_one():
+    tracker = HealthTracker(HOLD_DOWN)
+    a, b = (KEY, 0, 0), (KEY, 0, 1)
+    deadlines = {KEY: DEADLINE, (KEY, 1): 120 * MS}      # b crosses a 100 ms RTT WAN
+    tracker.observe({a: reading(1, 10), b: reading(1, 10)}, deadlines, 10 * MS, 0.01)
+    out = tracker.observe({a: reading(1, 10), b: reading(1, 10)}, deadlines, 100 * MS, 0.1)
+    assert [(c.path_index, c.healthy) for c in out] == [(0, False)]
+    assert tracker.state(b) == UP
+
+
+def test_rtt_deadline_is_the_longer_of_misses_and_smoothed_rtt_plus_margin():
+    assert rtt_deadline_ns(30 * MS, 0, 10 * MS) == 30 * MS        # no RTT yet
+    assert rtt_deadline_ns(30 * MS, 5 * MS, 10 * MS) == 30 * MS
+    assert rtt_deadline_ns(30 * MS, 100 * MS, 10 * MS) == 110 * MS
+    assert deadline_changed(100 * MS, 111 * MS) and not deadline_changed(100 * MS, 105 * MS)
+
+
+def test_smoothed_rtt_and_margin_follow_rfc_6298():
+    est = RttEstimator()
+    est.sample(100 * MS)
+    assert (est.srtt_ns, est.rttvar_ns) == (100 * MS, 50 * MS)
+    for _ in range(60):
+        est.sample(100 * MS)
+    assert est.srtt_ns == 100 * MS and est.margin_ns(10 * MS) == 10 * MS   # steady: the floor
+    est.sample(180 * MS)
+    assert est.srtt_ns == 110 * MS and est.margin_ns(10 * MS) == 80 * MS   # jitter widens it
+
+
+def test_the_prober_tells_the_core_of_rtt_changes_worth_a_new_deadline():
+    counters = PathCounters()
+    counters.record(0.01, HealthReading(1, 0, 100 * MS))
+    (first,) = rtt_changes(KEY, 2, counters)
+    assert first == PathRttSeen(KEY, 2, 100 * MS, 200 * MS)
+    counters.record(0.02, HealthReading(2, 0, 100 * MS))
+    assert rtt_changes(KEY, 2, counters)           # margin shrank by more than a tenth
+    counters.record(0.03, HealthReading(2, 0, 500 * MS))   # no new reply: no sample
+    assert rtt_changes(KEY, 2, counters) == []
 
 
 def test_probe_packet_is_vxlan_with_the_paths_5_tuple_and_a_whole_probe_msg():

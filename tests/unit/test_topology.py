@@ -8,7 +8,9 @@ import yaml
 from qplab.context import LabContext
 from qplab.plan import build_plan
 from qplab.state import LabState
-from qplab.topology import DEFAULT_TOPOLOGY, TopologyError, load_topology, parse_topology
+from qplab.agents import agent_config, wan_capacities
+from qplab.topology import (DEFAULT_TOPOLOGY, TOPOLOGIES_DIR, TopologyError, load_topology,
+                            parse_topology)
 
 
 @pytest.fixture
@@ -262,3 +264,56 @@ def test_hosts_with_agent_true_get_a_host_mode_agent(raw, tmp_path):
 
 def test_default_topology_runs_no_host_agents():
     assert not any(h.agent for h in build_plan(load_topology()).hosts.values())
+
+
+# ---------------------------------------------------------------- three DCs
+
+def test_shipped_topologies_load_by_name():
+    assert load_topology("three-dc").source == str(TOPOLOGIES_DIR / "three-dc.yaml")
+    assert load_topology("default").name == load_topology().name == "two-dc"
+    with pytest.raises(TopologyError) as exc:
+        load_topology("four-dc")
+    assert exc.value.problems == ["no topology file 'four-dc' and no shipped topology of that "
+                                  "name (shipped: default, three-dc)"]
+
+
+def test_a_file_wins_over_a_shipped_name(tmp_path, monkeypatch, raw):
+    raw["name"] = "mine"
+    (tmp_path / "three-dc").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    assert load_topology("three-dc").name == "mine"
+
+
+def test_three_dc_is_a_full_mesh_of_unequal_wan_links():
+    topo = load_topology("three-dc")
+    assert [dc.name for dc in topo.dcs] == ["dc1", "dc2", "dc3"]
+    dc_of = {b: dc.name for dc in topo.dcs for b in dc.borders}
+    pairs = {}
+    for w in topo.wan:
+        pairs.setdefault(frozenset((dc_of[w.a], dc_of[w.b])), []).append(
+            (w.props.delay_ms, w.props.rate_mbit))
+    assert pairs == {frozenset(("dc1", "dc2")): [(5.0, 300.0), (5.0, 100.0)],
+                     frozenset(("dc1", "dc3")): [(20.0, 100.0), (20.0, 100.0)],
+                     frozenset(("dc2", "dc3")): [(35.0, 100.0), (35.0, 100.0)]}
+    plan = build_plan(topo)
+    # small enough for two cores: 12 FRR routers, 6 delay lines
+    assert (len(plan.routers), len(plan.hosts), len(plan.wans)) == (12, 6, 6)
+    assert topo.addressing.management != load_topology().addressing.management
+
+
+def test_the_lab_gives_agents_the_wan_capacities_by_hop_address():
+    plan = build_plan(load_topology("three-dc"))
+    caps = wan_capacities(plan)
+    fast = next(w for w in plan.wans if w.name == "wan-dc1-border1-dc2-border1")
+    # both ends: the far border of either direction names its inbound address
+    assert caps[str(fast.a_address.ip)] == caps[str(fast.b_address.ip)] == 300.0
+    assert sorted(caps.values()) == [100.0] * 10 + [300.0] * 2
+    config = agent_config(plan, "dc1-leaf1", LabContext("qt-"))   # nothing is created
+    assert config.steer.capacities == caps
+
+
+def test_unlimited_wan_links_bound_nothing(raw):
+    raw["wan"][0]["rate_mbit"] = 0
+    plan = build_plan(parse_topology(raw))
+    assert len(wan_capacities(plan)) == 2 * (len(plan.wans) - 1)
+    assert str(plan.wans[0].a_address.ip) not in wan_capacities(plan)

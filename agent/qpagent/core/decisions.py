@@ -6,16 +6,17 @@ time is passed in, so every decision can be replayed in a unit test.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, NamedTuple
 
 from qpagent.core import liveness, pathtable
 from qpagent.core.actions import (AGENT_REPAIR_CAUSES, REPLACEMENT_REASONS, DisarmAll,
                                   ForgetQp, MoveQp, Note, SetMacVteps, SetPathCounts,
                                   SetRepairConfig, Warn, WriteDeadline, WritePath)
-from qpagent.core.inputs import BfdSeen, FdbSeen, PathHealthChanged, PathsSeen, Tick
+from qpagent.core.inputs import (BfdSeen, FdbSeen, PathHealthChanged, PathRttSeen, PathsSeen,
+                                 Tick)
 from qpagent.core.model import Found, PathState, VtepKey, VtepState
-from qpagent.core.placement import rebalance
+from qpagent.core.placement import path_weights, rebalance
 from qpagent.portmath import hash_for_port
 from qpagent.contract import MAX_PATHS, MAX_VTEPS
 
@@ -48,8 +49,12 @@ class Settings:
     probe_interval_ms: int = 10     # liveness: see qpagent.core.liveness
     probe_misses: int = 3
     probe_budget_pps: int = 1000
+    probe_rtt_margin_ms: int = 10   # deadline at least smoothed RTT + this
     repair_holddown_ms: int = 100   # data-plane repair of one QP at most this often
     repair_retransmit: bool = True
+    # Mbit/s by uplink name or hop address: QPs go in proportion to each
+    # path's bottleneck (qpagent.core.placement.path_weights)
+    capacities: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,10 @@ class Core:
         # Paths without probe replies, by identity: dead like a BFD-down uplink.
         self.unhealthy: set[tuple[VtepKey, tuple]] = set()
         self._deadlines: dict[tuple[VtepKey, int], int] = {}   # armed paths
+        # Per probed path: smoothed RTT and jitter margin, from the prober.
+        self._rtt: dict[tuple[VtepKey, int], tuple[int, int]] = {}
+        # QPs per path as last seen (tick, moves): which paths are in use.
+        self._in_use: dict[VtepKey, Counter] = {}
         self.repairs: Counter = Counter({c: 0 for c in AGENT_REPAIR_CAUSES})
 
     # ------------------------------------------------------------ inputs
@@ -90,8 +99,10 @@ class Core:
                 found = []
             elif key in event.paths:
                 found = list(event.paths[key])
-                if event.cause == "probe" and not pathtable.trustworthy(vtep, found):
-                    continue
+                if event.cause == "probe":
+                    if not pathtable.trustworthy(vtep, found):
+                        continue
+                    found = pathtable.carry_over(self._found.get(key, []), found)
             else:
                 continue
             self._found[key] = found
@@ -117,11 +128,14 @@ class Core:
         if path is None:
             return []
         ident = (event.key, path.identity)
+        self._see_in_use(vtep, qps)
         out: list = []
         if event.healthy:
-            if (event.key, path.index) not in self._deadlines:
-                self._deadlines[(event.key, path.index)] = self._deadline(vtep)
-                out.append(WriteDeadline(vtep.index, path.index, self._deadline(vtep)))
+            if (event.key, path.index) not in self._deadlines and \
+                    path.index in self.probed_paths(vtep):
+                wanted = self._deadline(vtep, path.index)
+                self._deadlines[(event.key, path.index)] = wanted
+                out.append(WriteDeadline(vtep.index, path.index, wanted))
             if ident not in self.unhealthy:
                 return out
             self.unhealthy.discard(ident)
@@ -136,6 +150,16 @@ class Core:
             out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
                                         f"({path.uplink}) stopped answering probes: dead"))
         return out + self._apply({event.key}, qps, cause, now)
+
+    def path_rtt(self, event: PathRttSeen, qps: Mapping[bytes, QpView], now: float) -> list:
+        """A probed path's RTT moved: its deadline follows (see
+        liveness.rtt_deadline_ns)."""
+        vtep = self.vteps.get(event.key)
+        if vtep is None or event.path_index not in vtep.paths:
+            return []
+        self._rtt[(event.key, event.path_index)] = (event.srtt_ns, event.margin_ns)
+        self._see_in_use(vtep, qps)
+        return self._rearm(vtep)
 
     def startup(self) -> list:
         """What the data plane needs before anything else: the repair
@@ -171,6 +195,8 @@ class Core:
                 out += moves
             counts = Counter(q.path for q in mine.values())
             out.append(SetPathCounts(vtep.index, tuple(sorted(counts.items()))))
+            self._in_use[vtep.key] = counts
+            out += self._rearm(vtep)   # the paths in use changed: so do the probed ones
         cutoff = now - self.settings.hysteresis_s
         for key in [k for k, t in self._moved_at.items() if t < cutoff]:
             del self._moved_at[key]
@@ -187,30 +213,58 @@ class Core:
         return [v for k, v in self.vteps.items() if k in self.present]
 
     def liveness_targets(self) -> list[ProbeTarget]:
-        """Every path of every present VTEP, in use or spare, and the paths
-        dead only for want of replies (to see them come back)."""
+        """Per present VTEP, the paths worth probing (probed_paths), each
+        with the outer source port its probes carry."""
         out = []
         for vtep in sorted(self.probe_targets(), key=lambda v: v.index):
-            paths = tuple((p.index, p.ports[0]) for p in sorted(vtep.paths.values(),
-                                                                 key=lambda p: p.index)
-                          if p.ports and (p.alive or (vtep.key, p.identity) in self.unhealthy))
+            paths = tuple((i, vtep.paths[i].ports[0]) for i in self.probed_paths(vtep))
             if paths:
                 out.append(ProbeTarget(vtep.key, vtep.index, vtep.local, vtep.address, paths))
         return out
+
+    def _see_in_use(self, vtep: VtepState, qps: Mapping[bytes, QpView]) -> None:
+        self._in_use[vtep.key] = Counter(q.path for q in qps.values() if q.vtep == vtep.index)
+
+    def probed_paths(self, vtep: VtepState) -> tuple[int, ...]:
+        """The paths in use (QPs on them), then the spares their QPs would
+        fail over to (within the budget), then the paths dead only for want
+        of replies (to see them come back). An idle path is not probed:
+        nothing rides it, and a QP the data plane places there is covered
+        from the next tick."""
+        counts = self._in_use.get(vtep.key, Counter())
+        live = sorted(vtep.live_paths())
+        used = [i for i in live if counts.get(i, 0) > 0]
+        elements = {i: path_elements(vtep.paths[i]) for i in live}
+        spares = [i for i in failover_spares(live, counts, elements) if i not in used]
+        # As many spares as the budget probes each interval beside the paths
+        # in use (at least one): more would stretch every path's deadline.
+        room = liveness.probes_per_round(self.settings.probe_interval_ms,
+                                         self.settings.probe_budget_pps) - len(used)
+        spares = spares[:max(1, room)]
+        recovering = sorted(p.index for p in vtep.paths.values()
+                            if p.ports and not p.alive and (vtep.key, p.identity) in self.unhealthy)
+        return tuple(used + spares + recovering)
 
     def path_unhealthy(self, key: VtepKey, index: int) -> bool:
         vtep = self.vteps.get(key)
         path = vtep.paths.get(index) if vtep else None
         return path is not None and (key, path.identity) in self.unhealthy
 
-    def health_deadlines(self) -> dict[VtepKey, int]:
-        return {t.key: self._deadline(self.vteps[t.key]) for t in self.liveness_targets()}
+    def health_deadlines(self) -> dict[tuple[VtepKey, int], int]:
+        """(VTEP key, path index) -> deadline, for every probed path."""
+        return {(t.key, i): self._deadline(self.vteps[t.key], i)
+                for t in self.liveness_targets() for i, _ in t.paths}
 
-    def _deadline(self, vtep: VtepState) -> int:
-        n = sum(1 for p in vtep.paths.values()
-                if p.ports and (p.alive or (vtep.key, p.identity) in self.unhealthy))
+    def _deadline(self, vtep: VtepState, index: int) -> int:
+        """max(probe period x misses, smoothed RTT + margin): with more
+        paths than the budget probes each interval, each is probed less
+        often; a long or jittery path needs longer than a few intervals."""
         s = self.settings
-        return liveness.deadline_ns(n, s.probe_interval_ms, s.probe_budget_pps, s.probe_misses)
+        base = liveness.deadline_ns(len(self.probed_paths(vtep)), s.probe_interval_ms,
+                                    s.probe_budget_pps, s.probe_misses)
+        srtt, margin = self._rtt.get((vtep.key, index), (0, 0))
+        return liveness.rtt_deadline_ns(base, srtt,
+                                        max(margin, s.probe_rtt_margin_ms * 1_000_000))
 
     # ------------------------------------------------------------ restart
     def export_state(self) -> dict:
@@ -289,22 +343,24 @@ class Core:
             mine = {k: q for k, q in qps.items() if q.vtep == vtep.index}
             if changed or force_write:
                 out += self._write_paths(vtep, mine)
-                out += self._rearm(vtep)
             out += self._replace_qps(vtep, mine, cause, now)
+            out += self._rearm(vtep)
         out += [Warn(w) for w in warnings]
         return out
 
     def _rearm(self, vtep: VtepState) -> list[WriteDeadline]:
-        """Armed paths get the deadline their VTEP's path count gives now
-        (with more paths than the budget probes each interval, each path is
-        probed less often); a path index that went away is disarmed."""
+        """Armed paths get the deadline they need now (_deadline); a path
+        no longer probed (idle, or its index went away) is disarmed: silence
+        there is ours, not the path's."""
         out = []
+        probed = set(self.probed_paths(vtep))
         for (key, index), written in sorted(self._deadlines.items()):
             if key != vtep.key:
                 continue
             path = vtep.paths.get(index)
-            wanted = self._deadline(vtep) if path is not None and path.ports else 0
-            if wanted != written:
+            wanted = (self._deadline(vtep, index)
+                      if path is not None and path.ports and index in probed else 0)
+            if (wanted == 0) != (written == 0) or liveness.deadline_changed(written, wanted):
                 out.append(WriteDeadline(vtep.index, index, wanted))
                 if wanted:
                     self._deadlines[(key, index)] = wanted
@@ -330,6 +386,7 @@ class Core:
         """Move orphans, re-slot QPs whose port now leads elsewhere and (when
         settings.rebalance) restore exact balance, with the fewest moves."""
         if not qps:
+            self._in_use[vtep.key] = Counter()
             return []
         qps = dict(qps)
         live = vtep.live_paths()
@@ -340,7 +397,10 @@ class Core:
                    if q.repaired_ns and now - q.repaired_ns / 1e9 < self.settings.hysteresis_s}
         if not self.settings.rebalance:
             assignment = {k: p for k, p in assignment.items() if p is None}
-        moves = rebalance(assignment, live, {k: q.bytes for k, q in qps.items()}, recent)
+        weights = path_weights({i: vtep.paths[i].identity for i in live},
+                               self.settings.capacities)
+        moves = rebalance(assignment, live, {k: q.bytes for k, q in qps.items()}, recent,
+                          weights=weights)
         moved = {m.qp for m in moves}
         # Ports in use per path, so a moved QP gets a port of its own.
         taken: dict[int, set[int]] = {}
@@ -367,6 +427,7 @@ class Core:
                 self._moved_at[key] = now
         if plan:
             out += self._write_paths(vtep, qps)
+        self._in_use[vtep.key] = Counter(q.path for q in qps.values())
         return out
 
     def _attribute_traffic(self, qps: Mapping[bytes, QpView]) -> None:
@@ -382,6 +443,33 @@ class Core:
                 vtep.paths[state.path].bytes += d_by
         for stale in set(self._qp_seen) - set(qps):
             del self._qp_seen[stale]
+
+
+def path_elements(path: PathState) -> set:
+    """What a path crosses: its first hop and every hop beyond."""
+    return {("first", path.uplink, path.gateway)} | set(path.hops)
+
+
+def failover_spares(live: list[int], counts: Mapping[int, int],
+                    elements: Mapping[int, set] | None = None) -> list[int]:
+    """A spare for each QP of each path in use: the path it would move to
+    if that path died alone, sharing as little of it as possible (what kills
+    a path often kills the paths through the same link), then the fewest
+    QPs, then the lowest index. Probed, the spares answer, and qp_steer
+    sends a repaired QP to the least-loaded path that answers."""
+    elements = elements or {}
+    spares: list[int] = []
+    for dead in live:
+        mine = elements.get(dead, set())
+        load = {i: counts.get(i, 0) for i in live if i != dead}
+        for _ in range(counts.get(dead, 0)):
+            if not load:
+                break
+            target = min(load, key=lambda i: (len(mine & elements.get(i, set())), load[i], i))
+            load[target] += 1
+            if target not in spares:
+                spares.append(target)
+    return spares
 
 
 def _reason(old_path: int | None, new_path: int, cause: str) -> str:

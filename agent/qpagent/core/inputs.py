@@ -53,3 +53,13 @@ class PathHealthChanged:
     healthy: bool
     rtt_ns: int
     seen: float
+
+
+@dataclass(frozen=True)
+class PathRttSeen:
+    """A probed path's smoothed RTT and the margin its jitter asks for
+    moved enough to change its liveness deadline."""
+    key: VtepKey
+    path_index: int
+    srtt_ns: int
+    margin_ns: int

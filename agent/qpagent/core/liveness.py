@@ -6,10 +6,11 @@ maps: readings and the time come in, PathHealthChanged events go out.
 A remote VTEP is checked only once it has answered a probe: one that runs
 no qpagent never answers, and its paths keep working on routing and BFD
 alone. Once it has answered, each of its paths is
-    unchecked   until its own first reply (then armed: healthy),
+    unchecked   until a fresh reply (then armed: healthy),
     healthy     while a reply comes within the deadline,
     dead        after the deadline without one (or, never answered, a
-                deadline after its VTEP first answered),
+                deadline and a hold-down after both its VTEP first
+                answered and it was first probed),
     healthy     again only after answering for hold_down without a miss.
 """
 
@@ -40,6 +41,40 @@ def deadline_ns(n_paths: int, interval_ms: int, budget_pps: int, misses: int) ->
     return probe_period_ns(n_paths, interval_ms, budget_pps) * misses
 
 
+def rtt_deadline_ns(base_ns: int, srtt_ns: int, margin_ns: int) -> int:
+    """Dead after max(interval x misses, smoothed RTT + margin) of silence:
+    on a long or jittery path (a WAN, a delay line on a busy host) replies
+    come in bunches, and silence shorter than a round trip says nothing."""
+    return max(base_ns, srtt_ns + margin_ns) if srtt_ns else base_ns
+
+
+class RttEstimator:
+    """Smoothed RTT and its variation from probe replies, as TCP keeps them
+    (RFC 6298: gains 1/8 and 1/4); the margin is max(floor, 4 x variation)."""
+
+    def __init__(self):
+        self.srtt_ns = 0
+        self.rttvar_ns = 0
+
+    def sample(self, rtt_ns: int) -> None:
+        if rtt_ns <= 0:
+            return
+        if not self.srtt_ns:
+            self.srtt_ns, self.rttvar_ns = rtt_ns, rtt_ns // 2
+            return
+        self.rttvar_ns += (abs(self.srtt_ns - rtt_ns) - self.rttvar_ns) // 4
+        self.srtt_ns += (rtt_ns - self.srtt_ns) // 8
+
+    def margin_ns(self, floor_ns: int) -> int:
+        return max(floor_ns, 4 * self.rttvar_ns)
+
+
+def deadline_changed(written_ns: int, wanted_ns: int) -> bool:
+    """Worth a map write: a change of a tenth or more (RTT jitter must not
+    rewrite deadlines every round)."""
+    return abs(wanted_ns - written_ns) * 10 >= max(written_ns, 1)
+
+
 @dataclass(frozen=True)
 class HealthReading:
     """One path_health entry as the data plane wrote it."""
@@ -52,6 +87,7 @@ class HealthReading:
 class _PathHealth:
     state: str = UNCHECKED
     answering_since: int | None = None   # a dead path's first reply after the miss
+    probed_since: int = 0                # first looked at (paths join the probed set late)
 
 
 PathId = tuple[VtepKey, int, int]        # (VTEP key, VTEP index, path index)
@@ -60,6 +96,7 @@ PathId = tuple[VtepKey, int, int]        # (VTEP key, VTEP index, path index)
 class HealthTracker:
     def __init__(self, hold_down_ns: int):
         self.hold_down_ns = hold_down_ns
+        self._probing_since = 0
         self._paths: dict[PathId, _PathHealth] = {}
         self._answered_at: dict[VtepKey, int] = {}   # VTEP -> first reply seen
 
@@ -67,10 +104,14 @@ class HealthTracker:
         found = self._paths.get(path)
         return found.state if found else UNCHECKED
 
-    def observe(self, readings: dict[PathId, HealthReading], deadlines: dict[VtepKey, int],
-                now_ns: int, seen: float) -> list[PathHealthChanged]:
+    def observe(self, readings: dict[PathId, HealthReading], deadlines: dict,
+                now_ns: int, seen: float, probing_since: int = 0) -> list[PathHealthChanged]:
         """One look at every probed path (paths not named are forgotten);
-        deadlines per VTEP. Returns the changes."""
+        deadlines per path ((VTEP key, path index)), else per VTEP key.
+        probing_since: when the prober last resumed after a stall of its
+        own (a busy host); silence before it is the prober's, not the
+        path's. Returns the changes."""
+        self._probing_since = probing_since
         for gone in set(self._paths) - set(readings):
             del self._paths[gone]
         for key in set(self._answered_at) - {p[0] for p in readings}:
@@ -79,36 +120,64 @@ class HealthTracker:
             if reading.replies and key not in self._answered_at:
                 self._answered_at[key] = now_ns
         out = []
+        all_silent = self._all_silent(readings, deadlines, now_ns)
         for path, reading in sorted(readings.items()):
             key = path[0]
             if key not in self._answered_at:
                 continue     # never answered: never checked
-            health = self._paths.setdefault(path, _PathHealth())
-            changed = self._step(health, reading, deadlines[key], self._answered_at[key], now_ns)
+            if key in all_silent:
+                continue     # nothing to tell apart: wait for one path to answer
+            health = self._paths.get(path)
+            if health is None:
+                health = self._paths[path] = _PathHealth(probed_since=now_ns)
+            deadline = deadlines.get((key, path[2]), deadlines.get(key))
+            changed = self._step(health, reading, deadline,
+                                 max(self._answered_at[key], health.probed_since), now_ns)
             if changed:
                 out.append(PathHealthChanged(key, path[2], health.state == UP,
                                              reading.rtt_ns, seen))
         return out
 
+    def _all_silent(self, readings: dict, deadlines: dict, now_ns: int) -> set:
+        """VTEPs whose every path that was up (two or more) is silent at once:
+        a stall of this host, its prober or the remote VTEP, not of the
+        paths, and moving QPs among its paths could not help."""
+        up: dict = {}
+        for path, reading in readings.items():
+            health = self._paths.get(path)
+            if health is None or health.state != UP:
+                continue
+            deadline = deadlines.get((path[0], path[2]), deadlines.get(path[0]))
+            fresh = reading.replies > 0 and now_ns - reading.last_reply_ns <= deadline
+            up.setdefault(path[0], []).append(fresh)
+        return {key for key, fresh in up.items() if len(fresh) >= 2 and not any(fresh)}
+
     def _step(self, health: _PathHealth, reading: HealthReading, deadline: int,
               answered_at: int, now_ns: int) -> bool:
         fresh = reading.replies > 0 and now_ns - reading.last_reply_ns <= deadline
+        # Probing for less than a deadline since a stall: silence proves nothing.
+        excused = now_ns - self._probing_since <= deadline
         if health.state == UNCHECKED:
-            if reading.replies:
+            # Fresh only: a path probed again after a pause still shows its
+            # old replies, and arming it on those would kill it at once.
+            if fresh:
                 health.state = UP
                 return True
-            if now_ns - answered_at > deadline:
+            # A deadline learnt from other paths' RTT may be too short for
+            # this one's first reply: give it a hold-down more.
+            if now_ns - answered_at > deadline + self.hold_down_ns and not excused:
                 health.state = DOWN
                 return True
             return False
         if health.state == UP:
-            if not fresh:
+            if not fresh and not excused:
                 health.state, health.answering_since = DOWN, None
                 return True
             return False
         # DOWN: back after answering hold_down without a miss.
         if not fresh:
-            health.answering_since = None
+            if not excused:
+                health.answering_since = None
             return False
         if health.answering_since is None:
             health.answering_since = now_ns

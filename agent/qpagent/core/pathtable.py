@@ -54,6 +54,39 @@ def free_path_index(vtep: VtepState, keep: set) -> int | None:
     return None
 
 
+def carry_over(previous: list[Found], found: list[Found], per_path: int = PORTS_PER_PATH) -> list[Found]:
+    """A TTL probe round seen against the round before: routers that did
+    not answer every TTL leave ports, even whole paths, out of a round, and
+    that says nothing about them. So a path keeps its identity, and with it
+    its index and health, unless the round traced its ports onto another
+    path: a path of the previous round (as deep) not found again stays,
+    with the ports not traced elsewhere; a path found again keeps its ports first
+    (the QPs' slots and the probe port stay) and gains the new ones."""
+    elsewhere: dict[int, tuple] = {}
+    for f in found:
+        for port in f.ports:
+            elsewhere[port] = f.identity
+    before = {f.identity: f for f in previous}
+    out = []
+    for f in found:
+        old = before.get(f.identity)
+        if old is None:
+            out.append(f)
+            continue
+        kept = [p for p in old.ports if elsewhere.get(p, f.identity) == f.identity]
+        ports = kept + [p for p in f.ports if p not in kept]
+        out.append(Found(f.ifindex, f.ifname, f.gateway, f.hops, tuple(ports[:per_path])))
+    seen = {f.identity for f in found}
+    depth = max((len(f.hops) for f in found), default=0)
+    for old in previous:
+        if old.identity in seen or len(old.hops) != depth:
+            continue      # found again, or from a view of another depth (no hops yet)
+        kept = tuple(p for p in old.ports if p not in elsewhere)
+        if kept:
+            out.append(Found(old.ifindex, old.ifname, old.gateway, old.hops, kept))
+    return out
+
+
 def trustworthy(vtep: VtepState, found: list[Found]) -> bool:
     """A probe round that saw fewer hops than the live paths have (a router
     too busy to answer every TTL, a lost reply) says nothing about the

@@ -7,12 +7,17 @@ path carries ceil(K/P)), then by bytes, reached with the fewest moves:
   recently moved first (hysteresis: a QP just moved stays if another can go);
 - quotas of ceil(K/P) go to the paths that already hold the most QPs, so
   nothing moves that need not.
+
+Paths may carry weights (their bottleneck capacity): then balance means QPs
+in proportion to weight, each path's quota K*w/W rounded by largest
+remainder. Equal weights (or none) give exactly the unweighted quotas.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Hashable, Iterable, Mapping
 
 QpId = Hashable
@@ -25,26 +30,71 @@ class Move:
     new_path: int
 
 
-def quotas(paths: Iterable[int], counts: Mapping[int, int], total: int) -> dict[int, int]:
-    """Per-path QP quota summing to `total`: ceil on the paths holding most."""
-    ordered = sorted(paths, key=lambda p: (-counts.get(p, 0), p))
-    if not ordered:
+def quotas(paths: Iterable[int], counts: Mapping[int, int], total: int,
+           weights: Mapping[int, float] | None = None) -> dict[int, int]:
+    """Per-path QP quota summing to `total`, in proportion to `weights`
+    (equal when None) by largest remainder; among equal remainders the
+    extra QP goes to the path already holding most, so fewest QPs move."""
+    paths = list(paths)
+    if not paths:
         return {}
-    base, extra = divmod(total, len(ordered))
-    return {p: base + (1 if i < extra else 0) for i, p in enumerate(ordered)}
+    w = _exact_weights(paths, weights)
+    whole = sum(w.values())
+    share = {p: total * w[p] / whole for p in paths}
+    quota = {p: math.floor(share[p]) for p in paths}
+    extra = total - sum(quota.values())
+    ordered = sorted(paths, key=lambda p: (-(share[p] - quota[p]), -counts.get(p, 0), p))
+    for p in ordered[:extra]:
+        quota[p] += 1
+    return quota
+
+
+def _exact_weights(paths: list[int], weights: Mapping[int, float] | None) -> dict[int, Fraction]:
+    """Weights as exact fractions (equal floats give equal remainders); a
+    path without a positive weight counts as 1 when none has one, else as
+    the smallest weight given."""
+    given = {p: Fraction(weights[p]) for p in paths
+             if weights and weights.get(p) is not None and weights[p] > 0}
+    fallback = min(given.values()) if given else Fraction(1)
+    return {p: given.get(p, fallback) for p in paths}
+
+
+def path_weights(identities: Mapping[int, tuple], capacities: Mapping[str, float]) -> dict[int, float]:
+    """Each path's weight: the smallest configured capacity among the
+    links it names (uplink, gateway, hop addresses), i.e. its bottleneck.
+    A path naming none of them is not limited by anything known: it gets
+    the largest capacity found. Without any capacity every weight is 1."""
+    found = {p: [capacities[x] for x in _flat(ident) if isinstance(x, str) and x in capacities]
+             for p, ident in identities.items()}
+    known = [c for caps in found.values() for c in caps]
+    if not known:
+        return {p: 1.0 for p in identities}
+    ceiling = max(known)
+    return {p: float(min(caps)) if caps else float(ceiling) for p, caps in found.items()}
+
+
+def _flat(identity: tuple) -> list:
+    """(uplink, gateway, (hop, hop, ...)) -> [uplink, gateway, hop, hop, ...]"""
+    out = []
+    for part in identity:
+        out.extend(part if isinstance(part, tuple) else (part,))
+    return out
 
 
 def rebalance(assignment: Mapping[QpId, int | None],
               live_paths: Iterable[int],
               qp_bytes: Mapping[QpId, int] | None = None,
               recently_moved: Iterable[QpId] = (),
-              path_bytes: Mapping[int, int] | None = None) -> list[Move]:
-    """Moves that make `assignment` exactly balanced over `live_paths`.
+              path_bytes: Mapping[int, int] | None = None,
+              weights: Mapping[int, float] | None = None) -> list[Move]:
+    """Moves that make `assignment` exactly balanced over `live_paths`
+    (in proportion to `weights`, when given).
 
     assignment: QP -> its current path (None or a dead path = orphan).
     qp_bytes: recent bytes per QP, to spread heavy QPs and move light ones.
     recently_moved: QPs to leave alone when another QP can move instead.
     path_bytes: load already on each path (only used to break ties).
+    weights: path -> bottleneck capacity (any unit); missing means equal.
     """
     live = sorted(set(live_paths))
     if not live:
@@ -59,7 +109,9 @@ def rebalance(assignment: Mapping[QpId, int | None],
         (members[path] if path in members else orphans).append(qp)
 
     counts = {p: len(q) for p, q in members.items()}
-    quota = quotas(live, counts, len(assignment))
+    quota = quotas(live, counts, len(assignment), weights)
+    # floats suffice to order targets (the quotas above are exact), and are fast
+    w = {p: float(x) for p, x in _exact_weights(live, weights).items()}
 
     # Surplus: cheapest to move first (not recently moved, then lightest).
     to_place: list[tuple[QpId, int | None]] = [(qp, assignment[qp]) for qp in orphans]
@@ -79,33 +131,41 @@ def rebalance(assignment: Mapping[QpId, int | None],
     # Heaviest first, each onto the path with room and the least load.
     for qp, old in sorted(to_place, key=lambda item: (-qp_bytes.get(item[0], 0), str(item[0]))):
         room = [p for p in live if len(members[p]) < quota[p]]
-        target = min(room, key=lambda p: (len(members[p]), load[p], p))
+        target = min(room, key=lambda p: (len(members[p]) / w[p], load[p] / w[p], p))
         members[target].append(qp)
         load[target] += qp_bytes.get(qp, 0)
         moves.append(Move(qp, old, target))
     return moves
 
 
-def place_new(counts: Mapping[int, int], live_paths: Iterable[int]) -> int | None:
-    """The path a newly seen QP takes: fewest QPs, lowest index on ties.
+def place_new(counts: Mapping[int, int], live_paths: Iterable[int],
+              weights: Mapping[int, float] | None = None) -> int | None:
+    """The path a newly seen QP takes: fewest QPs, lowest index on ties;
+    weighted, the path where one more QP leaves the fewest per unit of
+    weight (so K new QPs fill the paths in proportion).
 
-    This is the rule the data plane applies itself (qp_steer); the agent
-    uses it to predict and to check."""
+    Unweighted, this is the rule the data plane applies itself (qp_steer);
+    the agent uses it to predict and to check."""
     live = sorted(set(live_paths))
     if not live:
         return None
-    return min(live, key=lambda p: (counts.get(p, 0), p))
+    w = _exact_weights(live, weights)
+    return min(live, key=lambda p: ((counts.get(p, 0) + 1) / w[p], counts.get(p, 0), p))
 
 
-def imbalance(counts: Mapping[int, int], live_paths: Iterable[int]) -> float:
+def imbalance(counts: Mapping[int, int], live_paths: Iterable[int],
+              weights: Mapping[int, float] | None = None) -> float:
     """Busiest live path over the best it could be, ceil(K/P): 1.0 is as
     even as K QPs on P paths can be (0 when idle). With more paths than
-    QPs the plain busiest/mean would read P/K even for a perfect spread."""
+    QPs the plain busiest/mean would read P/K even for a perfect spread.
+    Weighted, each path is measured against its own ceil(K*w/W)."""
     live = list(set(live_paths))
     total = sum(counts.get(p, 0) for p in live)
     if not live or total == 0:
         return 0.0
-    return max(counts.get(p, 0) for p in live) / math.ceil(total / len(live))
+    w = _exact_weights(live, weights)
+    whole = sum(w.values())
+    return max(counts.get(p, 0) / math.ceil(total * w[p] / whole) for p in live)
 
 
 def diverse_order(paths: list[tuple]) -> list[int]:

@@ -1,9 +1,10 @@
 """End-to-end path liveness: probes out, the data plane's record of the
 replies read back, health changes queued for the loop.
 
-Every interval one thread sends a REQUEST on every path of every present
-remote VTEP (in use or spare; the paths take turns when they exceed the
-budget), then reads path_health and lets a HealthTracker decide. A probe
+Every interval one thread sends a REQUEST on every path the core wants
+probed (those in use and the spares their QPs would fail over to; they take
+turns when they exceed the budget), then reads path_health, lets a
+HealthTracker decide, and smooths each path's RTT (its deadline follows). A probe
 is an ordinary VXLAN packet with that path's outer 5-tuple (VNI PROBE_VNI,
 then struct probe_msg), sent from a raw socket with our own IPv4 header:
 path_pin pins it to the uplink the FIB names for the 5-tuple, as it does
@@ -24,7 +25,9 @@ from typing import Callable
 
 from qpagent.contract import CONSTANTS, ENUMS, STRUCTS, VXLAN_UDP_PORT
 from qpagent.core.decisions import ProbeTarget
-from qpagent.core.liveness import HealthReading, HealthTracker, probes_per_round
+from qpagent.core.inputs import PathRttSeen
+from qpagent.core.liveness import (HealthReading, HealthTracker, RttEstimator, deadline_changed,
+                                   probes_per_round)
 
 log = logging.getLogger("qpagent")
 
@@ -62,9 +65,14 @@ class PathCounters:
         self.replies = 0
         self.rtt_ns = 0
         self.state = "unchecked"
+        self.deadline_ns = 0
+        self.rtt = RttEstimator()
+        self.reported_ns = 0             # srtt + margin last told to the core
         self._history: deque = deque()   # (monotonic s, sent, replies)
 
     def record(self, now: float, reading: HealthReading) -> None:
+        if reading.replies > self.replies:    # a new reply: one RTT sample
+            self.rtt.sample(reading.rtt_ns)
         self.replies, self.rtt_ns = reading.replies, reading.rtt_ns
         self._history.append((now, self.sent, self.replies))
         while len(self._history) > 2 and now - self._history[1][0] >= LOSS_WINDOW_S:
@@ -77,6 +85,19 @@ class PathCounters:
         if sent1 <= sent0:
             return None
         return min(1.0, max(0.0, 1 - (rep1 - rep0) / (sent1 - sent0)))
+
+
+def rtt_changes(key, index: int, counters: PathCounters) -> list[PathRttSeen]:
+    """A PathRttSeen when the path's smoothed RTT plus margin moved by a
+    tenth or more since it was last told (not every round's jitter)."""
+    srtt = counters.rtt.srtt_ns
+    if not srtt:
+        return []
+    margin = counters.rtt.margin_ns(0)
+    if counters.reported_ns and not deadline_changed(counters.reported_ns, srtt + margin):
+        return []
+    counters.reported_ns = srtt + margin
+    return [PathRttSeen(key, index, srtt, margin)]
 
 
 class LivenessSource:
@@ -100,6 +121,9 @@ class LivenessSource:
         self._counters: dict[tuple[int, int], PathCounters] = {}
         self._turn: dict = {}                 # VTEP key -> next path to probe (round-robin)
         self._seq = 0
+        # The prober's own stalls (a busy host): when it last resumed.
+        self._last_round_ns = 0
+        self._probing_since = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,6 +151,8 @@ class LivenessSource:
         """Per (vtep index, path): health, rtt_ms, probes sent, replies, loss ratio."""
         with self._lock:
             return {k: {"health": c.state, "rtt_ms": round(c.rtt_ns / 1e6, 3) if c.replies else None,
+                        "srtt_ms": round(c.rtt.srtt_ns / 1e6, 3) if c.rtt.srtt_ns else None,
+                        "deadline_ms": round(c.deadline_ns / 1e6, 3) if c.deadline_ns else None,
                         "probes_sent": c.sent, "replies": c.replies, "loss_ratio": c.loss_ratio()}
                     for k, c in self._counters.items()}
 
@@ -153,22 +179,35 @@ class LivenessSource:
                 del self._counters[gone]
             for pair in wanted - set(self._counters):
                 self._counters[pair] = PathCounters()
+        started = time.monotonic_ns()
+        if started - self._last_round_ns > 2 * self.interval_ms * 1_000_000:
+            self._probing_since = started      # first round, or after a stall of ours
+        self._last_round_ns = started
         for target in targets:
             self._send(target)
-        if deadlines:
-            self.believe_until(time.monotonic_ns() + max(deadlines.values()))
-        readings = self.read_health(sorted(wanted))
+        if deadlines and started - self._probing_since >= max(deadlines.values()):
+            # Only once every path had a deadline to answer since we resumed,
+            # and for half the tightest deadline ahead: a prober that stalls
+            # lapses before any path could look dead for want of probes it
+            # never sent (a path taking turns was probed a period earlier).
+            self.believe_until(time.monotonic_ns() + min(deadlines.values()) // 2)
+        # The clock before the maps: a thread held up in between (the GIL,
+        # a busy host) then sees replies fresher, never older, than they are.
         now_ns = time.monotonic_ns()
+        readings = self.read_health(sorted(wanted))
         now = now_ns / 1e9
         by_path = {(t.key, t.vtep, index): readings.get((t.vtep, index), HealthReading())
                    for t in targets for index, _ in t.paths}
-        changes = self.tracker.observe(by_path, deadlines, now_ns, now)
+        changes = self.tracker.observe(by_path, deadlines, now_ns, now, self._probing_since)
+        rtts = []
         with self._lock:
             for (key, vtep, index), reading in by_path.items():
                 counters = self._counters[(vtep, index)]
                 counters.record(now, reading)
                 counters.state = self.tracker.state((key, vtep, index))
-        for change in changes:
+                counters.deadline_ns = deadlines.get((key, index), 0)
+                rtts += rtt_changes(key, index, counters)
+        for change in changes + rtts:
             self.events.put(change)
 
     def _send(self, target: ProbeTarget) -> None:

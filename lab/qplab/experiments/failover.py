@@ -12,7 +12,10 @@ everything: only BFD or end-to-end probes see it). Measured:
 - after a cut, when every live WAN link first carried at most ceil(K / live
   links) of the QPs, and stayed so (from taps in the WAN boxes);
 - correctness: the transfer completes with every byte verified and no QP in
-  the error state.
+  the error state;
+- false alarms: QPs the sending leaf's agent moved off paths it declared
+  dead for want of probe replies while nothing had failed yet (traffic
+  start to the cut; with liveness on, a flap shows here).
 
 Tiers: "wan" (border to border), "spine-border", "leaf-uplink" (the sending
 leaf's). Used by tests/lab/test_failover_tiers.py and
@@ -70,6 +73,7 @@ class CutResult:
     wan_load_1s: dict[str, int]         # QPs per WAN link from 1 to 1.5 s after the cut
     carried_bytes: int                  # by the cut link in the half second before the cut
     engine: dict = field(default_factory=dict)   # completion, verification, QP states
+    false_moves: int | None = None      # liveness moves before the cut (None: no agent)
 
     def summary(self) -> dict:
         hit_gaps = [self.gaps_ms[q] for q in self.hit]
@@ -79,7 +83,8 @@ class CutResult:
                 "gap_max_all_ms": round(max(self.gaps_ms.values()), 1) if self.gaps_ms else None,
                 "balanced_after_ms": None if self.balanced_after_ms is None
                 else round(self.balanced_after_ms),
-                "wan_live": self.wan_live, "wan_load_1s": self.wan_load_1s, **self.engine}
+                "wan_live": self.wan_live, "wan_load_1s": self.wan_load_1s,
+                "liveness_moves_before_cut": self.false_moves, **self.engine}
 
 
 # ---------------------------------------------------------------- which link
@@ -279,6 +284,7 @@ def measure_cut(lab: Lab, tier: str, src: str = "dc1-h1", dst: str = "dc2-h1",
     rx = ReceiverTap(lab.ns(dst)).start()
     wan_tap = WanTap(wans, lab.state.hosts[src].dc).start()
     link = None
+    moves_at_start = liveness_moves(lab, src_leaf)
     try:
         traffic.start()
         qps = traffic.receiving_qps
@@ -290,6 +296,7 @@ def measure_cut(lab: Lab, tier: str, src: str = "dc1-h1", dst: str = "dc2-h1",
             return now - t_start > STEADY_S and all(len(seen.get(q, ())) > 10 for q in qps)
         wait_until(steady, 20, 0.05, "every QP arriving steadily")
         link, carried = busiest(lab, candidates(lab, tier, src_leaf))
+        moves_at_cut = liveness_moves(lab, src_leaf)
         t_cut = time.time()
         lab.blackhole(link.a, link.b, True)
         engine = traffic.result(timeout=120)
@@ -312,7 +319,9 @@ def measure_cut(lab: Lab, tier: str, src: str = "dc1-h1", dst: str = "dc2-h1",
     result = CutResult(tier, f"{link.a}-{link.b}", len(qps), gaps, before, hit_qps(gaps, before),
                        seconds_to_ms(balanced_after(wan_tap.seen, qps, live, t_cut, t_last)),
                        len(live),
-                       wan_load(wan_tap.seen, qps, t_cut + 1.0, t_cut + 1.5), carried, engine)
+                       wan_load(wan_tap.seen, qps, t_cut + 1.0, t_cut + 1.5), carried, engine,
+                       None if moves_at_start is None or moves_at_cut is None
+                       else moves_at_cut - moves_at_start)
     log(f"  {tier:12s} cut {result.link}: {result.summary()}")
     settle(lab, src_leaf, log=log)
     return result
@@ -337,3 +346,14 @@ def paths_not_alive(lab: Lab, leaf: str) -> list[str]:
     status = agent_status(lab.agent_socket(leaf)) or {}
     return [f"{v['address']}#{p['index']} {p.get('health')}" for v in status.get("vteps", [])
             for p in v.get("paths", []) if not p.get("alive") or p.get("health") == "down"]
+
+
+def liveness_moves(lab: Lab, leaf: str) -> int | None:
+    """QPs the leaf's agent and data plane moved for want of probe replies
+    so far (None: no agent answering)."""
+    if not lab.agents_running():
+        return None
+    status = agent_status(lab.agent_socket(leaf))
+    if not status:
+        return None
+    return int((status.get("repairs") or {}).get("liveness", {}).get("total", 0))
