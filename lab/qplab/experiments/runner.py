@@ -447,8 +447,8 @@ def main(argv=None) -> int:
     ap.add_argument("--wan-rate", type=float, default=5.0,
                     help="WAN link rate (Mbit/s); low enough that the WAN, not this machine's CPU, is the bottleneck")
     ap.add_argument("--liveness", choices=("on", "off", "default"),
-                    help="path liveness of the end-to-end mode's agents: on (the sweep's "
-                         "default), off, or qpagent's own default (the quick run's)")
+                    help="path liveness of the end-to-end mode's agents: on, off, or "
+                         "qpagent's own default (the default: off, see the README)")
     ap.add_argument("--prometheus", action="store_true",
                     help="run a Prometheus on the lab and draw the dashboard's key panels of "
                          f"{PANELS_RUN} from it into the report")
@@ -470,7 +470,7 @@ def main(argv=None) -> int:
                   retry_preset=args.retry_preset or ("wan" if args.full else "nccl"),
                   pattern_sizes={"ps": int(SWEEP_PS_SIZE_MB * (1 << 20))}
                   if args.full and args.size_mb is None else {},
-                  liveness={"on": True, "off": False}.get(args.liveness or ("on" if args.full else "default")))
+                  liveness={"on": True, "off": False}.get(args.liveness or "default"))
     scenarios = full_scenarios(args.runs) if args.full else quick_scenarios(args.delay_ms)
     if args.only:
         try:

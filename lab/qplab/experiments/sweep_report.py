@@ -231,7 +231,10 @@ def write_sweep_report(results: dict, out: Path) -> Path:
           f"{st['engine']['window']} packets per QP, {retry_text(st['engine'])}.", "",
           "Modes: **kernel hashing** (no agent: Linux hashes the outer source port), **qpagent first "
           "hop** (agents balance QPs over their own uplinks), **qpagent end-to-end + repair** (agents "
-          "balance over whole paths learnt by TTL probes, and repair on path liveness).", "",
+          "balance over whole paths learnt by TTL probes and re-place QPs on BFD and route events"
+          + (", and on path liveness" if st.get("liveness") else
+             "; path liveness off, as qpagent ships: in this lab it still declares paths dead with "
+             "nothing failed, see the README's failover section") + ").", "",
           "## Was the WAN the bottleneck?", "",
           f"CPU busy over all runs (both cores): {_t(check['cpu_busy'], '.0%')}; per mode: " +
           ", ".join(f"{MODE_LABEL.get(m, m)} {_t(s, '.0%')}" for m, s in check["by_mode_cpu"].items()) + ". "
