@@ -36,12 +36,12 @@ from qpagent.contract import HOOK_NAMES
 from qpagent.core.actions import DisarmAll, MoveQp
 from qpagent.core.decisions import Core, Settings
 from qpagent.core.inputs import BfdSeen, PathHealthChanged, PathRttSeen, PathsSeen, Tick
+from qpagent.flowqps import FlowQpSummary
 from qpagent.metrics import ReactionHistogram
 from qpagent.sources.discovery import PathDiscovery, Prober, Target
 from qpagent.sources.fdb import read_fdb
 from qpagent.sources.signals import BfdChanged, ProbeRound, RouteChanged, Stop
-from qpagent.status import (core_view, flow_qp_view, liveness_view, repairs_view,
-                            summary_ms)
+from qpagent.status import core_view, liveness_view, repairs_view, summary_ms
 
 log = logging.getLogger("qpagent")
 
@@ -93,6 +93,7 @@ class Agent:
         self._services: list = []
         self._prober: Prober | None = None
         self._liveness = None                 # sources.liveness.LivenessSource
+        self._flow_qps = FlowQpSummary(lambda: self.tables.flows(sys.maxsize, HOOK_NAMES))
         self._gateways: set = set()
         # Reactions by what triggered them (bfd, route, liveness), seconds.
         self.reactions_by_cause: dict[str, deque] = {}
@@ -240,6 +241,8 @@ class Agent:
                         qps = self.tables.all_qps()
                         self._apply(self.core.tick(Tick(time.monotonic_ns()), qps))
                         self._set_liveness_targets()   # the paths in use may have changed
+                elif self.tables and self._flow_qps.due():
+                    self._flow_qps.refresh()   # a big table: status and scrapes read this sum
                 # Advanced in host mode too, or the loop would spin.
                 next_reconcile = now + RECONCILE_EVERY_S
 
@@ -431,8 +434,7 @@ class Agent:
     def _host_snapshot(self, top_n: int) -> dict:
         """Host mode: no paths, QPs placed or BFD; the flow table's RoCE QPs
         instead (what this host sent and received, per interface and hook)."""
-        flows = self.tables.flows(sys.maxsize, HOOK_NAMES) if self.tables else []
-        flow_qps, total = flow_qp_view(flows, top_n)
+        flow_qps, total, as_of = self._flow_qps.view(top_n) if self.tables else ([], 0, None)
         kernel = {
             "programs": self.dp.programs() if self.dp else [],
             "parse": self.tables.parse_counters(HOOK_NAMES) if self.tables else [],
@@ -442,7 +444,8 @@ class Agent:
                 "mode": "host", "describe": self.cfg.describe(),
                 "node": self.node, "version": __version__, "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started, 3),
-                "flow_qps": flow_qps, "flow_qp_total": total, "qp_total": 0,
+                "flow_qps": flow_qps, "flow_qp_total": total, "flow_qps_as_of": as_of,
+                "qp_total": 0,
                 "events": list(self.events), "warnings": list(self.warnings),
             }
         state.update(kernel)

@@ -135,7 +135,10 @@ def _flow_qps(snap: dict) -> str:
                    human_bytes(r.get("bytes")),
                    "-" if r.get("last_seen") is None else f"{max(0.0, now - r['last_seen']):.1f}s"]
                   for r in rows]
-    return (f"QPs counted (top {len(rows)} of {total} by bytes)\n"
+    as_of = snap.get("flow_qps_as_of")
+    # a big flow table is summed in the background: say how old the sum is
+    age = f", summed {now - as_of:.0f} s ago" if as_of and now - as_of >= 2 else ""
+    return (f"QPs counted (top {len(rows)} of {total} by bytes{age})\n"
             + table(["INTERFACE", "HOOK", "SRC -> DST", "VNI", "DQP", "PACKETS", "BYTES", "IDLE"],
                     table_rows, right=(3, 4, 5, 6, 7)))
 
