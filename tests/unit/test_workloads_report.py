@@ -193,3 +193,28 @@ def test_engine_never_imports_the_lab_or_the_experiments():
             above += [f"{path.name}: {n}" for n in names
                       if n.startswith("..") or (n.startswith("qplab") and not n.startswith("qplab.workloads"))]
     assert above == []
+
+
+def test_short_link_names_name_the_dcs_beyond_dc1_and_dc2():
+    assert report._short("wan-dc1-border1-dc2-border2") == "b1-b2"
+    assert report._short("wan-dc1-border1-dc3-border1") == "dc1b1-dc3b1"
+    assert report._short("w1") == "w1"
+
+
+def test_capacity_section_sets_byte_shares_beside_capacity_shares():
+    def run(mode, bytes_by_link):
+        return {"scenario": {"mode": mode, "failure": False},
+                "wan_rates": {"wan-dc1-border1-dc2-border1": 15.0, "wan-dc1-border2-dc2-border2": 5.0,
+                              "wan-dc1-border1-dc3-border1": 5.0},
+                "wan_bytes": {l: {"dc1->dc2" if "dc2" in l else "dc1->dc3": b}
+                              for l, b in bytes_by_link.items()}}
+    runs = [run("kernel", {"wan-dc1-border1-dc2-border1": 500, "wan-dc1-border2-dc2-border2": 500,
+                           "wan-dc1-border1-dc3-border1": 10}),
+            run("qpagent", {"wan-dc1-border1-dc2-border1": 750, "wan-dc1-border2-dc2-border2": 250,
+                            "wan-dc1-border1-dc3-border1": 10})]
+    md = report.capacity_section(runs)
+    assert "| b1-b1 | dc1->dc2 | 15 | 0.75 | 0.50 | 0.75 |" in md
+    assert "| b2-b2 | dc1->dc2 | 5 | 0.25 | 0.50 | 0.25 |" in md
+    assert "| dc1b1-dc3b1 | dc1->dc3 | 5 | 1.00 | 1.00 | 1.00 |" in md
+    equal = [{**r, "wan_rates": dict.fromkeys(r["wan_rates"], 5.0)} for r in runs]
+    assert report.capacity_section(equal) == []

@@ -18,9 +18,52 @@ from . import observe  # noqa: E402
 
 
 def _short(link: str) -> str:
-    """wan-dc1-border1-dc2-border2 -> b1-b2"""
-    parts = link.split("-")
-    return "-".join(p.replace("border", "b") for p in parts if p.startswith("border")) or link
+    """wan-dc1-border1-dc2-border2 -> b1-b2 (the two-DC lab's links); any
+    other pair of DCs is named: wan-dc1-border1-dc3-border1 -> dc1b1-dc3b1."""
+    parts = link.split("-")[1:]
+    ends = [(parts[i], parts[i + 1].replace("border", "b")) for i in range(0, len(parts) - 1, 2)
+            if parts[i + 1].startswith("border")]
+    if len(ends) != 2:
+        return link
+    if {dc for dc, _ in ends} <= {"dc1", "dc2"}:
+        return "-".join(b for _, b in ends)
+    return "-".join(dc + b for dc, b in ends)
+
+
+def _delay_text(delay) -> str:
+    return "each link's own delay" if delay is None else f"WAN delay {delay:g} ms"
+
+
+def capacity_section(runs: list[dict]) -> list[str]:
+    """Where WAN links differ in rate: each link's share of the capacity
+    beside its share of the bytes, per mode (no failure): balance then means
+    load in proportion to capacity."""
+    ok = [r for r in runs if not r["scenario"]["failure"] and r.get("wan_rates") and r.get("wan_bytes")]
+    if not ok or len({v for r in ok for v in r["wan_rates"].values()}) <= 1:
+        return []
+    modes = sorted({r["scenario"]["mode"] for r in ok})
+    md = ["", "## Load against capacity", "",
+          "WAN links of unequal rate: per DC pair and direction, each link's share of the pair's "
+          "capacity beside its share of the bytes (no failure).", "",
+          "| WAN link | direction | Mbit/s | capacity share | " + " | ".join(f"{m} bytes share" for m in modes) + " |",
+          "|---|---|--:|--:|" + "--:|" * len(modes)]
+    rates = ok[0]["wan_rates"]
+    by_mode = {m: next(r for r in ok if r["scenario"]["mode"] == m) for m in modes}
+
+    def pair(link):
+        parts = link.split("-")
+        return frozenset((parts[1], parts[3])) if len(parts) >= 5 else link
+    for link in sorted(rates):
+        peers = [l for l in rates if pair(l) == pair(link)]
+        cap = rates[link] / sum(rates[l] for l in peers)
+        for d in sorted({d for r in ok for d in r["wan_bytes"].get(link, {})}):
+            cells = []
+            for m in modes:
+                wb = by_mode[m]["wan_bytes"]
+                total = sum(wb.get(l, {}).get(d, 0) for l in peers)
+                cells.append("-" if not total else f"{wb.get(link, {}).get(d, 0) / total:.2f}")
+            md.append(f"| {_short(link)} | {d} | {rates[link]:g} | {cap:.2f} | " + " | ".join(cells) + " |")
+    return md
 
 
 def _fmt(v, spec=".2f", none="-"):
@@ -55,7 +98,7 @@ def qps_in_error_section(rows: list[dict]) -> list[str]:
 
 def _group_key(run: dict) -> tuple:
     sc = run["scenario"]
-    return (sc["pattern"], sc["delay_ms"], sc["loss_pct"])
+    return (sc["pattern"], sc["delay_ms"] if sc["delay_ms"] is not None else -1.0, sc["loss_pct"])
 
 
 def plot_link_load(runs: list[dict], path: Path, title: str) -> None:
@@ -213,14 +256,16 @@ def write_report(results: dict, out: Path) -> Path:
         groups.setdefault(_group_key(r), []).append(r)
     for gi, (key, grp) in enumerate(sorted(groups.items())):
         pattern, delay, loss = key
-        tag = f"{pattern}-d{delay:g}-l{loss:g}"
-        md += ["", f"## {pattern}, WAN delay {delay:g} ms, loss {loss:g}%", "",
+        delay = None if delay < 0 else delay      # each link's own (sorted first)
+        tag = f"{pattern}-d{'topo' if delay is None else f'{delay:g}'}-l{loss:g}"
+        md += ["", f"## {pattern}, {_delay_text(delay)}, loss {loss:g}%", "",
                "QPs and bytes per WAN link (QPs from a sample of the VXLAN frames in each WAN box, "
                "bytes from its interface counters):"]
         md += _side_by_side(grp)
         load = out / f"wan-load-{tag}.png"
-        plot_link_load(grp, load, f"per-WAN-link load, {pattern}, {delay:g} ms, {loss:g}% loss")
+        plot_link_load(grp, load, f"per-WAN-link load, {pattern}, {_delay_text(delay)}, {loss:g}% loss")
         md += ["", f"![per-WAN-link load]({load.name})"]
+    md += capacity_section(runs)
     comp = out / "completion-times.png"
     plot_completion(runs, comp)
     md += ["", "## Completion-time distributions", "", f"![completion times]({comp.name})"]

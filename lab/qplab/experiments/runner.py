@@ -43,15 +43,16 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def open_lab(mgmt: str | None = None) -> Lab:
-    """The running lab, or a new one without agents (owned: `close_lab` takes it down)."""
+def open_lab(mgmt: str | None = None, topology: str | None = None) -> Lab:
+    """The running lab, or a new one without agents, of `topology` (a shipped
+    name or a file; None: the default) (owned: it is taken down at the end)."""
     ctx = LabContext.from_env()
     lab = Lab.running(ctx)
     if lab is not None:
         log(f"using the running lab '{lab.state.name}' (prefix {ctx.prefix})")
         return lab
     log("bringing the lab up without agents")
-    topo = load_topology()
+    topo = load_topology(topology)
     if mgmt:
         topo = topo.with_management(mgmt)
     return Lab.up(topo, ctx, progress=lambda m: log("  " + m), start_agents=False)
@@ -127,10 +128,33 @@ def routes_back(lab: Lab, baseline: dict, timeout: float = 60.0) -> float:
 
 # ---- one scenario ---------------------------------------------------------------
 
+def link_rates(lab: Lab, rate_mbit: float) -> dict[str, float]:
+    """Each WAN link's rate for a run: the topology's capacity ratios kept,
+    its slowest link at `rate_mbit` (all at it when the links are equal; an
+    unlimited link counts as the fastest)."""
+    given = {n: w.props.rate_mbit for n, w in lab.wan_links().items()}
+    limited = [r for r in given.values() if r > 0]
+    if not limited:
+        return {n: rate_mbit for n in given}
+    slowest, fastest = min(limited), max(limited)
+    return {n: round(rate_mbit * (r if r > 0 else fastest) / slowest, 3) for n, r in given.items()}
+
+
+def apply_wan(lab: Lab, sc: Scenario, st: Settings) -> dict[str, float]:
+    """The scenario's WAN: its delay (None: each link's own, as the topology
+    has it), its loss, and the rates of link_rates; returns the rates."""
+    rates = link_rates(lab, st.wan_rate_mbit)
+    for name, rate in rates.items():
+        settings = {"loss_pct": sc.loss_pct, "rate_mbit": rate}
+        if sc.delay_ms is not None:
+            settings["delay_ms"] = sc.delay_ms
+        lab.set_wan(name, buffer_ms=st.wan_buffer_ms, **settings)
+    return rates
+
+
 def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
                  baselines: dict) -> dict:
-    lab.set_wan(delay_ms=sc.delay_ms, loss_pct=sc.loss_pct, rate_mbit=st.wan_rate_mbit,
-                buffer_ms=st.wan_buffer_ms)
+    rates = apply_wan(lab, sc, st)
     hosts = engine_hosts(lab.hosts())
     wans = lab.wan_links()
     iters = st.fail_iterations if sc.failure else st.iterations
@@ -202,7 +226,7 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
            "wan_bytes": observe.totals(samples),
            "qp_links": qp_links(seen, result, hosts),
            "failure": failure or None, "bfd": transitions, "seed": st.seed + sc.run,
-           "cpu_busy": cpu_busy, "elapsed_s": round(time.time() - t_start, 2),
+           "cpu_busy": cpu_busy, "elapsed_s": round(time.time() - t_start, 2), "wan_rates": rates,
            "peak_wan_utilization": observe.peak_utilization(samples, st.wan_rate_mbit),
            "agents": {k: agent_digest(v, failure) for k, v in statuses.items()}}
     if result and result["per_iteration"]:
@@ -319,7 +343,6 @@ def measure(lab: Lab, todo: list[Scenario], st: Settings, runs_dir: Path, done: 
     baseline_routes = settled_routes(lab)
     modes = AgentModes(lab, st)
     baselines: dict = {}
-    wan_now = None
     lab_failures = 0
     for sc in list(todo):
         if stop.requested:
@@ -328,10 +351,6 @@ def measure(lab: Lab, todo: list[Scenario], st: Settings, runs_dir: Path, done: 
             log(f"skip {sc.name}: the agents could not be started")
             progress.todo.remove(sc)
             continue
-        if wan_now != (sc.delay_ms, sc.loss_pct):
-            lab.set_wan(delay_ms=sc.delay_ms, loss_pct=sc.loss_pct, rate_mbit=st.wan_rate_mbit,
-                        buffer_ms=st.wan_buffer_ms)
-            wan_now = (sc.delay_ms, sc.loss_pct)
         started = time.monotonic()
         try:
             rec = run_scenario(lab, sc, st, baseline_routes, baselines)
@@ -379,7 +398,7 @@ def draw_panels(prometheus: str, rec: dict, out: Path) -> None:
 
 def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool,
         mgmt: str | None = None, report_dir: Path | None = None, sweep: bool = False,
-        prometheus: bool = False) -> dict:
+        prometheus: bool = False, topology: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = out / "runs"
     runs_dir.mkdir(exist_ok=True)
@@ -395,7 +414,7 @@ def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool,
     if done:
         log(f"resuming: {len(scenarios) - len(todo)} of {len(scenarios)} runs already saved in {runs_dir}")
     progress = Progress(todo, len(scenarios) - len(todo), len(scenarios))
-    lab = open_lab(mgmt) if todo else None
+    lab = open_lab(mgmt, topology) if todo else None
     with StopRequest() as stop:
         try:
             if todo:
@@ -443,7 +462,11 @@ def main(argv=None) -> int:
                     help="iterations per run (default 6, or 3 for the sweep)")
     ap.add_argument("--qps", type=int, default=4, help="QPs per connection")
     ap.add_argument("--policy", choices=("qpn", "fixed"), default="qpn", help="inner UDP source port policy")
-    ap.add_argument("--delay-ms", type=float, default=5.0, help="WAN delay of the quick run (one way)")
+    ap.add_argument("--delay-ms", type=float, default=5.0,
+                    help="WAN delay of the quick run (one way; a negative value keeps each "
+                         "link's own delay, as the topology has it)")
+    ap.add_argument("--topology", help="the lab to bring up: a shipped name (three-dc) or a file "
+                                       "(default: the two-DC lab)")
     ap.add_argument("--wan-rate", type=float, default=5.0,
                     help="WAN link rate (Mbit/s); low enough that the WAN, not this machine's CPU, is the bottleneck")
     ap.add_argument("--liveness", choices=("on", "off", "default"),
@@ -471,7 +494,8 @@ def main(argv=None) -> int:
                   pattern_sizes={"ps": int(SWEEP_PS_SIZE_MB * (1 << 20))}
                   if args.full and args.size_mb is None else {},
                   liveness={"on": True, "off": False}.get(args.liveness or "default"))
-    scenarios = full_scenarios(args.runs) if args.full else quick_scenarios(args.delay_ms)
+    scenarios = full_scenarios(args.runs) if args.full else \
+        quick_scenarios(args.delay_ms if args.delay_ms >= 0 else None)
     if args.only:
         try:
             scenarios = [sc for sc in scenarios if re.search(args.only, sc.name)]
@@ -481,10 +505,11 @@ def main(argv=None) -> int:
             ap.error(f"--only {args.only!r} matches no scenario")
     try:
         run(scenarios, st, Path(args.out), args.keep_lab, args.mgmt,
-            Path(args.report) if args.report else None, sweep=args.full, prometheus=args.prometheus)
+            Path(args.report) if args.report else None, sweep=args.full, prometheus=args.prometheus,
+            topology=args.topology)
     except KeyboardInterrupt:
         sys.exit(f"interrupted: the runs saved in {args.out}/runs are kept; run the same command to resume")
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError) as e:     # a bad topology is a ValueError
         sys.exit(f"experiment failed: {e}")
     return 0
 

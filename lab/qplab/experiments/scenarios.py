@@ -34,7 +34,7 @@ SWEEP_FAIL_ITERATIONS = 5
 @dataclass(frozen=True)
 class Scenario:
     mode: str            # one of MODES
-    delay_ms: float
+    delay_ms: float | None   # one way, every WAN link; None: each link's own (the topology's)
     loss_pct: float
     failure: bool
     pattern: str
@@ -43,7 +43,8 @@ class Scenario:
     @property
     def group(self) -> str:
         """The scenario without its run index: what medians are taken over."""
-        return (f"{self.mode}-{self.pattern}-d{self.delay_ms:g}ms-l{self.loss_pct:g}pct"
+        delay = "topo" if self.delay_ms is None else f"{self.delay_ms:g}ms"
+        return (f"{self.mode}-{self.pattern}-d{delay}-l{self.loss_pct:g}pct"
                 f"-{'fail' if self.failure else 'ok'}")
 
     @property
@@ -55,7 +56,7 @@ class Scenario:
         return Scenario(self.mode, self.delay_ms, self.loss_pct, False, self.pattern, self.run)
 
 
-def quick_scenarios(delay_ms: float = 5.0) -> list[Scenario]:
+def quick_scenarios(delay_ms: float | None = 5.0) -> list[Scenario]:
     return [Scenario(m, delay_ms, 0.0, f, "ring")
             for m in ("kernel", "qpagent") for f in (False, True)]
 
