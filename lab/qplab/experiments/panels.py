@@ -132,8 +132,8 @@ def draw(panel: KeyPanel, series: list[Series], t0: float, path: Path) -> Path:
     if series:
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                   ncol=1 if len(series) <= 16 else 2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    # the legend sits outside the axes: save the whole of it, uncut
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -382,18 +382,28 @@ def measure(lab: Lab, todo: list[Scenario], st: Settings, runs_dir: Path, done: 
 def draw_panels(prometheus: str, rec: dict, out: Path) -> None:
     """The dashboard's key panels over one run, from the lab's Prometheus,
     once it has scraped the run's end."""
-    from .panels import render_panels
     t0, t1 = rec["t_start"] - 5, rec["t_start"] + rec["elapsed_s"] + 5
     while time.time() < t1 + 2 * PANEL_SCRAPE_S:     # the scrapes that cover the run's end
         time.sleep(0.5)
     try:
-        files = render_panels(prometheus, t0, t1, out)
+        drawn = draw_key_panels(prometheus, t0, t1, out)
     except (OSError, RuntimeError, ValueError) as e:
         log(f"  the dashboard's panels could not be drawn: {e}")
         return
-    (out / "panels.json").write_text(json.dumps({"run": rec["name"], "t0": t0, "t1": t1,
-                                                 "files": [f.name for f in files]}, indent=1))
+    (out / "panels.json").write_text(json.dumps({"run": rec["name"], "t0": t0, "t1": t1, **drawn},
+                                                indent=1))
     log(f"  drew the dashboard's panels of {rec['name']} from Prometheus")
+
+
+def draw_key_panels(prometheus: str, t0: float, t1: float, out: Path) -> dict:
+    """The key panels that have data over [t0, t1] as PNGs in `out`, and the
+    titles of those that have none (path RTT, when no path is probed). Series
+    that stay at zero are left out: sixteen flat lines hide the four that move."""
+    from .panels import draw, fetch_panels
+    series = {p: [x for x in s if any(v for _, v in x.points)]
+              for p, s in fetch_panels(prometheus, t0, t1).items()}
+    return {"files": [draw(p, s, t0, out / f"panel-{p.name}.png").name for p, s in series.items() if s],
+            "empty": [p.title for p, s in series.items() if not s]}
 
 
 def run(scenarios: list[Scenario], st: Settings, out: Path, keep_lab: bool,

@@ -202,7 +202,11 @@ def panels_section(out: Path) -> list[str]:
     md = ["", f"## The dashboard's key panels over {drawn['run']}", "",
           "Drawn from the lab's Prometheus with the dashboard's own queries (range queries; "
           "no Grafana server runs here):", ""]
-    return md + [f"![{f}]({f})" for f in drawn["files"]]
+    md += [f"![{f}]({f})" for f in drawn["files"]]
+    if drawn.get("empty"):
+        md += ["", "No data in that run: " + ", ".join(drawn["empty"]) +
+               " (path RTT comes from liveness probes, which were off)."]
+    return md
 
 
 def write_sweep_report(results: dict, out: Path) -> Path:
