@@ -122,5 +122,8 @@ def test_sweep_report_renders_every_section(tmp_path):
     assert "| ring | 5 ms | 5.0 [4.0-6.0] | 5.0 [4.0-6.0] | 13.0 [12.0-14.0] | 19.0 |" in md
     assert "| ring | 5 | 0% | qpagent end-to-end + repair | 2.00 [1.00-3.00] | 300 [300-300] | 50 [50-50] |" in md
     assert "None: no QP ran out of retries in any run." in md
+    lines = (tmp_path / "runs.csv").read_text().splitlines()
+    assert len(lines) == 1 + 54 and lines[0].startswith("name,mode,pattern,delay_ms")
+    assert lines[1].startswith("kernel-ring-d5ms-l0pct-ok-r0,kernel,ring,5.0,0.0,False,0,,4.0,1.2,")
     for png in ("sweep-busbw-vs-model.png", "sweep-time-lost.png", "sweep-completion-times.png"):
         assert f"]({png})" in md and (tmp_path / png).stat().st_size > 1000

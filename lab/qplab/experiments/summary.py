@@ -98,3 +98,33 @@ def machine_check(records: list[dict]) -> dict:
             "peak_wan_utilization": Spread.of(r.get("peak_wan_utilization") for r in ok),
             "by_mode_cpu": {m: Spread.of(r.get("cpu_busy") for r in records if r["scenario"]["mode"] == m)
                             for m in sorted({r["scenario"]["mode"] for r in records})}}
+
+
+RUN_COLUMNS = ("name", "mode", "pattern", "delay_ms", "loss_pct", "failure", "run", "seed",
+               "busbw_mbit", "median_iteration_s", "time_lost_s", "busiest_link_ratio",
+               "retransmitted_packets", "job_failed", "qps_in_error", "cpu_busy",
+               "peak_wan_utilization", "bfd_down_s", "agent_reaction_s", "elapsed_s")
+
+
+def run_rows(records: list[dict]) -> list[dict]:
+    """One row of key figures per run: what the report is made of, small
+    enough to keep beside it (the full records hold every sample)."""
+    rows = []
+    for r in records:
+        sc, res = r["scenario"], (r.get("result") or {}).get("summary") or {}
+        bw = res.get("median_busbw_Bps")
+        ratios = [v for v in busiest_ratio(r.get("wan_bytes") or {}).values() if v]
+        tl = r.get("timeline") or {}
+        rows.append({"name": r["name"], **{k: sc.get(k) for k in ("mode", "pattern", "delay_ms",
+                                                                   "loss_pct", "failure", "run")},
+                     "seed": r.get("seed"), "busbw_mbit": None if bw is None else round(bw * 8 / 1e6, 3),
+                     "median_iteration_s": res.get("median_duration_s"),
+                     "time_lost_s": r.get("time_lost_s"),
+                     "busiest_link_ratio": max(ratios) if ratios else None,
+                     "retransmitted_packets": res.get("retransmitted_packets"),
+                     "job_failed": bool(r.get("job_failed")),
+                     "qps_in_error": len(r.get("qps_in_error") or ()),
+                     "cpu_busy": r.get("cpu_busy"), "peak_wan_utilization": r.get("peak_wan_utilization"),
+                     "bfd_down_s": tl.get("bfd_down_s"), "agent_reaction_s": tl.get("agent_reaction_s"),
+                     "elapsed_s": r.get("elapsed_s")})
+    return rows

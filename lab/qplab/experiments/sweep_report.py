@@ -5,6 +5,7 @@ three modes side by side, with plots (matplotlib, Agg).
 """
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .report import plot_link_load, plot_timeline, qps_in_error_section, retry_text  # noqa: E402
 from .scenarios import MODES, PATTERNS  # noqa: E402
-from .summary import Group, Spread, groups, machine_check  # noqa: E402
+from .summary import RUN_COLUMNS, Group, Spread, groups, machine_check, run_rows  # noqa: E402
 
 MODE_LABEL = {"kernel": "kernel hashing", "qpagent-firsthop": "qpagent first hop",
               "qpagent": "qpagent end-to-end + repair"}
@@ -285,9 +286,18 @@ def write_sweep_report(results: dict, out: Path) -> Path:
     md += ["", "## Every scenario", ""] + all_scenarios_table(gs)
     failed = qps_in_error_section(results["headline"]["rows"])
     md += failed or ["", "## QPs in error", "", "None: no QP ran out of retries in any run."]
+    md += ["", "Every run's key figures: [runs.csv](runs.csv)."]
+    write_runs_csv(runs, out / "runs.csv")
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path
+
+
+def write_runs_csv(runs: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+        writer.writeheader()
+        writer.writerows(run_rows(runs))
 
 
 def main(argv=None) -> None:
