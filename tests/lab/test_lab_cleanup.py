@@ -49,13 +49,20 @@ def test_failed_up_cleans_up_after_itself(scratch_ctx):
     assert leftovers(ctx) == NOTHING
 
 
+def default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it, even when this test runs in a
+    background job (whose shell starts it with SIGINT ignored, and Python
+    keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_up_cleans_up(scratch_ctx):
     ctx = scratch_ctx
     env = dict(os.environ, QPLAB_PREFIX=ctx.prefix, QPLAB_RUN_DIR=str(ctx.run_dir))
     proc = subprocess.Popen([sys.executable, "-m", "qplab.cli", "up", "--no-agent",
                              "--management", free_management_subnet()], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     try:
         lines = []
         for line in proc.stdout:          # interrupt once FRR is being started

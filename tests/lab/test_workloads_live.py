@@ -138,6 +138,6 @@ def test_blackholed_wan_link_mid_run_collective_completes_and_report_shows_gap(e
         assert tl["stalled_qps"] > 0 and tl["qps_recovered_s"] > tl["bfd_down_s"]
     md = (out / "report.md").read_text()
     assert "## Failover timeline" in md
-    assert re.search(r"^\| kernel-ring-d5ms-l0pct-fail \| b\d-b\d \| \d+ ms \|", md, re.M)
-    assert re.search(r"^\| qpagent-ring-d5ms-l0pct-fail \| b\d-b\d \| \d+ ms \|", md, re.M)
+    assert re.search(r"^\| kernel-ring-d5ms-l0pct-fail-r0 \| b\d-b\d \| \d+ ms \|", md, re.M)
+    assert re.search(r"^\| qpagent-ring-d5ms-l0pct-fail-r0 \| b\d-b\d \| \d+ ms \|", md, re.M)
     assert (out / "failover-timeline.png").stat().st_size > 1000

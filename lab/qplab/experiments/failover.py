@@ -117,6 +117,9 @@ def tx_bytes(lab: Lab, link: CutLink) -> int:
     return json.loads(out.stdout)[0]["stats64"]["tx"]["bytes"]
 
 
+CUT_MIN_BYTES = 100_000     # what the cut link must carry in the half second before the cut
+
+
 def busiest(lab: Lab, links: list[CutLink], over_s: float = 0.5) -> tuple[CutLink, int]:
     """The link that carried the most bytes in the sending direction lately,
     and how many it carried."""
@@ -296,6 +299,12 @@ def measure_cut(lab: Lab, tier: str, src: str = "dc1-h1", dst: str = "dc2-h1",
             return now - t_start > STEADY_S and all(len(seen.get(q, ())) > 10 for q in qps)
         wait_until(steady, 20, 0.05, "every QP arriving steadily")
         link, carried = busiest(lab, candidates(lab, tier, src_leaf))
+        # Cut a link while it carries the QPs: traffic can pause for a moment
+        # (a path declared dead with nothing failed, a retransmission timer),
+        # and a cut during a pause proves nothing.
+        deadline = time.monotonic() + 10.0
+        while carried < CUT_MIN_BYTES and time.monotonic() < deadline:
+            link, carried = busiest(lab, candidates(lab, tier, src_leaf))
         moves_at_cut = liveness_moves(lab, src_leaf)
         t_cut = time.time()
         lab.blackhole(link.a, link.b, True)
