@@ -97,11 +97,6 @@ class AgentModes:
         log("  warning: not every agent reported paths to every VTEP in time")
 
 
-def start_agents(lab: Lab) -> bool:
-    """True when every agent the lab asks for answers (qpagent's own defaults)."""
-    return AgentModes(lab, Settings()).enter("qpagent")
-
-
 def settled_routes(lab: Lab, timeout: float = 60.0) -> dict:
     """Routes on the borders once they stop changing (all WAN next hops in)."""
     deadline = time.monotonic() + timeout
