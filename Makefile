@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 PYTEST  := .venv/bin/pytest
 
-.PHONY: deps demo test test-unit bench bench-lab experiment experiment-quick lint clean dashboards
+.PHONY: deps demo test test-unit bench bench-lab experiment experiment-quick experiment-three-dc lint clean dashboards
 
 deps:
 	bash agent/scripts/install-deps.sh
@@ -28,6 +28,10 @@ bench-lab: deps
 
 experiment-quick: deps
 	$(PY) -m qplab.experiments --quick --out results/quick --report lab/report/quick
+
+## Ring AllReduce over the three-DC lab (unequal WAN links), kernel hashing beside qpagent.
+experiment-three-dc: deps
+	$(PY) -m qplab.experiments --quick --topology three-dc --delay-ms -1 --out results/three-dc --report lab/report/three-dc
 
 ## The whole sweep (under an hour on 2 cores; resumes where it stopped): lab/report/.
 experiment: deps

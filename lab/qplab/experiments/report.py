@@ -1,6 +1,6 @@
 """The experiment report: markdown with PNG plots (matplotlib, Agg).
 
-    python -m qplab.experiments.report results/quick     # re-render from results.json
+    python -m qplab.experiments.report results/quick [REPORT_DIR]   # re-render from results.json
 """
 from __future__ import annotations
 
@@ -220,6 +220,7 @@ def _side_by_side(runs: list[dict]) -> list[str]:
 
 def write_report(results: dict, out: Path) -> Path:
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     runs = results["runs"]
     rows = results["headline"]["rows"]
     st = results["settings"]
@@ -299,14 +300,14 @@ def write_report(results: dict, out: Path) -> Path:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python -m qplab.experiments.report RESULTS_DIR")
-    out = Path(argv[0])
+    if len(argv) not in (1, 2):
+        sys.exit("usage: python -m qplab.experiments.report RESULTS_DIR [REPORT_DIR]")
+    src = Path(argv[0])
     try:
-        results = json.loads((out / "results.json").read_text())
+        results = json.loads((src / "results.json").read_text())
     except (OSError, ValueError) as e:
-        sys.exit(f"cannot read {out / 'results.json'}: {e}")
-    print(write_report(results, out))
+        sys.exit(f"cannot read {src / 'results.json'}: {e}")
+    print(write_report(results, Path(argv[1]) if len(argv) == 2 else src))
 
 
 if __name__ == "__main__":
