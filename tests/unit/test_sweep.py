@@ -127,3 +127,16 @@ def test_sweep_report_renders_every_section(tmp_path):
     assert lines[1].startswith("kernel-ring-d5ms-l0pct-ok-r0,kernel,ring,5.0,0.0,False,0,,4.0,1.2,")
     for png in ("sweep-busbw-vs-model.png", "sweep-time-lost.png", "sweep-completion-times.png"):
         assert f"]({png})" in md and (tmp_path / png).stat().st_size > 1000
+
+
+def test_balance_before_and_after_a_modes_first_cut():
+    even = {"w1": {"dc1->dc2": 100}, "w2": {"dc1->dc2": 100}}
+    skewed = {"w1": {"dc1->dc2": 300}, "w2": {"dc1->dc2": 100}}
+    runs = [record("qpagent", run=0, wan=even), record("qpagent", run=1, wan=even),
+            record("qpagent", failure=True, run=0, lost=1.0),
+            record("qpagent", run=2, wan=skewed), record("qpagent", "ps", run=0, wan=skewed)]
+    for t, r in enumerate(runs):
+        r["t_start"] = 1000.0 + t
+    before, after = summary.balance_before_and_after_cuts(runs)["qpagent"]
+    assert (before.median, before.n) == (1.0, 2)
+    assert (after.median, after.n) == (1.5, 1)          # the parameter server left out

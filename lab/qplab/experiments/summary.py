@@ -128,3 +128,24 @@ def run_rows(records: list[dict]) -> list[dict]:
                      "bfd_down_s": tl.get("bfd_down_s"), "agent_reaction_s": tl.get("agent_reaction_s"),
                      "elapsed_s": r.get("elapsed_s")})
     return rows
+
+
+def balance_before_and_after_cuts(records: list[dict]) -> dict[str, tuple]:
+    """Per mode, the busiest-link ratio of the runs without a failure (the
+    parameter server left out: its incast is uneven by design) that ran
+    before the mode's first cut, and of those after: placement that does
+    not recover from a cut and its restore shows here, not in any one
+    scenario."""
+    out = {}
+    for mode in sorted({r["scenario"]["mode"] for r in records}):
+        cuts, before, after = 0, [], []
+        for r in sorted((r for r in records if r["scenario"]["mode"] == mode),
+                        key=lambda r: r.get("t_start") or 0):
+            if r["scenario"]["failure"]:
+                cuts += 1
+                continue
+            ratios = [v for v in busiest_ratio(r.get("wan_bytes") or {}).values() if v]
+            if r["scenario"]["pattern"] != "ps" and ratios:
+                (after if cuts else before).append(max(ratios))
+        out[mode] = (Spread.of(before), Spread.of(after))
+    return out

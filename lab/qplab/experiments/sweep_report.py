@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .report import plot_link_load, plot_timeline, qps_in_error_section, retry_text  # noqa: E402
 from .scenarios import MODES, PATTERNS  # noqa: E402
-from .summary import RUN_COLUMNS, Group, Spread, groups, machine_check, run_rows  # noqa: E402
+from .summary import (RUN_COLUMNS, Group, Spread, balance_before_and_after_cuts, groups,  # noqa: E402
+                      machine_check, run_rows)
 
 MODE_LABEL = {"kernel": "kernel hashing", "qpagent-firsthop": "qpagent first hop",
               "qpagent": "qpagent end-to-end + repair"}
@@ -257,6 +258,11 @@ def write_sweep_report(results: dict, out: Path) -> Path:
            f"![bus bandwidth beside the model]({bw.name})", "",
            "## Balance: busiest WAN link over the mean (1.00 = even), no failure, no loss", ""]
     md += balance_table(gs, delays)
+    md += ["", "Ring and hierarchical runs without a failure, before each mode's first silent cut "
+           "and after it (a cut's link is restored at the end of its run):", "",
+           "| mode | before the first cut | after |", "|---|--:|--:|"]
+    for mode, (before, after) in balance_before_and_after_cuts(runs).items():
+        md.append(f"| {MODE_LABEL.get(mode, mode)} | {_t(before, '.2f')} | {_t(after, '.2f')} |")
     md += ["", "## A silent WAN cut", "",
            "The busiest WAN link is blackholed half-way through an iteration: it stays up and drops "
            "everything, so only BFD (100 ms x 3) or qpagent's probes notice. Time lost: iteration time "
