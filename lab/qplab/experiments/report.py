@@ -298,16 +298,22 @@ def write_report(results: dict, out: Path) -> Path:
     return path
 
 
-def main(argv=None) -> None:
+def render_main(module: str, write, argv=None) -> None:
+    """`python -m qplab.experiments.MODULE RESULTS_DIR [REPORT_DIR]`: render a
+    report again from RESULTS_DIR/results.json with `write(results, out)`."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) not in (1, 2):
-        sys.exit("usage: python -m qplab.experiments.report RESULTS_DIR [REPORT_DIR]")
+        sys.exit(f"usage: python -m qplab.experiments.{module} RESULTS_DIR [REPORT_DIR]")
     src = Path(argv[0])
     try:
         results = json.loads((src / "results.json").read_text())
     except (OSError, ValueError) as e:
         sys.exit(f"cannot read {src / 'results.json'}: {e}")
-    print(write_report(results, Path(argv[1]) if len(argv) == 2 else src))
+    print(write(results, Path(argv[1]) if len(argv) == 2 else src))
+
+
+def main(argv=None) -> None:
+    render_main("report", write_report, argv)
 
 
 if __name__ == "__main__":

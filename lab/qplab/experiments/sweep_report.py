@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .report import plot_link_load, plot_timeline, qps_in_error_section, retry_text  # noqa: E402
+from .report import (plot_link_load, plot_timeline, qps_in_error_section, render_main,  # noqa: E402
+                     retry_text)
 from .scenarios import MODES, PATTERNS  # noqa: E402
 from .summary import (RUN_COLUMNS, Group, Spread, balance_before_and_after_cuts, groups,  # noqa: E402
                       machine_check, run_rows)
@@ -307,15 +307,7 @@ def write_runs_csv(runs: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) not in (1, 2):
-        sys.exit("usage: python -m qplab.experiments.sweep_report RESULTS_DIR [REPORT_DIR]")
-    src = Path(argv[0])
-    try:
-        results = json.loads((src / "results.json").read_text())
-    except (OSError, ValueError) as e:
-        sys.exit(f"cannot read {src / 'results.json'}: {e}")
-    print(write_sweep_report(results, Path(argv[1]) if len(argv) == 2 else src))
+    render_main("sweep_report", write_sweep_report, argv)
 
 
 if __name__ == "__main__":
