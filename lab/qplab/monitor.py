@@ -179,16 +179,22 @@ def ready(mon: MonitorState) -> bool:
 
 def query(mon: MonitorState, promql: str, timeout: float = 10) -> list[dict]:
     """An instant query's result vector (raises MonitorError on a bad answer)."""
-    url = f"{mon.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    return api_query(mon.prometheus, "query", {"query": promql}, timeout)
+
+
+def api_query(prometheus_url: str, endpoint: str, params: dict, timeout: float) -> list[dict]:
+    """The result of one Prometheus query API call (`query`, `query_range`);
+    MonitorError names the query when Prometheus refuses it."""
+    url = (f"{prometheus_url.rstrip('/')}/api/v1/{endpoint}?" + urllib.parse.urlencode(params))
     try:
         with _OPENER.open(url, timeout=timeout) as resp:
             answer = json.loads(resp.read())
     except urllib.error.HTTPError as e:
         answer = json.loads(e.read() or b"{}")
     except OSError as e:
-        raise MonitorError(f"prometheus at {mon.prometheus}: {e}") from None
+        raise MonitorError(f"prometheus at {prometheus_url}: {e}") from None
     if answer.get("status") != "success":
-        raise MonitorError(f"query {promql!r}: {answer.get('error', answer)}")
+        raise MonitorError(f"query {params.get('query')!r}: {answer.get('error', answer)}")
     return answer["data"]["result"]
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from qpagent.dashboard import KeyPanel, key_panels  # noqa: E402
 
+from .. import monitor  # noqa: E402
 from ..monitor import SCRAPE_INTERVAL  # noqa: E402
 
 POINTS = 300                 # about as many as a Grafana panel asks for
@@ -34,8 +32,6 @@ REACTION_WINDOW = "1h"       # the dashboard's default
 UNITS = {"bps": ("Mbit/s", 1e-6), "s": ("ms", 1e3), "percentunit": ("%", 100.0),
          "short": ("", 1.0), "none": ("", 1.0)}
 
-# No proxy from the environment: the lab's Prometheus is local.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class PanelError(RuntimeError):
@@ -86,18 +82,11 @@ def legend(fmt: str, labels: dict[str, str]) -> str:
 def query_range(prometheus_url: str, expr: str, t0: float, t1: float, step: float,
                 timeout: float = 30) -> list[dict]:
     """The matrix Prometheus answers for one range query."""
-    url = (f"{prometheus_url.rstrip('/')}/api/v1/query_range?"
-           + urllib.parse.urlencode({"query": expr, "start": t0, "end": t1, "step": step}))
     try:
-        with _OPENER.open(url, timeout=timeout) as resp:
-            answer = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        answer = json.loads(exc.read() or b"{}")
-    except OSError as exc:
-        raise PanelError(f"prometheus at {prometheus_url}: {exc}") from None
-    if answer.get("status") != "success":
-        raise PanelError(f"query {expr!r}: {answer.get('error', answer)}")
-    return answer["data"]["result"]
+        return monitor.api_query(prometheus_url, "query_range",
+                                 {"query": expr, "start": t0, "end": t1, "step": step}, timeout)
+    except monitor.MonitorError as exc:
+        raise PanelError(str(exc)) from None
 
 
 def fetch_panels(prometheus_url: str, t0: float, t1: float,
