@@ -4,15 +4,19 @@ Every test lab gets a prefix of its own (a uuid tag), its own run directory
 and a management subnet nobody on this machine uses, so parallel runs and a
 user's `qpl-` lab never collide.
 """
+import contextlib
 import ipaddress
 import json
 import os
 import random
+import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from qplab import lab, netns
 from qplab.api import Lab
@@ -47,6 +51,39 @@ def free_management_subnet() -> str:
     free = [n for n in ipaddress.IPv4Network("172.30.0.0/16").subnets(new_prefix=24)
             if not any(n.overlaps(u) for u in used)]
     return str(random.choice(free))
+
+
+def topology_with_agents(source: Path, agents: set[str], out: Path) -> Path:
+    """The topology file `source` with agents on exactly the leaves and hosts
+    named in `agents` (dc1-leaf1, dc1-h1, ...), written to `out`."""
+    data = yaml.safe_load(Path(source).read_text())
+    for dc in data["dcs"]:
+        for leaf in dc["leaves"]:
+            leaf["agent"] = f"{dc['name']}-{leaf['name']}" in agents
+            for host in leaf.get("hosts", []):
+                host["agent"] = f"{dc['name']}-{host['name']}" in agents
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+@contextlib.contextmanager
+def scratch_lab(source: Path, agents: set[str], converge_s: float, **up):
+    """A lab of its own (prefix, management subnet) from `source` with those
+    agents, converged; taken down, and checked gone, whatever happens."""
+    need_root()
+    ctx = unique_ctx()
+    workdir = Path(tempfile.mkdtemp(prefix="qt-lab-"))
+    try:
+        topo = load_topology(topology_with_agents(source, agents, workdir / "topology.yaml"))
+        the_lab = Lab.up(topo.with_management(free_management_subnet()), ctx,
+                         progress=lambda m: None, start_agents=True, **up)
+        the_lab.wait_converged(converge_s)
+        yield the_lab
+    finally:
+        lab.down(ctx, progress=lambda m: None)
+        shutil.rmtree(workdir, ignore_errors=True)
+        assert netns.list_namespaces(ctx.prefix) == []
+        assert not ctx.run_dir.exists()
 
 
 @pytest.fixture(scope="module")

@@ -9,19 +9,13 @@ what the leaf's qp_steer counted before encapsulation and what the receiver's
 host agent counted arriving on eth0 must agree QP by QP, as Prometheus
 scrapes them. Every wait polls with a deadline.
 """
-import copy
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import free_management_subnet, need_root, unique_ctx
-from qplab import lab, netns
-from qplab.api import Lab
-from qplab.topology import DEFAULT_TOPOLOGY, load_topology
+from conftest import scratch_lab
+from qplab import netns
+from qplab.topology import DEFAULT_TOPOLOGY
 from qplab.waiting import wait_until
 
 SENDER, RECEIVER, LEAF = "dc1-h1", "dc2-h1", "dc1-leaf1"
@@ -48,34 +42,10 @@ def frames_of(i: int) -> int:
     return 10 + 5 * i
 
 
-def host_agent_topology(directory: Path) -> Path:
-    raw = yaml.safe_load(DEFAULT_TOPOLOGY.read_text())
-    data = copy.deepcopy(raw)
-    for dc in data["dcs"]:
-        for leaf in dc["leaves"]:
-            leaf["agent"] = f"{dc['name']}-{leaf['name']}" == LEAF
-            for host in leaf.get("hosts", []):
-                host["agent"] = f"{dc['name']}-{host['name']}" in (SENDER, RECEIVER)
-    path = directory / "host-agents.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
 def host_lab():
-    need_root()
-    ctx = unique_ctx()
-    workdir = Path(tempfile.mkdtemp(prefix="qt-hostlab-"))
-    try:
-        topo = load_topology(host_agent_topology(workdir)).with_management(free_management_subnet())
-        the_lab = Lab.up(topo, ctx, progress=lambda m: None, start_agents=True, prometheus=True)
-        the_lab.wait_converged(60)
+    with scratch_lab(DEFAULT_TOPOLOGY, {LEAF, SENDER, RECEIVER}, 60, prometheus=True) as the_lab:
         yield the_lab
-    finally:
-        lab.down(ctx, progress=lambda m: None)
-        shutil.rmtree(workdir, ignore_errors=True)
-        assert netns.list_namespaces(ctx.prefix) == []
-        assert not ctx.run_dir.exists()
 
 
 def by_dqp(the_lab, promql: str) -> dict[int, int]:

@@ -12,24 +12,20 @@ the WAN links themselves. Every wait polls with a deadline.
 """
 import json
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import yaml
 from scapy.all import IP, UDP, rdpcap
 from scapy.contrib.roce import BTH
 from scapy.layers.vxlan import VXLAN
 
-from conftest import free_management_subnet, need_root, unique_ctx
-from qplab import lab, netns
-from qplab.api import Lab
-from qplab.topology import load_topology, resolve_topology
+from conftest import scratch_lab
+from qplab import netns
+from qplab.topology import resolve_topology
 from qplab.waiting import wait_until
 
 SENDER, RECEIVER, LEAF = "dc1-h1", "dc2-h1", "dc1-leaf1"
@@ -57,31 +53,10 @@ while True:   # PSNs go up, as a transport's do: nothing looks retransmitted
 """
 
 
-def one_agent_topology(directory: Path) -> Path:
-    data = yaml.safe_load(resolve_topology("three-dc").read_text())
-    for dc in data["dcs"]:
-        for leaf in dc["leaves"]:
-            leaf["agent"] = f"{dc['name']}-{leaf['name']}" == LEAF
-    path = directory / "three-dc-one-agent.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
 def three_dc():
-    need_root()
-    ctx = unique_ctx()
-    workdir = Path(tempfile.mkdtemp(prefix="qt-threedc-"))
-    try:
-        topo = load_topology(one_agent_topology(workdir)).with_management(free_management_subnet())
-        the_lab = Lab.up(topo, ctx, progress=lambda m: None, start_agents=True)
-        the_lab.wait_converged(CONVERGE_S)
+    with scratch_lab(resolve_topology("three-dc"), {LEAF}, CONVERGE_S) as the_lab:
         yield the_lab
-    finally:
-        lab.down(ctx, progress=lambda m: None)
-        shutil.rmtree(workdir, ignore_errors=True)
-        assert netns.list_namespaces(ctx.prefix) == []
-        assert not ctx.run_dir.exists()
 
 
 def tbf_rates_mbit(the_lab) -> dict[str, float]:
