@@ -296,6 +296,36 @@ def test_more_paths_than_the_table_holds_is_a_warning_not_a_crash():
     assert len(world.core.vteps[KEY].paths) == MAX_PATHS
 
 
+def test_a_wan_link_that_dies_and_heals_carries_its_share_again():
+    """The fault the sweep found: after a silent WAN cut and its restore,
+    QPs sat on distinct paths that shared WAN links and never moved back.
+    Two uplinks x two spines each, every spine to two of four WAN links
+    (a WAN link: the hop pair border 10.8.0.w -> remote 10.9.0.1):
+    8 paths, each WAN link on 2 of them; 4 QPs."""
+    world = World(end_to_end=True)
+    layout = [("eth1", 1, 1), ("eth1", 1, 2), ("eth1", 2, 3), ("eth1", 2, 4),
+              ("eth2", 3, 1), ("eth2", 3, 2), ("eth2", 4, 3), ("eth2", 4, 4)]
+    paths = [e2e(up, [49152 + 8 * i], f"10.1.0.{spine}", f"10.8.0.{w}", "10.9.0.1")
+             for i, (up, spine, w) in enumerate(layout)]
+    world.paths(*paths, cause="start", fdb=FDB)
+    for i, path in enumerate([0, 2, 5, 7]):       # WAN links 1, 3, 2, 4
+        world.qp(f"q{i}", path, 49152 + 8 * path)
+
+    def per_wan_link():
+        return sorted(paths[p].hops[1][-1] for p in world.placement().values())
+    assert per_wan_link() == ["1", "2", "3", "4"]
+    for path in (0, 4):                           # WAN link 1 goes silent
+        health(world, path, True)
+        health(world, path, False)
+    world.tick()
+    assert "1" not in per_wan_link() and max(map(per_wan_link().count, "234")) == 2
+    for _ in range(2):                            # it answers again, past its hold-down
+        for path in (0, 4):
+            health(world, path, True)
+        world.tick()
+    assert per_wan_link() == ["1", "2", "3", "4"]
+
+
 # ---------------------------------------------------------------- idle QPs
 
 def test_idle_qps_are_forgotten_and_no_longer_count():

@@ -16,7 +16,7 @@ from qpagent.core.actions import (AGENT_REPAIR_CAUSES, REPLACEMENT_REASONS, Disa
 from qpagent.core.inputs import (BfdSeen, FdbSeen, PathHealthChanged, PathRttSeen, PathsSeen,
                                  Tick)
 from qpagent.core.model import Found, PathState, VtepKey, VtepState
-from qpagent.core.placement import path_weights, rebalance
+from qpagent.core.placement import path_links, path_weights, rebalance
 from qpagent.portmath import hash_for_port
 from qpagent.contract import MAX_PATHS, MAX_VTEPS
 
@@ -399,8 +399,10 @@ class Core:
             assignment = {k: p for k, p in assignment.items() if p is None}
         weights = path_weights({i: vtep.paths[i].identity for i in live},
                                self.settings.capacities)
+        links = ({i: path_links(*vtep.paths[i].identity) for i in live}
+                 if self.settings.end_to_end else None)
         moves = rebalance(assignment, live, {k: q.bytes for k, q in qps.items()}, recent,
-                          weights=weights)
+                          weights=weights, links=links)
         moved = {m.qp for m in moves}
         # Ports in use per path, so a moved QP gets a port of its own.
         taken: dict[int, set[int]] = {}

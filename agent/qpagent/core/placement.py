@@ -6,7 +6,11 @@ path carries ceil(K/P)), then by bytes, reached with the fewest moves:
 - a live path over its quota gives up its surplus, lightest and least
   recently moved first (hysteresis: a QP just moved stays if another can go);
 - quotas of ceil(K/P) go to the paths that already hold the most QPs, so
-  nothing moves that need not.
+  nothing moves that need not;
+- where whole paths share links (end-to-end mode: 16 paths over 4 WAN
+  links), QPs then move between paths, within their quotas' floor and
+  ceiling, while a move makes the busiest links less busy: distinct
+  paths are not enough if they cross one WAN link.
 
 Paths may carry weights (their bottleneck capacity): then balance means QPs
 in proportion to weight, each path's quota K*w/W rounded by largest
@@ -86,7 +90,8 @@ def rebalance(assignment: Mapping[QpId, int | None],
               qp_bytes: Mapping[QpId, int] | None = None,
               recently_moved: Iterable[QpId] = (),
               path_bytes: Mapping[int, int] | None = None,
-              weights: Mapping[int, float] | None = None) -> list[Move]:
+              weights: Mapping[int, float] | None = None,
+              links: Mapping[int, Iterable] | None = None) -> list[Move]:
     """Moves that make `assignment` exactly balanced over `live_paths`
     (in proportion to `weights`, when given).
 
@@ -95,6 +100,8 @@ def rebalance(assignment: Mapping[QpId, int | None],
     recently_moved: QPs to leave alone when another QP can move instead.
     path_bytes: load already on each path (only used to break ties).
     weights: path -> bottleneck capacity (any unit); missing means equal.
+    links: path -> the links it crosses (path_links); None: every path is
+    a link of its own, and balance per path is balance per link.
     """
     live = sorted(set(live_paths))
     if not live:
@@ -109,9 +116,16 @@ def rebalance(assignment: Mapping[QpId, int | None],
         (members[path] if path in members else orphans).append(qp)
 
     counts = {p: len(q) for p, q in members.items()}
-    quota = quotas(live, counts, len(assignment), weights)
-    # floats suffice to order targets (the quotas above are exact), and are fast
+    # floats suffice to order targets (the quotas are exact), and are fast
     w = {p: float(x) for p, x in _exact_weights(live, weights).items()}
+    bounds = quotas_floor_ceiling(live, len(assignment), w)
+    if links is None:
+        quota = quotas(live, counts, len(assignment), weights)
+    else:
+        # Links decide, each path being a link of its own as well: per-path
+        # quotas would pin QPs where only a chain of moves could even out a link.
+        bounds = {p: (0, len(assignment)) for p in live}
+        quota = {p: bounds[p][1] for p in live}
 
     # Surplus: cheapest to move first (not recently moved, then lightest).
     to_place: list[tuple[QpId, int | None]] = [(qp, assignment[qp]) for qp in orphans]
@@ -127,15 +141,122 @@ def rebalance(assignment: Mapping[QpId, int | None],
 
     load = {p: sum(qp_bytes.get(qp, 0) for qp in members[p]) + path_bytes.get(p, 0)
             for p in live}
-    moves = []
-    # Heaviest first, each onto the path with room and the least load.
-    for qp, old in sorted(to_place, key=lambda item: (-qp_bytes.get(item[0], 0), str(item[0]))):
+    spread = _LinkSpread(live, links, w)
+    for p in live:
+        spread.add(p, len(members[p]))
+    # Heaviest first, each onto the path with room whose links are least
+    # loaded, then the least loaded path.
+    for qp, _ in sorted(to_place, key=lambda item: (-qp_bytes.get(item[0], 0), str(item[0]))):
         room = [p for p in live if len(members[p]) < quota[p]]
-        target = min(room, key=lambda p: (len(members[p]) / w[p], load[p] / w[p], p))
+        target = min(room, key=lambda p: (spread.after_one_more(p), len(members[p]) / w[p],
+                                          load[p] / w[p], p))
         members[target].append(qp)
+        spread.add(target, 1)
         load[target] += qp_bytes.get(qp, 0)
-        moves.append(Move(qp, old, target))
-    return moves
+    if links is not None:
+        _spread_over_links(members, spread, bounds, qp_bytes, recent)
+    final = {qp: p for p, qps in members.items() for qp in qps}
+    moved = [qp for qp, old in assignment.items() if final[qp] != old]
+    # Heaviest first, as placed.
+    return [Move(qp, assignment[qp], final[qp])
+            for qp in sorted(moved, key=lambda qp: (-qp_bytes.get(qp, 0), str(qp)))]
+
+
+def path_links(uplink: str, gateway: str | None, hops: tuple) -> tuple:
+    """The links a path crosses, as far as a TTL trace can name them: its
+    first hop, then each pair of consecutive hops. Routers are not enough:
+    two paths through the same two border routers may cross different WAN
+    links, and two paths through different ones may cross the same."""
+    out = [("first", uplink, gateway)]
+    out += [(a, b) for a, b in zip(hops, hops[1:])]
+    return tuple(out)
+
+
+def quotas_floor_ceiling(live: list[int], total: int,
+                         w: Mapping[int, float]) -> dict[int, tuple[int, int]]:
+    """Per path, the fewest and most QPs an exact balance allows it:
+    floor and ceiling of its share (K*w/W)."""
+    whole = sum(w.values())
+    out = {}
+    for p in live:
+        share = total * w[p] / whole
+        low = math.floor(share + 1e-9)
+        out[p] = (low, low if abs(share - low) < 1e-9 else low + 1)
+    return out
+
+
+class _LinkSpread:
+    """QPs per link, each against the link's capacity. Links are taken as
+    equal unless paths carry weights: then a link is taken to carry as
+    much as the widest live path through it (a path's weight is its
+    bottleneck). The count is raw, not per path offered: a link left with
+    fewer live paths after a failure is no smaller for it."""
+
+    def __init__(self, live: list[int], links: Mapping[int, Iterable] | None,
+                 w: Mapping[int, float]):
+        self.links = {p: (("path", p),) + (tuple(links[p]) if links is not None and p in links else ())
+                      for p in live}
+        self.capacity: dict = {}
+        for p in live:
+            for link in self.links[p]:
+                self.capacity[link] = max(self.capacity.get(link, 0.0), w[p])
+        self.count = {link: 0 for link in self.capacity}
+
+    def add(self, path: int, n: int) -> None:
+        for link in self.links[path]:
+            self.count[link] += n
+
+    def after_one_more(self, path: int) -> tuple:
+        """The path's links, most loaded first, with one more QP on it."""
+        return _descending((self.count[l] + 1) / self.capacity[l] for l in self.links[path])
+
+    def score(self) -> tuple:
+        """Every link's load, most loaded first: lower (compared from the
+        busiest link down) is more even."""
+        return _descending(c / self.capacity[l] for l, c in self.count.items())
+
+
+def _descending(loads: Iterable[float]) -> tuple:
+    # rounded: float noise must not pass for an improvement
+    return tuple(sorted((round(x, 9) for x in loads), reverse=True))
+
+
+def _spread_over_links(members: dict[int, list], spread: _LinkSpread,
+                       bounds: Mapping[int, tuple[int, int]],
+                       qp_bytes: Mapping, recent: set) -> None:
+    """Move QPs one at a time between paths, keeping every path within
+    its bounds, while a move makes the busiest links less busy (compared
+    busiest first, so it ends, and an even placement makes no move).
+    Among equal moves, the QP that goes is one not recently moved, then
+    the lightest."""
+    paths = sorted(members)
+    for _ in range(sum(len(m) for m in members.values()) * len(paths) + 1):
+        now = spread.score()
+        best = None
+        for a in paths:
+            if len(members[a]) <= bounds[a][0]:
+                continue
+            qp = min(members[a], key=lambda q: (q in recent, qp_bytes.get(q, 0), str(q)))
+            for b in paths:
+                if b == a or len(members[b]) >= bounds[b][1]:
+                    continue
+                spread.add(a, -1)
+                spread.add(b, 1)
+                score = spread.score()
+                spread.add(b, -1)
+                spread.add(a, 1)
+                if score >= now:
+                    continue
+                key = (score, qp in recent, qp_bytes.get(qp, 0))
+                if best is None or key < best[0]:
+                    best = (key, qp, a, b)
+        if best is None:
+            return
+        _, qp, a, b = best
+        members[a].remove(qp)
+        members[b].append(qp)
+        spread.add(a, -1)
+        spread.add(b, 1)
 
 
 def place_new(counts: Mapping[int, int], live_paths: Iterable[int],

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from qpagent.core import pathtable
 from qpagent.core.inputs import PathsSeen
 from qpagent.core.model import Found, VtepKey, VtepState
-from qpagent.core.placement import diverse_order
+from qpagent.core.placement import diverse_order, path_links
 from qpagent.fib import Fib, FibError
 from qpagent.paths import discover_paths
 from qpagent.sources.signals import ProbeRound
@@ -81,7 +81,7 @@ class PathDiscovery:
                 Found(f.ifindex, f.ifname, f.gateway, (), f.ports[:per_path]) for f in found]
         else:
             found = [Found(f.ifindex, f.ifname, f.gateway, (), f.ports[:per_path]) for f in found]
-        order = diverse_order([(f.ifname, f.gateway) + f.hops for f in found])
+        order = diverse_order([path_links(f.ifname, f.gateway, f.hops) for f in found])
         return [found[i] for i in order]
 
     def first_hops_still(self, vtep: VtepState) -> list[Found]:
