@@ -338,6 +338,22 @@ def test_idle_qps_are_forgotten_and_no_longer_count():
     assert "idle" not in world.placement()
 
 
+def test_qps_of_a_job_that_ended_do_not_weigh_in_the_next_ones_balance():
+    """A finished job's QPs stay in the table until forgotten, but silent
+    they must not hold the even slots: the new job's QPs, both on path 0
+    beside two silent ones on path 1, are spread themselves."""
+    world = started()
+    for name in ("old0", "old1"):
+        world.qp(name, 1, 49160, last_ns=NOW_NS - 3 * 10**9)
+    world.qp("new0", 0, 49152)
+    world.qp("new1", 0, 49153, slot=1)
+    out = world.tick()
+    placed = world.placement()
+    assert sorted([placed["new0"], placed["new1"]]) == [0, 1]
+    assert (placed["old0"], placed["old1"]) == (1, 1)                # silent: not moved
+    assert out[-1] == SetPathCounts(0, ((0, 1), (1, 1)))     # the data plane's load: new QPs only
+
+
 def test_traffic_is_attributed_to_paths_by_deltas():
     world = started()
     world.qp("a1", 0, 49152, nbytes=1000)

@@ -10,12 +10,15 @@ import pytest
 from qpagent.core.placement import diverse_order, path_links, place_new, rebalance
 
 # The default lab seen from dc1-leaf1: spine x border x remote border x
-# remote spine, so 16 paths over 4 WAN links (border, remote border).
+# remote spine, so 16 paths over 4 WAN links. Routers answer TTL probes
+# from the interface the probe came in on, so each hop names a link: the
+# border's answer its spine link, the remote border's the WAN link.
 SHAPES = list(itertools.product(("s1", "s2"), ("b1", "b2"), ("B1", "B2"), ("S1", "S2")))
-RAW = [path_links(f"up-{s}", f"gw-{s}", (s, b, B, S, "R")) for s, b, B, S in SHAPES]
+RAW = [path_links(f"up-{s}", f"gw-{s}", (f"{s}-{b}", f"{b}-{B}", f"{B}-{S}", f"{S}-R"))
+       for s, b, B, S in SHAPES]
 ORDER = diverse_order(list(RAW))
 LINKS = {i: RAW[j] for i, j in enumerate(ORDER)}     # indexes as discovery numbers them
-WAN = sorted({l for links in LINKS.values() for l in links if l[0].startswith("b")})
+WAN = sorted({link for links in LINKS.values() for link in links if link[0] == "b"})
 
 
 def wan_load(assignment, links=LINKS):
@@ -44,9 +47,9 @@ def placed_by_data_plane(k, paths):
     return out
 
 
-def test_path_links_name_the_first_hop_and_each_pair_of_hops():
+def test_path_links_name_the_first_hop_and_each_hop():
     assert path_links("eth1", "10.0.0.1", ("a", "b", "c")) == (
-        ("first", "eth1", "10.0.0.1"), ("a", "b"), ("b", "c"))
+        ("first", "eth1", "10.0.0.1"), "a", "b", "c")
     assert path_links("eth1", None, ()) == (("first", "eth1", None),)
 
 
@@ -94,7 +97,7 @@ def test_spread_is_stable_and_moves_the_least_recently_moved():
     assert rebalance(after, list(LINKS), links=LINKS) == []
 
 
-ALL_LINKS = sorted({link for links in LINKS.values() for link in links})
+ALL_LINKS = sorted({link for links in LINKS.values() for link in links}, key=str)
 
 
 def tier(assignment, first_of_link):

@@ -25,6 +25,11 @@ HYSTERESIS_S = 10.0
 # balance, and if it speaks again the data plane places it afresh (an idle
 # QP has nothing in flight to reorder).
 QP_IDLE_S = 10.0
+# A QP silent this long does not weigh in the balance (nor count towards
+# its path's load), though the table keeps it: a job that just ended must
+# not push the next one's QPs onto each other. If it speaks again it counts
+# again, and moving it is cheap (nothing was in flight).
+QP_ACTIVE_S = 1.0
 
 
 class QpView(NamedTuple):
@@ -46,6 +51,7 @@ class Settings:
     end_to_end: bool = False        # paths are whole paths (probe rounds refine them)
     hysteresis_s: float = HYSTERESIS_S
     qp_idle_s: float = QP_IDLE_S
+    qp_active_s: float = QP_ACTIVE_S
     probe_interval_ms: int = 10     # liveness: see qpagent.core.liveness
     probe_misses: int = 3
     probe_budget_pps: int = 1000
@@ -128,7 +134,7 @@ class Core:
         if path is None:
             return []
         ident = (event.key, path.identity)
-        self._see_in_use(vtep, qps)
+        self._see_in_use(vtep, qps, now)
         out: list = []
         if event.healthy:
             if (event.key, path.index) not in self._deadlines and \
@@ -158,7 +164,7 @@ class Core:
         if vtep is None or event.path_index not in vtep.paths:
             return []
         self._rtt[(event.key, event.path_index)] = (event.srtt_ns, event.margin_ns)
-        self._see_in_use(vtep, qps)
+        self._see_in_use(vtep, qps, now)
         return self._rearm(vtep)
 
     def startup(self) -> list:
@@ -185,7 +191,7 @@ class Core:
                                       f"{self.settings.qp_idle_s:.0f} s forgotten"))
         self._attribute_traffic(qps)
         for vtep in self.vteps.values():
-            mine = {k: q for k, q in qps.items() if q.vtep == vtep.index}
+            mine = self._active(vtep, qps, now)
             if self.settings.rebalance and mine:
                 moves = self._replace_qps(vtep, mine, "periodic", now)
                 for m in moves:
@@ -222,8 +228,14 @@ class Core:
                 out.append(ProbeTarget(vtep.key, vtep.index, vtep.local, vtep.address, paths))
         return out
 
-    def _see_in_use(self, vtep: VtepState, qps: Mapping[bytes, QpView]) -> None:
-        self._in_use[vtep.key] = Counter(q.path for q in qps.values() if q.vtep == vtep.index)
+    def _see_in_use(self, vtep: VtepState, qps: Mapping[bytes, QpView], now: float) -> None:
+        self._in_use[vtep.key] = Counter(q.path for q in self._active(vtep, qps, now).values())
+
+    def _active(self, vtep: VtepState, qps: Mapping[bytes, QpView], now: float) -> dict:
+        """The VTEP's QPs that sent within qp_active_s of `now` (seconds,
+        the clock of QpView.last_ns): those that weigh in the balance."""
+        since = int((now - self.settings.qp_active_s) * 1e9)
+        return {k: q for k, q in qps.items() if q.vtep == vtep.index and q.last_ns >= since}
 
     def probed_paths(self, vtep: VtepState) -> tuple[int, ...]:
         """The paths in use (QPs on them), then the spares their QPs would
@@ -340,7 +352,7 @@ class Core:
             changed = pathtable.merge_paths(vtep, found, warnings.append)
             if changed:
                 self.generation += 1
-            mine = {k: q for k, q in qps.items() if q.vtep == vtep.index}
+            mine = self._active(vtep, qps, now)
             if changed or force_write:
                 out += self._write_paths(vtep, mine)
             out += self._replace_qps(vtep, mine, cause, now)

@@ -163,13 +163,12 @@ def rebalance(assignment: Mapping[QpId, int | None],
 
 
 def path_links(uplink: str, gateway: str | None, hops: tuple) -> tuple:
-    """The links a path crosses, as far as a TTL trace can name them: its
-    first hop, then each pair of consecutive hops. Routers are not enough:
-    two paths through the same two border routers may cross different WAN
-    links, and two paths through different ones may cross the same."""
-    out = [("first", uplink, gateway)]
-    out += [(a, b) for a, b in zip(hops, hops[1:])]
-    return tuple(out)
+    """The links a path crosses, as far as a TTL trace names them: its
+    first hop, then each hop. A router that answers from the interface the
+    probe came in on (icmp_errors_use_inbound_ifaddr) names the link it
+    came in on, so the remote border's answer names the WAN link; one that
+    answers from a loopback names itself, and balance is per router."""
+    return (("first", uplink, gateway),) + tuple(hops)
 
 
 def quotas_floor_ceiling(live: list[int], total: int,
