@@ -65,6 +65,7 @@ class AgentModes:
     def __init__(self, lab: Lab, st: Settings):
         self.lab, self.st = lab, st
         self.current: str | None = None      # unknown until set here
+        self.whole: dict = {}                # live paths per leaf and VTEP, nothing failed
 
     def enter(self, mode: str) -> bool:
         """True when the lab runs in `mode`."""
@@ -82,8 +83,34 @@ class AgentModes:
             if not (ok == len(res) and ok > 0):
                 return False
             self._wait_placed()
+            self.whole = self.live_paths()
+        else:
+            self.whole = {}
         self.current = mode
         return True
+
+    def live_paths(self) -> dict:
+        """(leaf, remote VTEP) -> live paths, as each agent's status has them."""
+        out = {}
+        for leaf in self.lab.leaves():
+            status = observe.agent_status(self.lab.agent_socket(leaf)) or {}
+            for vtep in status.get("vteps") or []:
+                out[(leaf, vtep["address"])] = sum(1 for p in vtep.get("paths", []) if p.get("alive"))
+        return out
+
+    def wait_whole(self, timeout: float = 30.0) -> float | None:
+        """After a cut is restored and routing is back: seconds until every
+        agent has its paths back (end to end, a TTL round finds them), so the
+        next run starts from the placement the mode keeps with nothing
+        failed; None when they did not come back in time."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            now = self.live_paths()
+            if all(now.get(k, 0) >= n for k, n in self.whole.items()):
+                return round(time.monotonic() - t0, 2)
+            time.sleep(0.2)
+        log("  warning: the agents did not find every path again in time")
+        return None
 
     def _wait_placed(self, timeout: float = 30.0) -> None:
         """Until every leaf's agent knows a path to every remote VTEP (end-to-end
@@ -360,6 +387,8 @@ def measure(lab: Lab, todo: list[Scenario], st: Settings, runs_dir: Path, done: 
                 raise RuntimeError(f"{lab_failures} runs in a row failed in the lab; last: {e}") from e
             continue
         lab_failures = 0
+        if sc.failure and modes.whole:
+            rec["paths_back_s"] = modes.wait_whole()
         if stop.requested and rec.get("error"):
             log(f"  {sc.name} was interrupted: not saved")
             return

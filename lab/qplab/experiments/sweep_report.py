@@ -263,6 +263,14 @@ def write_sweep_report(results: dict, out: Path) -> Path:
            "| mode | before the first cut | after |", "|---|--:|--:|"]
     for mode, (before, after) in balance_before_and_after_cuts(runs).items():
         md.append(f"| {MODE_LABEL.get(mode, mode)} | {_t(before, '.2f')} | {_t(after, '.2f')} |")
+    back = {m: Spread.of([r["paths_back_s"] for r in runs
+                          if r["scenario"]["mode"] == m and r.get("paths_back_s") is not None])
+            for m in MODES}
+    if any(back.values()):
+        md += ["", "A run after a cut starts once the agents have every path again (routing back, "
+               "then, end to end, a TTL round finding the restored link). Seconds from routing back "
+               "to every path back: " + "; ".join(f"{MODE_LABEL[m]} {_t(b, '.1f')}"
+                                                  for m, b in back.items() if b) + "."]
     md += ["", "## A silent WAN cut", "",
            "The busiest WAN link is blackholed half-way through an iteration: it stays up and drops "
            "everything, so only BFD (100 ms x 3) or qpagent's probes notice. Time lost: iteration time "
