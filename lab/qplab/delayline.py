@@ -37,6 +37,7 @@ MAX_FRAME = 65536
 MAX_IN_FLIGHT = 200_000      # frames held at once; beyond this the line drops
 DRAIN_BATCH = 64             # frames read per wake-up before releasing again
 SPIN_BELOW = 50e-6           # release this close to due without sleeping
+LATE_S = 0.005               # a frame released this much past due counts as late
 
 
 class Settings:
@@ -87,8 +88,11 @@ class DelayLine:
         self.peer = {self.ports["a"].fileno(): self.ports["b"],
                      self.ports["b"].fileno(): self.ports["a"]}
         self.direction = {self.ports["a"].fileno(): "a>b", self.ports["b"].fileno(): "b>a"}
+        # late_*: frames sent more than LATE_S after their release time (the
+        # line itself held them up: a busy machine), and the worst lateness.
         self.stats = {d: {"received": 0, "sent": 0, "lost": 0, "blackholed": 0,
-                          "overflow": 0, "send_errors": 0} for d in ("a>b", "b>a")}
+                          "overflow": 0, "send_errors": 0, "late_frames": 0, "late_max_ms": 0.0}
+                      for d in ("a>b", "b>a")}
         self.heap: list = []
         self.seq = 0
         self.control = None
@@ -141,6 +145,11 @@ class DelayLine:
             if due - now > SPIN_BELOW:
                 return due - now
             _, _, out, frame, st = heapq.heappop(heap)
+            late = now - due
+            if late > LATE_S:
+                st["late_frames"] += 1
+                if late * 1e3 > st["late_max_ms"]:
+                    st["late_max_ms"] = round(late * 1e3, 2)
             try:
                 out.send(frame)
                 st["sent"] += 1
