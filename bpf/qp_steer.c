@@ -4,13 +4,15 @@
  * UDP source port. New QPs and QPs on dead paths are placed here, in the
  * data plane, on the least-loaded live path. A path is dead when the agent
  * says so (path_entry.alive) or when its liveness probes stopped coming back
- * (path_health); a QP that resends a PSN moves to another live path
- * (repair_config). Never drops, never rewrites.
+ * (path_health); a QP moves to another live path on its own signals
+ * (repair_config): a resent PSN, a NAK, or data outstanding with no ACK
+ * progress past the path's deadline. Never drops, never rewrites.
  *
  * path_probe: tc ingress on the uplinks, in this file because it writes
- * path_health, which qp_steer reads (a BCC object is the unit sharing maps).
- * Answers liveness probe requests in place and records the replies; every
- * other packet passes untouched.
+ * path_health and the QPs' acknowledgement state, which qp_steer reads (a
+ * BCC object is the unit sharing maps). Answers liveness probe requests in
+ * place and records the replies; reads the ACKs and NAKs coming back for
+ * the QPs we steer; every packet but a probe passes untouched.
  */
 #include <uapi/linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -73,6 +75,14 @@ static __always_inline void steer_count(__u32 event)
 static __always_inline void repair_count(__u32 cause)
 {
 	__u64 *v = repair_events.lookup(&cause);
+
+	if (v)
+		(*v)++;
+}
+
+static __always_inline void reply_count(__u32 event)
+{
+	__u64 *v = reply_events.lookup(&event);
 
 	if (v)
 		(*v)++;
@@ -274,25 +284,85 @@ static __always_inline int psn_resent(const struct qp_state *qs, const struct pk
 	return p->psn_ok && qs->psn_valid && behind >= 1 && behind <= PSN_HALF;
 }
 
-/* next_psn = max(next_psn, psn + 1); a resend leaves it. */
-static __always_inline void psn_advance(struct qp_state *qs, const struct pkt_info *p)
+/* a is ahead of b in 24-bit serial arithmetic. */
+static __always_inline int psn_ahead(__u32 a, __u32 b)
+{
+	__u32 d = (a - b) & PSN_MASK;
+
+	return d >= 1 && d <= PSN_HALF;
+}
+
+/* Sent and not yet acknowledged (known once an ACK was seen). */
+static __always_inline int outstanding(const struct qp_state *qs)
+{
+	return qs->ack_valid && qs->psn_valid && psn_ahead(qs->next_psn, qs->acked_psn);
+}
+
+/* next_psn = max(next_psn, psn + 1); a resend leaves it. The first send
+ * with nothing outstanding starts the wait for its ACK. */
+static __always_inline void psn_advance(struct qp_state *qs, const struct pkt_info *p,
+					__u64 now)
 {
 	if (!p->psn_ok || psn_resent(qs, p))
 		return;
+	if (qs->ack_valid && !outstanding(qs))
+		qs->ack_wait_ns = now;
 	qs->next_psn = (p->psn + 1) & PSN_MASK;
 	qs->psn_valid = 1;
 }
 
-/* A resend moves the QP when the agent turned that on and the QP has sat
- * on its path (and since its last repair) for at least the hold-down. */
-static __always_inline int resend_repair_due(const struct qp_state *qs, __u64 now)
+/* Data outstanding and no ACK progress for longer than `limit` (the
+ * larger of the configured stall time and the path's liveness deadline,
+ * which follows its RTT), on this path. */
+static __always_inline int stalled(const struct qp_state *qs, __u64 now, __u64 limit)
+{
+	struct path_health *h;
+	__u32 idx;
+
+	if (!outstanding(qs) || qs->vtep >= MAX_VTEPS || qs->path >= MAX_PATHS)
+		return 0;
+	idx = qs->vtep * MAX_PATHS + qs->path;
+	h = path_health.lookup(&idx);   /* array: inlined */
+	if (h && h->deadline_ns > limit)
+		limit = h->deadline_ns;
+	return elapsed(now, qs->ack_wait_ns) > limit && elapsed(now, qs->placed_ns) > limit;
+}
+
+/* The QP's own signal that calls for a move now, REPAIR_CAUSES when none:
+ * each is on when the agent turned it on, and only once the QP has sat on
+ * its path (and since its last repair) for the hold-down. A NAK counts
+ * when it came after the QP took its path. */
+static __always_inline __u32 qp_signal(const struct qp_state *qs, const struct pkt_info *p,
+				       __u64 now)
 {
 	__u32 zero = 0;
 	struct repair_config *rc = repair_config.lookup(&zero);   /* inlined */
 
-	return rc && rc->retransmit &&
-	       elapsed(now, qs->repaired_ns) >= rc->holddown_ns &&
-	       elapsed(now, qs->placed_ns) >= rc->holddown_ns;
+	if (!rc || elapsed(now, qs->repaired_ns) < rc->holddown_ns ||
+	    elapsed(now, qs->placed_ns) < rc->holddown_ns)
+		return REPAIR_CAUSES;
+	if (rc->nak && qs->nak_ns && qs->nak_ns > qs->placed_ns)
+		return REPAIR_NAK;
+	if (rc->retransmit && psn_resent(qs, p))
+		return REPAIR_RETRANSMIT;
+	if (rc->stall_ns && stalled(qs, now, rc->stall_ns))
+		return REPAIR_STALL;
+	return REPAIR_CAUSES;
+}
+
+/* Let path_probe find this QP from its ACKs (structs.h, reply_key). Only
+ * a request stream is waited on: an ACK stream has no ACKs of its own. */
+static __always_inline void pair_replies(const struct qp_key *key, const struct pkt_info *p)
+{
+	struct reply_key rk = {};
+
+	if (!p->psn_ok)
+		return;
+	__builtin_memcpy(rk.local, p->roce_saddr, sizeof(rk.local));
+	__builtin_memcpy(rk.peer, p->roce_daddr, sizeof(rk.peer));
+	rk.sport = p->roce_sport;
+	rk.family = p->roce_family;
+	qp_reply.update(&rk, key);
 }
 
 static __always_inline void set_hash(struct __sk_buff *skb, __u32 hash)
@@ -307,12 +377,13 @@ static __always_inline void set_hash(struct __sk_buff *skb, __u32 hash)
 
 /* Everything but the steady state: a new QP, a QP whose path died (the
  * agent flagged it or its probes stopped coming back), one whose MAC ->
- * VTEP mapping the agent may have changed (mac_gen moved on), or one that
- * resent a PSN (resend: move it to another live path, if there is one). */
+ * VTEP mapping the agent may have changed (mac_gen moved on), or one whose
+ * own signal (qp_signal: a resend, a NAK, a stall) says to leave its path
+ * for another live one, if there is one. */
 static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 				      struct qp_state *qs, __u32 gen,
 				      const struct pkt_info *p, struct clock_cache *cc,
-				      int resend)
+				      __u32 signal)
 {
 	struct qp_state st = {};
 	__u32 cause = REPAIR_CAUSES;     /* none: not a data-plane repair */
@@ -321,11 +392,11 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 	__u64 now;
 	int path;
 
-	if (resend && qs) {
+	if (signal < REPAIR_CAUSES && qs) {
 		/* mac_gen matched on the fast path: the VTEP stands. */
 		vtep = qs->vtep;
 		exclude = qs->path;
-		cause = REPAIR_RETRANSMIT;
+		cause = signal;
 	} else if (find_vtep(skb, &vtep) < 0) {
 		steer_count(STEER_NO_VTEP);
 		return TC_PASS;
@@ -338,7 +409,7 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 			 * same path. Back to the fast path from the next
 			 * packet on. */
 			qs->mac_gen = gen;
-			psn_advance(qs, p);
+			psn_advance(qs, p, now);
 			set_hash(skb, qs->hash);
 			account(qs, skb->len, now);
 			return TC_PASS;
@@ -353,8 +424,11 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 	if (path < 0 || take_slot(vtep, path, &st) < 0) {
 		if (qs)
 			account(qs, skb->len, now);
-		if (cause == REPAIR_RETRANSMIT) {
-			/* No other live path: stay. */
+		if (signal < REPAIR_CAUSES && qs) {
+			/* No other live path: stay, and ask again only
+			 * after a hold-down. */
+			qs->repaired_ns = now;
+			psn_advance(qs, p, now);
 			set_hash(skb, qs->hash);
 			return TC_PASS;
 		}
@@ -374,7 +448,9 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 		qs->mac_gen = gen;
 		qs->moves++;
 		qs->placed_ns = now;
-		if (cause != REPAIR_RETRANSMIT)
+		qs->ack_wait_ns = now;   /* the new path gets a whole wait */
+		qs->nak_ns = 0;          /* and any NAK is spent */
+		if (signal >= REPAIR_CAUSES)
 			steer_count(STEER_PLACED_DEAD);
 		if (cause < REPAIR_CAUSES) {
 			qs->repairs++;
@@ -382,7 +458,7 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 			qs->repaired_ns = now;
 			repair_count(cause);
 		}
-		psn_advance(qs, p);
+		psn_advance(qs, p, now);
 		set_hash(skb, st.hash);
 		account(qs, skb->len, now);
 		return TC_PASS;
@@ -409,6 +485,7 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 		}
 		return TC_PASS;
 	}
+	pair_replies(key, p);
 	steer_count(STEER_PLACED_NEW);
 	set_hash(skb, st.hash);
 	return TC_PASS;
@@ -444,7 +521,7 @@ int qp_steer(struct __sk_buff *skb)
 	cc = this_cpu_clock();
 	qs = qp_table.lookup(&key);
 	if (!qs)
-		return steer_slow(skb, &key, qs, gen, &p, cc, 0);
+		return steer_slow(skb, &key, qs, gen, &p, cc, REPAIR_CAUSES);
 	/* To one tick (clock.h): a liveness deadline is tens of ms. */
 	now = clock_tick(cc);
 	if (qs->mac_gen == gen && path_live(qs->vtep, qs->path, now)) {
@@ -452,14 +529,57 @@ int qp_steer(struct __sk_buff *skb)
 		 * change since its VTEP was checked. No MAC -> VTEP lookup and
 		 * no clock read: the agent bumps mac_gen whenever a MAC moves,
 		 * and last_ns is to one tick (clock.h). */
-		if (psn_resent(qs, &p) && resend_repair_due(qs, now))
-			return steer_slow(skb, &key, qs, gen, &p, cc, 1);
-		psn_advance(qs, &p);
+		__u32 signal = qp_signal(qs, &p, now);
+
+		if (signal < REPAIR_CAUSES)
+			return steer_slow(skb, &key, qs, gen, &p, cc, signal);
+		psn_advance(qs, &p, now);
 		set_hash(skb, qs->hash);
 		account(qs, skb->len, now);
 		return TC_PASS;
 	}
-	return steer_slow(skb, &key, qs, gen, &p, cc, 0);
+	return steer_slow(skb, &key, qs, gen, &p, cc, REPAIR_CAUSES);
+}
+
+/* An ACK or NAK coming back for a QP we steer: record it on the QP (found
+ * through qp_reply) for qp_signal. Only ACKs and sequence-error NAKs tell
+ * of the path; an RNR NAK or another NAK code is the responder's matter. */
+static __always_inline void ack_seen(const struct pkt_info *p)
+{
+	__u8 type = p->syndrome & AETH_TYPE_MASK;
+	struct reply_key rk = {};
+	struct qp_key *fwd;
+	struct qp_state *qs;
+	__u32 acked;
+	__u64 now;
+
+	if (type != AETH_TYPE_ACK && p->syndrome != AETH_NAK_PSN_SEQ)
+		return;
+	/* The ACK comes from the responder to the requester. */
+	__builtin_memcpy(rk.local, p->roce_daddr, sizeof(rk.local));
+	__builtin_memcpy(rk.peer, p->roce_saddr, sizeof(rk.peer));
+	rk.sport = p->roce_sport;
+	rk.family = p->roce_family;
+	fwd = qp_reply.lookup(&rk);
+	qs = fwd ? qp_table.lookup(fwd) : NULL;
+	if (!qs) {
+		reply_count(REPLY_UNPAIRED);
+		return;
+	}
+	now = bpf_ktime_get_ns();
+	if (type != AETH_TYPE_ACK) {
+		qs->nak_ns = now;
+		reply_count(REPLY_NAK);
+		return;
+	}
+	/* An ACK's PSN is the last request it acknowledges. */
+	acked = (p->psn_acked + 1) & PSN_MASK;
+	if (!qs->ack_valid || psn_ahead(acked, qs->acked_psn)) {
+		qs->acked_psn = acked;
+		qs->ack_wait_ns = now;
+		qs->ack_valid = 1;
+	}
+	reply_count(REPLY_ACK);
 }
 
 /* A request or reply the shared parser saw as outer IPv4 VXLAN with
@@ -517,8 +637,11 @@ int path_probe(struct __sk_buff *skb)
 	outcome = parse_packet((void *)(long)skb->data,
 			       (void *)(long)skb->data_end, &p);
 	count_parse(skb->ifindex, HOOK_PATH_PROBE, outcome);
-	if (!p.outer_vxlan || !(p.has & FLOW_HAS_VNI) || p.vni != PROBE_VNI)
+	if (!p.outer_vxlan || !(p.has & FLOW_HAS_VNI) || p.vni != PROBE_VNI) {
+		if (outcome == PARSE_ROCE && p.outer_vxlan && p.is_ack)
+			ack_seen(&p);
 		return TC_PASS;
+	}
 	if (p.family != 4) {
 		probe_count(PROBE_MALFORMED);   /* probes are IPv4 only */
 		return TC_PASS;

@@ -96,12 +96,18 @@ class LivenessSettings:
 
 @dataclass(frozen=True)
 class RepairSettings:
-    """Per-QP repair in the data plane, from the QP's own packets."""
-    # A retransmitted PSN moves the QP to another path. Off by default: a
-    # congestion drop also makes a QP resend, and moving then only adds
-    # reordering (the step that tells a failing path from a full queue, a
-    # path made suspect by several QPs and confirmed by probes, is not built).
+    """Per-QP repair in the data plane, from the QP's own packets and the
+    acknowledgements coming back for it."""
+    # A retransmitted PSN, or a NAK (PSN sequence error), moves the QP to
+    # another path. Off by default: a congestion drop also makes a QP resend
+    # and its responder NAK, and moving then only adds reordering (the step
+    # that tells a failing path from a full queue, a path made suspect by
+    # several QPs and confirmed by probes, is not built).
     retransmit: bool = False
+    nak: bool = False
+    # Data outstanding with no ACK progress for this long (or the path's
+    # liveness deadline, if longer) moves the QP on its next packet; 0: off.
+    stall_ms: int = 0
     holddown_ms: int = 100         # a QP is repaired at most once per this long
 
 
@@ -489,6 +495,8 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
     },
     "repair": {
         "retransmit": (_boolean, False),
+        "nak": (_boolean, False),
+        "stall_ms": (_integer(0, 60_000), False),
         "holddown_ms": (_integer(0, 3_600_000), False),
     },
 }

@@ -75,6 +75,7 @@ class Agent:
                                   probe_rtt_margin_ms=live.rtt_margin_ms,
                                   repair_holddown_ms=repair.holddown_ms,
                                   repair_retransmit=repair.retransmit,
+                                  repair_nak=repair.nak, repair_stall_ms=repair.stall_ms,
                                   capacities=dict(config.steer.capacities)))
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -412,6 +413,7 @@ class Agent:
             "steer_events": self.tables.events("steer") if self.tables else {},
             "pin_events": self.tables.events("pin") if self.tables else {},
             "probe_events": self.tables.events("probe") if self.tables else {},
+            "reply_events": self.tables.events("reply") if self.tables else {},
         }
         dp_repairs = self.tables.events("repair") if self.tables else {}
         health = self._liveness.snapshot() if self._liveness is not None else {}

@@ -174,7 +174,9 @@ def _families(node: str, snap: dict, reactions: ReactionHistogram) -> Iterable[M
     yield parse
 
     for name, key, doc in (("qpagent_steer_events", "steer_events", "qp_steer data-plane events"),
-                           ("qpagent_pin_events", "pin_events", "path_pin data-plane events")):
+                           ("qpagent_pin_events", "pin_events", "path_pin data-plane events"),
+                           ("qpagent_reply_events", "reply_events",
+                            "ACKs and NAKs path_probe read for the QPs it steers")):
         family = counter(name, doc, ["event"])
         for event, count in sorted((snap.get(key) or {}).items()):
             family.add_metric([node, str(event)], count)

@@ -270,7 +270,8 @@ def _events(snap: dict) -> str:
 
 def _datapath(snap: dict) -> str:
     lines = []
-    for title, key in (("Steer", "steer_events"), ("Pin", "pin_events")):
+    for title, key in (("Steer", "steer_events"), ("Pin", "pin_events"),
+                       ("Replies", "reply_events")):
         counts = snap.get(key) or {}
         if counts:
             lines.append(f"{title}: " + "  ".join(f"{k} {human_count(v)}"

@@ -21,6 +21,7 @@ from qpagent.core.liveness import HealthReading
 
 REPAIR_CAUSE_NAMES = ENUMS["repair_cause"].names   # ("liveness", "retransmit")
 PROBE_EVENT_NAMES = ENUMS["probe_event"].names     # ("answered", "reply_seen", ...)
+REPLY_EVENT_NAMES = ENUMS["reply_event"].names     # ("ack", "nak", "unpaired")
 
 __all__ = ["MAX_PATHS", "PORTS_PER_PATH", "PARSE_OUTCOME_NAMES", "STEER_EVENT_NAMES",
            "PIN_EVENT_NAMES", "PathView", "QpView", "QpTables"]
@@ -58,6 +59,7 @@ class QpTables:
         self.repair_config = dp.table("steer", "repair_config")
         self.repair_events = dp.table("steer", "repair_events")
         self.probe_events = dp.table("steer", "probe_events")
+        self.reply_events = dp.table("steer", "reply_events")
 
     # ---------------------------------------------------------------- paths
     def write_path(self, vtep: int, path: int, ifindex: int, alive: bool,
@@ -159,13 +161,16 @@ class QpTables:
             if entry.deadline_ns:
                 self.write_deadline(*divmod(key.value, MAX_PATHS), 0)
 
-    def set_repair_config(self, holddown_ns: int, retransmit: bool) -> None:
+    def set_repair_config(self, holddown_ns: int, retransmit: bool, nak: bool = False,
+                          stall_ns: int = 0) -> None:
         if self.repair_config is None:
             return
         key = self.repair_config.Key(0)
         entry = self.repair_config[key]
         entry.holddown_ns = holddown_ns
         entry.retransmit = 1 if retransmit else 0
+        entry.nak = 1 if nak else 0
+        entry.stall_ns = stall_ns
         self.repair_config[key] = entry
 
     def believe_probes_until(self, until_ns: int) -> None:
@@ -210,11 +215,13 @@ class QpTables:
 
     # ---------------------------------------------------------------- counters
     def events(self, which: str) -> dict[str, int]:
-        """Per-CPU event counters summed: "steer", "pin", "repair", "probe"."""
+        """Per-CPU event counters summed: "steer", "pin", "repair", "probe",
+        "reply"."""
         table, names = {"steer": (self.steer_events, STEER_EVENT_NAMES),
                         "pin": (self.pin_events, PIN_EVENT_NAMES),
                         "repair": (self.repair_events, REPAIR_CAUSE_NAMES),
-                        "probe": (self.probe_events, PROBE_EVENT_NAMES)}[which]
+                        "probe": (self.probe_events, PROBE_EVENT_NAMES),
+                        "reply": (self.reply_events, REPLY_EVENT_NAMES)}[which]
         if table is None:
             return {}
         return {name: int(sum(table.getvalue(table.Key(i))))

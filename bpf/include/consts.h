@@ -95,7 +95,18 @@ enum probe_event {
 enum repair_cause {
 	REPAIR_LIVENESS = 0,   /* QP's path had no probe reply within deadline   */
 	REPAIR_RETRANSMIT,     /* QP sent a PSN at or below one already sent     */
+	REPAIR_NAK,            /* a NAK (PSN sequence error) came back for it    */
+	REPAIR_STALL,          /* data outstanding, no ACK progress past the
+				* path's deadline                                */
 	REPAIR_CAUSES,
+};
+
+/* path_probe's reading of the QPs' acknowledgements (reply_events indexes). */
+enum reply_event {
+	REPLY_ACK = 0,         /* an ACK for a QP we steer, recorded             */
+	REPLY_NAK,             /* a NAK (sequence error) for one, recorded       */
+	REPLY_UNPAIRED,        /* an ACK/NAK whose QP we do not know (qp_reply)  */
+	REPLY_EVENTS,
 };
 
 #define PSN_MASK     0xFFFFFF    /* BTH PSNs are 24 bits and wrap */

@@ -28,6 +28,10 @@ BPF_TABLE("array", __u32, struct path_health, path_health, MAX_VTEPS * MAX_PATHS
 BPF_TABLE("array", __u32, struct repair_config, repair_config, 1);
 BPF_TABLE("percpu_array", __u32, __u64, repair_events, REPAIR_CAUSES);
 BPF_TABLE("percpu_array", __u32, __u64, probe_events, PROBE_EVENTS);
+/* Acknowledgements back to the QP they answer: qp_steer adds a QP's entry
+ * when it places it, path_probe reads it (structs.h, reply_key). */
+BPF_TABLE("lru_hash", struct reply_key, struct qp_key, qp_reply, MAX_QPS);
+BPF_TABLE("percpu_array", __u32, __u64, reply_events, REPLY_EVENTS);
 #endif
 
 #ifdef QPAGENT_MAPS_PIN

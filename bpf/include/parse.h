@@ -36,6 +36,11 @@
 #define BTH_OP_ACK      0x11   /* RC ACKNOWLEDGE (also NAK), low 5 bits */
 #define BTH_OP_ATOMIC_ACK 0x12 /* RC ATOMIC ACKNOWLEDGE                */
 #define BTH_OP_CNP      0x81   /* RoCEv2 congestion notification      */
+#define AETH_LEN        4      /* after the BTH of an (atomic) ACK: syndrome, MSN */
+#define AETH_TYPE_MASK  0xe0   /* syndrome bits 7..5: what kind of answer */
+#define AETH_TYPE_ACK   0x00
+#define AETH_TYPE_NAK   0x60
+#define AETH_NAK_PSN_SEQ 0x60  /* NAK, code 0: PSN sequence error (a gap) */
 
 /* What the parser learnt. The tuple is the outermost one; for an outer VXLAN
  * packet vni and the inner dqp come from inside. MACs are not copied: the
@@ -54,6 +59,17 @@ struct pkt_info {
 	__u8  has_ports;    /* sport/dport parsed (UDP or TCP) */
 	__u8  outer_vxlan;  /* UDP 4789 with a complete VXLAN header */
 	__u8  psn_ok;       /* psn numbers this QP's own sends (not an ACK/CNP) */
+	/* An RC (atomic) acknowledgement: its AETH syndrome, and the PSN it
+	 * answers (in psn_acked; psn stays for the sender's own stream). */
+	__u8  is_ack;
+	__u8  syndrome;
+	__u32 psn_acked;
+	/* The RoCE frame's own addresses and UDP source port: the inner ones
+	 * of an outer VXLAN packet, else the tuple's. */
+	__u32 roce_saddr[4];
+	__u32 roce_daddr[4];
+	__u16 roce_sport;
+	__u8  roce_family;
 };
 
 /* What a BTH tells: who it is for and where in the QP's stream it sits. */
@@ -61,6 +77,8 @@ struct bth_fields {
 	__u32 dqp;
 	__u32 psn;
 	__u8  psn_ok;
+	__u8  is_ack;       /* an (atomic) ACK whose AETH is in the frame */
+	__u8  syndrome;     /* its AETH syndrome */
 };
 
 /* Addresses and ports of one IP/L4 layer. */
@@ -241,7 +259,33 @@ static __always_inline int parse_bth(struct cursor *c, struct bth_fields *b)
 	b->psn = ((__u32)bth[9] << 16) | ((__u32)bth[10] << 8) | bth[11];
 	b->psn_ok = (bth[0] & 0x1f) != BTH_OP_ACK && (bth[0] & 0x1f) != BTH_OP_ATOMIC_ACK &&
 		    bth[0] != BTH_OP_CNP;
+	if (bth[0] == BTH_OP_ACK || bth[0] == BTH_OP_ATOMIC_ACK) {
+		/* RC transport (opcode bits 7..5 = 000) only. An ACK cut
+		 * short of its AETH is still RoCE, just not one we read. */
+		__u8 *aeth = bth + BTH_LEN;
+
+		if (c->left >= BTH_LEN + AETH_LEN && (void *)(aeth + AETH_LEN) <= c->end) {
+			b->is_ack = 1;
+			b->syndrome = aeth[0];
+		}
+	}
 	return PARSE_ROCE;
+}
+
+/* The BTH's findings into *p; `t` is the layer that carried it. */
+static __always_inline void take_bth(struct pkt_info *p, const struct bth_fields *b,
+				     const struct l3l4 *t)
+{
+	p->dqp = b->dqp;
+	p->has |= FLOW_HAS_QP;
+	p->is_ack = b->is_ack;
+	p->syndrome = b->syndrome;
+	if (b->is_ack)
+		p->psn_acked = b->psn;
+	__builtin_memcpy(p->roce_saddr, t->saddr, sizeof(p->roce_saddr));
+	__builtin_memcpy(p->roce_daddr, t->daddr, sizeof(p->roce_daddr));
+	p->roce_sport = t->sport;
+	p->roce_family = t->family;
 }
 
 /* Ethernet/IP/L4/BTH of one frame, without looking into VXLAN. */
@@ -285,10 +329,9 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	p->proto = outer.proto;
 	p->has_ports = outer.has_ports;
 	if (rc == PARSE_ROCE) {
-		p->dqp = b.dqp;
+		take_bth(p, &b, &outer);
 		p->psn = b.psn;
 		p->psn_ok = b.psn_ok;
-		p->has |= FLOW_HAS_QP;
 		return rc;
 	}
 	if (rc != PARSE_CONTINUE)
@@ -310,8 +353,8 @@ static __always_inline int parse_packet(void *data, void *data_end,
 
 	rc = parse_frame(&c, &inner, &b);
 	if (rc == PARSE_ROCE) {
-		p->dqp = b.dqp;   /* an outer packet's PSN is not ours to track */
-		p->has |= FLOW_HAS_QP;
+		/* An outer packet's PSN is not ours to track; an ACK's is read. */
+		take_bth(p, &b, &inner);
 		return rc;
 	}
 	if (rc == PARSE_CONTINUE)

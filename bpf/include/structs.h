@@ -34,6 +34,26 @@ struct qp_state {
 	__u32 repairs;      /* times the data plane repaired this QP         */
 	__u32 last_cause;   /* enum repair_cause, REPAIR_CAUSES: never       */
 	__u64 repaired_ns;  /* bpf_ktime_get_ns() of the last repair         */
+	/* The return traffic, read by path_probe (qp_reply pairs it). */
+	__u32 acked_psn;    /* highest PSN acknowledged + 1, when ack_valid  */
+	__u32 ack_valid;    /* 1 once an ACK was seen: only then can it stall */
+	__u64 ack_wait_ns;  /* since when the oldest unacknowledged data waits:
+			     * the last ACK progress, or the first send with
+			     * nothing outstanding                           */
+	__u64 nak_ns;       /* bpf_ktime_get_ns() of the latest NAK (0: none) */
+};
+
+/* How path_probe finds the QP an acknowledgement answers: the requester's
+ * QP is keyed by the responder's QP number, which the ACK does not carry.
+ * Both ends of a RoCEv2 QP use one UDP source port (Linux derives it from
+ * the flow label of the QP number pair, symmetric in the two), so the ACK
+ * is found by (requester, responder, that port). */
+struct reply_key {
+	__u32 local[4];     /* the requester (the host behind this VTEP)   */
+	__u32 peer[4];      /* the responder                               */
+	__u16 sport;        /* the QP's UDP source port, host order        */
+	__u8  family;
+	__u8  pad;
 };
 
 /* Inner destination MAC -> VTEP index. The all-zero MAC is the default
@@ -80,11 +100,14 @@ struct path_health {
 struct repair_config {
 	__u64 holddown_ns;      /* a QP is repaired at most once per holddown_ns */
 	__u32 retransmit;       /* 1: a retransmission moves the QP; 0: off */
-	__u32 pad;
+	__u32 nak;              /* 1: a NAK moves the QP; 0: off */
 	__u64 believe_until_ns; /* the agent's prober renews this every round to
 				 * now + deadline; past it (no agent running, or a
 				 * stalled one) silence kills no path, so an agent
 				 * restart moves no QP */
+	__u64 stall_ns;         /* no ACK progress this long with data
+				 * outstanding moves the QP (0: off); a path
+				 * with a liveness deadline uses the larger */
 };
 
 /* Flow counters: 5-tuple (+ VNI and dest QP where present) per interface

@@ -2,7 +2,7 @@
 
 from scapy.all import (ARP, IP, TCP, UDP, Dot1Q, Ether, ICMP, IPv6,
                        IPv6ExtHdrHopByHop, IPOption_RR, raw)
-from scapy.contrib.roce import BTH
+from scapy.contrib.roce import AETH, BTH
 from scapy.layers.vxlan import VXLAN
 
 from qpagent import contract
@@ -19,6 +19,21 @@ def roce(dqp, src="10.0.1.1", dst="10.0.2.1", sport=49152, psn=1,
     ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
     bth = BTH(opcode=opcode, dqpn=dqp, psn=psn, version=tver)
     return Ether(src=smac, dst=dmac) / ip / UDP(sport=sport, dport=4791) / bth / (b"\x5a" * payload)
+
+
+RC_ACKNOWLEDGE = 17
+AETH_ACK = 0x1f           # ACK, credit field "invalid"
+AETH_NAK_PSN_SEQ = 0x60   # NAK, PSN sequence error
+AETH_RNR_NAK = 0x20 | 0x0e
+
+
+def roce_ack(dqp, psn, syndrome=AETH_ACK, src="10.0.2.1", dst="10.0.1.1", sport=49152,
+             smac=HOST_B_MAC, dmac=HOST_A_MAC, msn=1):
+    """An RC ACKNOWLEDGE (or NAK) from the responder: BTH, AETH, ICRC."""
+    ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+    return (Ether(src=smac, dst=dmac) / ip / UDP(sport=sport, dport=4791)
+            / BTH(opcode=RC_ACKNOWLEDGE, dqpn=dqp, psn=psn) / AETH(syndrome=syndrome, msn=msn)
+            / (b"\0" * 4))
 
 
 def vxlan(inner, vni=10100, src="10.255.0.1", dst="10.255.0.2", sport=50000,

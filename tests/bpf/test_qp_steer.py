@@ -49,8 +49,9 @@ def test_first_packet_of_a_qp_is_placed_with_the_hash_of_its_port(steer):
     assert got == {"vtep": VTEP, "path": 0, "slot": 0,
                    "hash": hash_for_port(port, *PORT_RANGE), "port": port,
                    "moves": 0, "mac_gen": 0, "packets": 1, "bytes": len(frame),
-                   "next_psn": 2, "psn_valid": 1, "repairs": 0, "last_cause": REPAIR_CAUSES}
-    assert st["repaired_ns"] == 0
+                   "next_psn": 2, "psn_valid": 1, "repairs": 0, "last_cause": REPAIR_CAUSES,
+                   "acked_psn": 0, "ack_valid": 0}
+    assert st["repaired_ns"] == st["ack_wait_ns"] == st["nak_ns"] == 0
     assert udp_flow_src_port(st["hash"], *PORT_RANGE) == port
     assert path_qps(steer, VTEP, 0) == 1
     assert event_counts(steer, "steer_events") == {STEER_PLACED_NEW: 1, STEER_HASH_SET: 1}

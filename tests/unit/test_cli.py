@@ -65,6 +65,7 @@ TIME          KIND      REACTION  DETAIL
 
 Steer: hash_set 10  no_live_path 0  no_vtep 0  placed_dead 0  placed_new 5
 Pin: fib_failed 0  not_vxlan 6  on_fib_link 10  redirected 1  redirected_neigh 1
+Replies: ack 0  nak 0  unpaired 0
 
 Parse outcomes
 INTERFACE  HOOK         ROCE  NOT_ROCE  NOT_IP  TRUNCATED  FRAGMENT  IPV6_EXT  BAD_BTH
@@ -262,6 +263,8 @@ hold_down_ms = 1000
 
 [repair]
 retransmit = false
+nak = false
+stall_ms = 0
 holddown_ms = 100
 """
 

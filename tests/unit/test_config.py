@@ -52,6 +52,8 @@ hold_down_ms = 2500
 
 [repair]
 retransmit = false
+nak = true
+stall_ms = 80
 holddown_ms = 250
 """
 
@@ -106,7 +108,7 @@ def test_full_file_is_read_whole(tmp_path):
         "liveness": {"enabled": False, "interval_ms": 20, "misses": 5, "rtt_margin_ms": 10,
                      "budget_pps": 400,
                      "hold_down_ms": 2500},
-        "repair": {"retransmit": False, "holddown_ms": 250},
+        "repair": {"retransmit": False, "nak": True, "stall_ms": 80, "holddown_ms": 250},
     }
 
 

@@ -32,7 +32,8 @@ class MapWriter:
             elif isinstance(action, DisarmAll):
                 self.tables.disarm_all()
             elif isinstance(action, SetRepairConfig):
-                self.tables.set_repair_config(action.holddown_ns, action.retransmit)
+                self.tables.set_repair_config(action.holddown_ns, action.retransmit,
+                                              action.nak, action.stall_ns)
             elif isinstance(action, Note):
                 notes.append(action)
             elif isinstance(action, Warn):

@@ -74,6 +74,8 @@ class DisarmAll:
 class SetRepairConfig:
     holddown_ns: int
     retransmit: bool
+    nak: bool = False
+    stall_ns: int = 0          # 0: off
 
 
 REPLACEMENT_REASONS = ("dead_path", "liveness", "path_up", "rebalance", "port_remap")

@@ -58,6 +58,8 @@ class Settings:
     probe_rtt_margin_ms: int = 10   # deadline at least smoothed RTT + this
     repair_holddown_ms: int = 100   # data-plane repair of one QP at most this often
     repair_retransmit: bool = True
+    repair_nak: bool = False
+    repair_stall_ms: int = 0
     # Mbit/s by uplink name or hop address: QPs go in proportion to each
     # path's bottleneck (qpagent.core.placement.path_weights)
     capacities: Mapping[str, float] = field(default_factory=dict)
@@ -173,7 +175,8 @@ class Core:
         (an earlier agent's deadlines would kill every path meanwhile)."""
         s = self.settings
         return [DisarmAll(), SetRepairConfig(s.repair_holddown_ms * 1_000_000,
-                                             s.repair_retransmit)]
+                                             s.repair_retransmit, s.repair_nak,
+                                             s.repair_stall_ms * 1_000_000)]
 
     def tick(self, event: Tick, qps: dict[bytes, QpView]) -> list:
         """Forget idle QPs, attribute traffic to paths, restore balance,

@@ -1,0 +1,224 @@
+"""A QP's own signals in the kernel (BPF_PROG_TEST_RUN): path_probe reads the
+ACKs and NAKs coming back on an uplink and records them on the QP they
+answer; qp_steer moves the QP on its next packet when a NAK came back, or
+when data waits for an ACK past the stall time. Acknowledgements pass
+untouched to the host; qp_steer never rewrites a frame.
+
+The requester 10.0.1.1 (behind this VTEP) sends to QP 0x61 of the
+responder 10.0.2.1 from UDP source port 49152; the responder's ACKs come
+back to the requester's own QP number (0x0a here), from the same port."""
+
+import pytest
+
+from conftest import TC_ACT_UNSPEC, event_counts, expect
+from qpagent import bpfsys, contract
+from qpagent.contract import MAX_PATHS
+from qt1_maps import (REPAIR_NAK, REPAIR_STALL, REPLY_ACK, REPLY_NAK,
+                      REPLY_UNPAIRED, qp_key, qp_state, set_path, set_vtep)
+from qt1_packets import (AETH_NAK_PSN_SEQ, AETH_RNR_NAK, HOST_B_MAC, roce, roce_ack,
+                         vxlan)
+
+PORT_RANGE = (32768, 60999)
+REPAIR_CAUSES = contract.CONSTANTS["REPAIR_CAUSES"]    # last_cause of a QP never repaired
+VTEP = 3
+UPLINK = 1                 # the device a test run hands the packet in on (lo)
+DQP, OWN_QP = 0x61, 0x0a
+MS = 1_000_000
+LONG_AGO = 10_000 * MS
+
+
+def forward(steer, psn, dqp=DQP):
+    return expect(steer, roce(dqp, psn=psn), TC_ACT_UNSPEC)
+
+
+def back(probe, psn, syndrome=0x1f, sport=49152, src="10.0.2.1"):
+    """An ACK (or NAK) arriving on an uplink, VXLAN as the remote VTEP sent it."""
+    frame = vxlan(roce_ack(OWN_QP, psn, syndrome, src=src, sport=sport),
+                  src="10.255.0.2", dst="10.255.0.1")
+    return expect(probe, frame, TC_ACT_UNSPEC, ctx=bpfsys.skb_ctx(UPLINK))
+
+
+def state(steer, dqp=DQP):
+    return qp_state(steer, "10.0.1.1", "10.0.2.1", dqp)
+
+
+def configure(steer, nak=False, stall_ns=0, retransmit=False, holddown_ns=100 * MS):
+    table = steer.table("repair_config")
+    leaf = table[table.Key(0)]
+    leaf.nak, leaf.stall_ns, leaf.retransmit, leaf.holddown_ns = \
+        int(nak), stall_ns, int(retransmit), holddown_ns
+    table[table.Key(0)] = leaf
+
+
+def rewind(steer, dqp=DQP, **by_ns):
+    """Move the QP's timestamps (placed_ns, ack_wait_ns, ...) that far into
+    the past, as if that much time had gone by: no sleeping in tests."""
+    table = steer.table("qp_table")
+    key = qp_key(steer, "10.0.1.1", "10.0.2.1", dqp)
+    leaf = table[key]
+    for name, ns in by_ns.items():
+        setattr(leaf, name, max(0, getattr(leaf, name) - ns))
+    table[key] = leaf
+
+
+def sent(steer, psns, n_paths=2):
+    """A QP on path 0 of two that sent `psns`, placed long ago."""
+    set_vtep(steer, HOST_B_MAC, VTEP)
+    for p in range(n_paths):
+        set_path(steer, VTEP, p, 2, PORT_RANGE)
+    for psn in psns:
+        forward(steer, psn)
+    rewind(steer, placed_ns=LONG_AGO)
+    assert state(steer)["path"] == 0
+
+
+@pytest.fixture
+def probe_and_steer(probe, steer):
+    return probe, steer
+
+
+def test_an_ack_is_recorded_on_the_qp_it_answers_and_passes(probe_and_steer):
+    probe, steer = probe_and_steer
+    sent(steer, range(1, 6))
+    back(probe, psn=3)                        # acknowledges 1..3
+    st = state(steer)
+    assert (st["acked_psn"], st["ack_valid"], st["next_psn"]) == (4, 1, 6)
+    assert st["ack_wait_ns"] > 0
+    back(probe, psn=2)                        # an older ACK changes nothing
+    assert state(steer)["acked_psn"] == 4
+    assert event_counts(steer, "reply_events") == {REPLY_ACK: 2}
+
+
+def test_an_ack_for_a_qp_we_do_not_steer_is_counted_and_passes(probe_and_steer):
+    probe, steer = probe_and_steer
+    sent(steer, range(1, 3))
+    back(probe, psn=1, sport=50000)           # another port: another QP pair
+    back(probe, psn=1, src="10.0.2.9")        # another responder
+    assert state(steer)["ack_valid"] == 0
+    assert event_counts(steer, "reply_events") == {REPLY_UNPAIRED: 2}
+
+
+def test_a_nak_moves_the_qp_on_its_next_packet(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, nak=True)
+    sent(steer, range(1, 6))
+    back(probe, psn=3, syndrome=AETH_NAK_PSN_SEQ)     # "expected 3": a gap
+    assert state(steer)["nak_ns"] > 0
+    forward(steer, psn=3)                     # go-back-N: on another path
+    st = state(steer)
+    assert (st["path"], st["moves"], st["repairs"], st["last_cause"]) == (1, 1, 1, REPAIR_NAK)
+    assert event_counts(steer, "repair_events") == {REPAIR_NAK: 1}
+    assert event_counts(steer, "reply_events") == {REPLY_NAK: 1}
+    # The NAK is spent: the next packets stay.
+    rewind(steer, placed_ns=LONG_AGO, repaired_ns=LONG_AGO)
+    forward(steer, psn=4)
+    assert (state(steer)["path"], state(steer)["moves"]) == (1, 1)
+
+
+def test_a_nak_moves_nothing_when_nak_repair_is_off(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, nak=False)
+    sent(steer, range(1, 6))
+    back(probe, psn=3, syndrome=AETH_NAK_PSN_SEQ)
+    forward(steer, psn=3)
+    st = state(steer)
+    assert (st["path"], st["moves"], st["last_cause"]) == (0, 0, REPAIR_CAUSES)
+
+
+def test_a_receiver_not_ready_nak_is_no_sign_of_the_path(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, nak=True)
+    sent(steer, range(1, 6))
+    back(probe, psn=3, syndrome=AETH_RNR_NAK)
+    forward(steer, psn=6)
+    assert (state(steer)["path"], state(steer)["nak_ns"]) == (0, 0)
+    assert event_counts(steer, "reply_events") == {}
+
+
+def test_a_nak_within_the_holddown_of_a_placement_waits_for_it(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, nak=True, holddown_ns=LONG_AGO * 2)
+    sent(steer, range(1, 6))
+    back(probe, psn=3, syndrome=AETH_NAK_PSN_SEQ)
+    forward(steer, psn=3)
+    assert state(steer)["moves"] == 0
+
+
+def test_data_waiting_past_the_stall_time_moves_the_qp(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, stall_ns=50 * MS)
+    sent(steer, range(1, 6))
+    back(probe, psn=2)                        # 3..5 outstanding
+    rewind(steer, ack_wait_ns=80 * MS)        # no ACK progress for 80 ms
+    forward(steer, psn=6)
+    st = state(steer)
+    assert (st["path"], st["moves"], st["last_cause"]) == (1, 1, REPAIR_STALL)
+    assert event_counts(steer, "repair_events") == {REPAIR_STALL: 1}
+
+
+def test_one_late_ack_does_not_move_the_qp(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, stall_ns=50 * MS)
+    sent(steer, range(1, 6))
+    back(probe, psn=2)
+    rewind(steer, ack_wait_ns=30 * MS)        # late, but within the stall time
+    forward(steer, psn=6)
+    back(probe, psn=6)                        # and here it is: all caught up
+    rewind(steer, ack_wait_ns=30 * MS)
+    forward(steer, psn=7)
+    st = state(steer)
+    assert (st["path"], st["moves"]) == (0, 0)
+    assert event_counts(steer, "repair_events") == {}
+
+
+def test_steady_ack_progress_never_moves_the_qp(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, stall_ns=50 * MS, nak=True, holddown_ns=0)
+    sent(steer, range(1, 3))
+    for psn in range(3, 200):
+        back(probe, psn=psn - 2)              # ACKs trail two packets behind
+        forward(steer, psn=psn)
+    st = state(steer)
+    assert (st["path"], st["moves"], st["acked_psn"], st["next_psn"]) == (0, 0, 198, 200)
+    assert event_counts(steer, "repair_events") == {}
+
+
+def test_a_qp_with_nothing_outstanding_is_not_stalled(probe_and_steer):
+    """Idle after its last ACK: the next send starts a new wait."""
+    probe, steer = probe_and_steer
+    configure(steer, stall_ns=50 * MS)
+    sent(steer, range(1, 6))
+    back(probe, psn=5)
+    rewind(steer, ack_wait_ns=LONG_AGO)
+    forward(steer, psn=6)
+    assert state(steer)["moves"] == 0
+
+
+def test_without_any_ack_seen_there_is_no_stall(probe_and_steer):
+    """A QP whose ACKs we cannot pair (or an unreliable one) never stalls."""
+    _, steer = probe_and_steer
+    configure(steer, stall_ns=50 * MS)
+    sent(steer, range(1, 6))
+    rewind(steer, ack_wait_ns=LONG_AGO)
+    forward(steer, psn=6)
+    assert (state(steer)["moves"], state(steer)["ack_valid"]) == (0, 0)
+
+
+def test_a_path_deadline_longer_than_the_stall_time_is_the_one_waited(probe_and_steer):
+    """The stall time is a floor; a path whose RTT makes its liveness
+    deadline longer waits that long."""
+    probe, steer = probe_and_steer
+    configure(steer, stall_ns=50 * MS)
+    sent(steer, range(1, 6))
+    table = steer.table("path_health")
+    key = table.Key(VTEP * MAX_PATHS + 0)
+    leaf = table[key]
+    leaf.deadline_ns = 200 * MS
+    table[key] = leaf
+    back(probe, psn=2)
+    rewind(steer, ack_wait_ns=120 * MS)
+    forward(steer, psn=6)
+    assert state(steer)["moves"] == 0
+    rewind(steer, ack_wait_ns=100 * MS)       # 220 ms now
+    forward(steer, psn=7)
+    assert (state(steer)["path"], state(steer)["last_cause"]) == (1, REPAIR_STALL)
