@@ -3,7 +3,6 @@ per path is not enough when 16 distinct paths cross 4 WAN links."""
 
 import itertools
 import math
-import random
 
 import pytest
 

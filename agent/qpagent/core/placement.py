@@ -8,9 +8,10 @@ path carries ceil(K/P)), then by bytes, reached with the fewest moves:
 - quotas of ceil(K/P) go to the paths that already hold the most QPs, so
   nothing moves that need not;
 - where whole paths share links (end-to-end mode: 16 paths over 4 WAN
-  links), QPs then move between paths, within their quotas' floor and
-  ceiling, while a move makes the busiest links less busy: distinct
-  paths are not enough if they cross one WAN link.
+  links), links decide instead of per-path quotas (each path counting as a
+  link of its own too): QPs move one at a time while a move makes the
+  busiest links less busy. Distinct paths are not enough if they cross
+  one WAN link.
 
 Paths may carry weights (their bottleneck capacity): then balance means QPs
 in proportion to weight, each path's quota K*w/W rounded by largest
@@ -118,14 +119,12 @@ def rebalance(assignment: Mapping[QpId, int | None],
     counts = {p: len(q) for p, q in members.items()}
     # floats suffice to order targets (the quotas are exact), and are fast
     w = {p: float(x) for p, x in _exact_weights(live, weights).items()}
-    bounds = quotas_floor_ceiling(live, len(assignment), w)
     if links is None:
         quota = quotas(live, counts, len(assignment), weights)
     else:
         # Links decide, each path being a link of its own as well: per-path
-        # quotas would pin QPs where only a chain of moves could even out a link.
-        bounds = {p: (0, len(assignment)) for p in live}
-        quota = {p: bounds[p][1] for p in live}
+        # quotas would pin QPs where only a chain of moves evens out a link.
+        quota = {p: len(assignment) for p in live}
 
     # Surplus: cheapest to move first (not recently moved, then lightest).
     to_place: list[tuple[QpId, int | None]] = [(qp, assignment[qp]) for qp in orphans]
@@ -154,7 +153,7 @@ def rebalance(assignment: Mapping[QpId, int | None],
         spread.add(target, 1)
         load[target] += qp_bytes.get(qp, 0)
     if links is not None:
-        _spread_over_links(members, spread, bounds, qp_bytes, recent)
+        _spread_over_links(members, spread, qp_bytes, recent)
     final = {qp: p for p, qps in members.items() for qp in qps}
     moved = [qp for qp, old in assignment.items() if final[qp] != old]
     # Heaviest first, as placed.
@@ -169,19 +168,6 @@ def path_links(uplink: str, gateway: str | None, hops: tuple) -> tuple:
     came in on, so the remote border's answer names the WAN link; one that
     answers from a loopback names itself, and balance is per router."""
     return (("first", uplink, gateway),) + tuple(hops)
-
-
-def quotas_floor_ceiling(live: list[int], total: int,
-                         w: Mapping[int, float]) -> dict[int, tuple[int, int]]:
-    """Per path, the fewest and most QPs an exact balance allows it:
-    floor and ceiling of its share (K*w/W)."""
-    whole = sum(w.values())
-    out = {}
-    for p in live:
-        share = total * w[p] / whole
-        low = math.floor(share + 1e-9)
-        out[p] = (low, low if abs(share - low) < 1e-9 else low + 1)
-    return out
 
 
 class _LinkSpread:
@@ -221,23 +207,21 @@ def _descending(loads: Iterable[float]) -> tuple:
 
 
 def _spread_over_links(members: dict[int, list], spread: _LinkSpread,
-                       bounds: Mapping[int, tuple[int, int]],
                        qp_bytes: Mapping, recent: set) -> None:
-    """Move QPs one at a time between paths, keeping every path within
-    its bounds, while a move makes the busiest links less busy (compared
-    busiest first, so it ends, and an even placement makes no move).
-    Among equal moves, the QP that goes is one not recently moved, then
-    the lightest."""
+    """Move QPs one at a time between paths while a move makes the busiest
+    links less busy (compared busiest first, so it ends, and an even
+    placement makes no move). Among equal moves, the QP that goes is one
+    not recently moved, then the lightest."""
     paths = sorted(members)
     for _ in range(sum(len(m) for m in members.values()) * len(paths) + 1):
         now = spread.score()
         best = None
         for a in paths:
-            if len(members[a]) <= bounds[a][0]:
+            if not members[a]:
                 continue
             qp = min(members[a], key=lambda q: (q in recent, qp_bytes.get(q, 0), str(q)))
             for b in paths:
-                if b == a or len(members[b]) >= bounds[b][1]:
+                if b == a:
                     continue
                 spread.add(a, -1)
                 spread.add(b, 1)
