@@ -166,6 +166,34 @@ static __always_inline int path_live(__u32 vtep, __u32 path, __u64 now)
 	return path_usable(path_table.lookup(&idx)) && path_answering(idx, now);
 }
 
+/* Several of its QPs left it on their own signals lately, and no probe
+ * sent since has come back. */
+static __always_inline int suspect(const struct path_health *h, __u64 now)
+{
+	return h->suspect_ns && elapsed(now, h->suspect_ns) <= SUSPECT_HOLD_MS * 1000000ULL;
+}
+
+/* A QP left this path on its own signal: one more leaver in the window. */
+static __always_inline void note_leaver(__u32 vtep, __u32 path, __u64 now)
+{
+	struct path_health *h;
+	__u32 idx;
+
+	if (vtep >= MAX_VTEPS || path >= MAX_PATHS)
+		return;
+	idx = vtep * MAX_PATHS + path;
+	h = path_health.lookup(&idx);   /* array: inlined */
+	if (!h)
+		return;
+	if (!h->leavers || elapsed(now, h->leave_ns) > SUSPECT_WINDOW_MS * 1000000ULL) {
+		h->leavers = 0;
+		h->leave_ns = now;
+	}
+	__sync_fetch_and_add(&h->leavers, 1);
+	if (h->leavers >= SUSPECT_LEAVERS && !suspect(h, now))
+		h->suspect_ns = now;
+}
+
 /* Armed, answering within its deadline, and the prober running: seen
  * alive moments ago, not merely never checked. */
 static __always_inline int path_verified(__u32 idx, __u64 now)
@@ -176,11 +204,20 @@ static __always_inline int path_verified(__u32 idx, __u64 now)
 	       prober_running(now);
 }
 
+/* Under suspicion: several of its QPs left it on their own signals. */
+static __always_inline int path_suspect(__u32 idx, __u64 now)
+{
+	struct path_health *h = path_health.lookup(&idx);   /* array: inlined */
+
+	return h && suspect(h, now);
+}
+
 /* Live path of the VTEP with the fewest QPs (ties: lowest index), other
- * than `exclude` (MAX_PATHS: none), or -1. A repair (`verified`) takes a
- * path that answered probes moments ago when there is one: the agent
- * probes only the paths in use and their spares, and an unprobed path may
- * share the failure the QP is fleeing. A new QP takes any live path. */
+ * than `exclude` (MAX_PATHS: none), or -1. A path under suspicion takes no
+ * QP. A repair (`verified`) takes a path that answered probes moments ago
+ * when there is one: the agent probes only the paths in use and their
+ * spares, and an unprobed path may share the failure the QP is fleeing. A
+ * new QP takes any live path. */
 static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u64 now,
 					     int verified)
 {
@@ -192,7 +229,8 @@ static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u64 no
 		__u32 idx = vtep * MAX_PATHS + i;
 		struct path_entry *pe = path_table.lookup(&idx);
 
-		if (i == exclude || !path_usable(pe) || !path_answering(idx, now))
+		if (i == exclude || !path_usable(pe) || !path_answering(idx, now) ||
+		    path_suspect(idx, now))
 			continue;
 		if (pe->qps < best_qps) {
 			best_qps = pe->qps;
@@ -437,8 +475,10 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 	}
 
 	if (qs) {
-		/* Its path died, vanished, now leads to another VTEP, or it
-		 * resends on it. */
+		/* Its path died, vanished, now leads to another VTEP, or its
+		 * own signal says to leave it. */
+		if (signal < REPAIR_CAUSES)
+			note_leaver(qs->vtep, qs->path, now);
 		release_slot(qs);
 		qs->vtep = st.vtep;
 		qs->path = st.path;
@@ -620,6 +660,12 @@ static __always_inline int probe_handle(struct __sk_buff *skb)
 	}
 	/* tx_ns is the sender's CLOCK_MONOTONIC, the clock of ktime_get_ns. */
 	now = bpf_ktime_get_ns();
+	if (h->suspect_ns && f.msg->tx_ns > h->suspect_ns) {
+		/* Sent after the path fell under suspicion, and back: it
+		 * forwards. Whatever made its QPs leave was not the path. */
+		h->suspect_ns = 0;
+		h->leavers = 0;
+	}
 	h->last_reply_ns = now;
 	h->rtt_ns = elapsed(now, f.msg->tx_ns);
 	h->last_seq = f.msg->seq;

@@ -427,7 +427,8 @@ class Agent:
                 "reaction_ms": summary_ms(sorted(self.reactions)),
                 "warnings": list(self.warnings),
             })
-            liveness_view(state, health, self.cfg.liveness.enabled)
+            liveness_view(state, health, self.cfg.liveness.enabled,
+                          self.tables.suspects(time.monotonic_ns()) if self.tables else set())
             state["repairs"] = repairs_view(dp_repairs, self.core.repairs,
                                             {k: sorted(v) for k, v in self.reactions_by_cause.items()})
         state.update(kernel)

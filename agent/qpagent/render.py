@@ -239,8 +239,9 @@ def _liveness(snap: dict) -> str:
     for vtep in snap.get("vteps") or []:
         for p in vtep.get("paths") or []:
             loss = p.get("loss_ratio")
+            health = p.get("health", "unchecked") + (" suspect" if p.get("suspect") else "")
             rows.append([vtep.get("address"), p.get("index"), p.get("uplink"),
-                         p.get("health", "unchecked"), ms(p.get("rtt_ms")),
+                         health, ms(p.get("rtt_ms")),
                          ms(p.get("deadline_ms")), human_count(p.get("probes_sent", 0)), human_count(p.get("replies", 0)),
                          "-" if loss is None else f"{loss * 100:.0f}%"])
     text = ("Liveness (unchecked: not probed, or the remote VTEP never answered; "

@@ -64,11 +64,13 @@ def flow_qp_view(flows: list[dict], top_n: int) -> tuple[list[dict], int]:
     return rows[:top_n], len(rows)
 
 
-def liveness_view(state: dict, health: dict, enabled: bool) -> None:
+def liveness_view(state: dict, health: dict, enabled: bool, suspects: set = frozenset()) -> None:
     """Each path of the status gains its liveness: health (up, down or
     unchecked: its VTEP never answered, or the path is not probed: idle),
     RTT (newest and smoothed), the deadline in force (none: not armed),
-    probes sent, replies and the loss ratio over the last second."""
+    probes sent, replies and the loss ratio over the last second; and
+    whether the data plane holds it under suspicion (several QPs left it
+    on their own signals: it takes no QP until a probe clears it)."""
     state["liveness"] = {"enabled": enabled}
     for vtep in state.get("vteps", []):
         for path in vtep["paths"]:
@@ -79,7 +81,8 @@ def liveness_view(state: dict, health: dict, enabled: bool) -> None:
                          "deadline_ms": seen.get("deadline_ms"),
                          "probes_sent": seen.get("probes_sent", 0),
                          "replies": seen.get("replies", 0),
-                         "loss_ratio": seen.get("loss_ratio")})
+                         "loss_ratio": seen.get("loss_ratio"),
+                         "suspect": (vtep["index"], path["index"]) in suspects})
 
 
 def repairs_view(data_plane: dict, agent, sign_to_move: dict) -> dict:

@@ -13,7 +13,7 @@ import heapq
 import socket
 from typing import NamedTuple
 
-from qpagent.contract import (ENUMS, FLOW_HAS_QP, FLOW_HAS_VNI, MAX_PATHS,
+from qpagent.contract import (CONSTANTS, ENUMS, FLOW_HAS_QP, FLOW_HAS_VNI, MAX_PATHS,
                               PARSE_OUTCOME_NAMES, PIN_EVENT_NAMES, PORTS_PER_PATH,
                               STEER_EVENT_NAMES)
 from qpagent.core.decisions import QpView
@@ -144,6 +144,15 @@ class QpTables:
             entry = self.path_health[self.path_health.Key(vtep * MAX_PATHS + path)]
             out[(vtep, path)] = HealthReading(entry.replies, entry.last_reply_ns, entry.rtt_ns)
         return out
+
+    def suspects(self, now_ns: int) -> set[tuple[int, int]]:
+        """(vtep, path) pairs qp_steer holds under suspicion now: several
+        of their QPs left on their own signals and no probe cleared them."""
+        if self.path_health is None:
+            return set()
+        hold = CONSTANTS["SUSPECT_HOLD_MS"] * 1_000_000
+        return {divmod(key.value, MAX_PATHS) for key, entry in self.path_health.items()
+                if entry.suspect_ns and now_ns - entry.suspect_ns <= hold}
 
     def write_deadline(self, vtep: int, path: int, deadline_ns: int) -> None:
         """Only deadline_ns is ours; the rest is path_probe's, read just before."""

@@ -109,6 +109,14 @@ enum reply_event {
 	REPLY_EVENTS,
 };
 
+/* Several QPs leaving one path on their own signals make it suspect (a
+ * congested queue makes one QP resend; a failing path makes all of them):
+ * this many within the window. Probes then confirm (the path goes silent
+ * and dies) or clear it (a probe sent after the suspicion comes back). */
+#define SUSPECT_LEAVERS   2
+#define SUSPECT_WINDOW_MS 1000   /* the leavers within this of the first */
+#define SUSPECT_HOLD_MS   1000   /* no probe to clear it: it lapses */
+
 #define PSN_MASK     0xFFFFFF    /* BTH PSNs are 24 bits and wrap */
 #define PSN_HALF     0x800000    /* serial arithmetic: a - b in 1..2^23 means b is older */
 

@@ -93,7 +93,13 @@ struct path_health {
 	__u64 rtt_ns;           /* path_probe: its round-trip time */
 	__u64 replies;          /* path_probe: replies recorded */
 	__u32 last_seq;         /* path_probe: seq of the newest reply */
-	__u32 pad;
+	/* Suspicion (qp_steer): QPs that left this path on their own signals
+	 * within SUSPECT_WINDOW_MS of the first; SUSPECT_LEAVERS of them make
+	 * it suspect: no QP is placed on it until a probe sent after that
+	 * comes back (path_probe clears it), or for SUSPECT_HOLD_MS. */
+	__u32 leavers;
+	__u64 leave_ns;         /* the first of those leavers */
+	__u64 suspect_ns;       /* suspect since (0: not) */
 };
 
 /* How qp_steer repairs QPs from their own signals; one entry, the agent's. */

@@ -8,7 +8,10 @@ before the next. Modes:
 
 - kernel: no agents, kernel hashing; BFD 100 ms x 3 and BGP repair;
 - bfd: qpagent end to end, liveness.enabled = false, repair.retransmit = false;
-- liveness: qpagent end to end, liveness 10 ms x 3, retransmit repair on.
+- signals: qpagent end to end, liveness off, a QP moves on its own NAK or
+  on data waiting 50 ms without ACK progress (what a remote VTEP that runs
+  no agent gets);
+- liveness: qpagent end to end, liveness 10 ms x 3, NAK and stall repair on.
 
 Per cut: per-QP longest gap at the receiving host (median and max over the
 QPs hit), QPs hit, and the time until every live WAN link carries at most
@@ -40,9 +43,12 @@ SENDER_LEAF = "dc1-leaf1"
 MODES = {
     "kernel": None,
     "bfd": (LivenessSettings(enabled=False), RepairSettings(retransmit=False)),
-    # Liveness on; repair on retransmission stays off, as by default (a
-    # congestion drop would move QPs too).
-    "liveness": (LivenessSettings(enabled=True), RepairSettings(retransmit=False)),
+    "signals": (LivenessSettings(enabled=False),
+                RepairSettings(retransmit=False, nak=True, stall_ms=50)),
+    # Liveness on, with the QPs' own NAKs and stalls; repair on retransmission
+    # stays off, as by default (a congestion drop would move QPs too).
+    "liveness": (LivenessSettings(enabled=True),
+                 RepairSettings(retransmit=False, nak=True, stall_ms=50)),
 }
 LIVENESS_DEADLINE_MS = 30
 
@@ -74,7 +80,8 @@ def table(rows: list[dict]) -> str:
     lines.append("gap: per-QP longest gap at dc2-h1 over the QPs hit (ms); target: 30 ms + one "
                  "WAN RTT; balanced: ms until every live WAN link carries <= ceil(8/live) QPs "
                  "('-': not within the run); to: RC timeouts; err: QPs in error; false: QPs moved "
-                 "for want of probe replies before the cut (flaps; '-': no agent); WAN QPs at 1 s: "
+                 "for want of probe replies or on their own NAKs and stalls before the cut "
+                 "(flaps; '-': no agent); WAN QPs at 1 s: "
                  "QPs per WAN link that carried any, 1 to 1.5 s after the cut")
     return "\n".join(lines)
 

@@ -8,15 +8,17 @@ The requester 10.0.1.1 (behind this VTEP) sends to QP 0x61 of the
 responder 10.0.2.1 from UDP source port 49152; the responder's ACKs come
 back to the requester's own QP number (0x0a here), from the same port."""
 
+import time
+
 import pytest
 
 from conftest import TC_ACT_UNSPEC, event_counts, expect
 from qpagent import bpfsys, contract
 from qpagent.contract import MAX_PATHS
-from qt1_maps import (REPAIR_NAK, REPAIR_STALL, REPLY_ACK, REPLY_NAK,
+from qt1_maps import (PROBE_REPLY, REPAIR_NAK, REPAIR_STALL, REPLY_ACK, REPLY_NAK,
                       REPLY_UNPAIRED, qp_key, qp_state, set_path, set_vtep)
-from qt1_packets import (AETH_NAK_PSN_SEQ, AETH_RNR_NAK, HOST_B_MAC, roce, roce_ack,
-                         vxlan)
+from qt1_packets import (AETH_NAK_PSN_SEQ, AETH_RNR_NAK, HOST_B_MAC, probe_frame, probe_msg,
+                         roce, roce_ack, vxlan)
 
 PORT_RANGE = (32768, 60999)
 REPAIR_CAUSES = contract.CONSTANTS["REPAIR_CAUSES"]    # last_cause of a QP never repaired
@@ -27,8 +29,8 @@ MS = 1_000_000
 LONG_AGO = 10_000 * MS
 
 
-def forward(steer, psn, dqp=DQP):
-    return expect(steer, roce(dqp, psn=psn), TC_ACT_UNSPEC)
+def forward(steer, psn, dqp=DQP, sport=49152):
+    return expect(steer, roce(dqp, psn=psn, sport=sport), TC_ACT_UNSPEC)
 
 
 def back(probe, psn, syndrome=0x1f, sport=49152, src="10.0.2.1"):
@@ -222,3 +224,88 @@ def test_a_path_deadline_longer_than_the_stall_time_is_the_one_waited(probe_and_
     rewind(steer, ack_wait_ns=100 * MS)       # 220 ms now
     forward(steer, psn=7)
     assert (state(steer)["path"], state(steer)["last_cause"]) == (1, REPAIR_STALL)
+
+
+# ------------------------------------------------------------- suspicion
+
+TC_ACT_SHOT = 2
+
+
+def health(steer, path):
+    table = steer.table("path_health")
+    leaf = table[table.Key(VTEP * MAX_PATHS + path)]
+    return {name: getattr(leaf, name) for name, _ in leaf._fields_}
+
+
+def two_qps_on_path_0(steer):
+    """QPs 0x61 and 0x63 on path 0, 0x62 on path 1 (fewest QPs first), each
+    with a port of its own so that its ACKs find it; placed long ago."""
+    set_vtep(steer, HOST_B_MAC, VTEP)
+    for p in range(2):
+        set_path(steer, VTEP, p, 4, PORT_RANGE)
+    for dqp, sport in ((0x61, 49152), (0x62, 49153), (0x63, 49154)):
+        for psn in range(1, 6):
+            forward(steer, psn, dqp=dqp, sport=sport)
+        rewind(steer, dqp=dqp, placed_ns=LONG_AGO)
+    assert [state(steer, d)["path"] for d in (0x61, 0x62, 0x63)] == [0, 1, 0]
+
+
+def nak_and_resend(probe, steer, dqp, sport):
+    back(probe, psn=3, syndrome=AETH_NAK_PSN_SEQ, sport=sport)
+    forward(steer, psn=3, dqp=dqp, sport=sport)
+
+
+def test_two_qps_leaving_one_path_make_it_suspect_until_a_probe_clears_it(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, nak=True)
+    two_qps_on_path_0(steer)
+    nak_and_resend(probe, steer, 0x61, 49152)
+    assert (health(steer, 0)["leavers"], health(steer, 0)["suspect_ns"]) == (1, 0)
+    nak_and_resend(probe, steer, 0x63, 49154)
+    assert [state(steer, d)["path"] for d in (0x61, 0x62, 0x63)] == [1, 1, 1]
+    assert health(steer, 0)["suspect_ns"] > 0
+    # Path 0 is empty and live, yet under suspicion it takes no new QP.
+    forward(steer, 1, dqp=0x64, sport=49155)
+    assert state(steer, 0x64)["path"] == 1
+    # A probe sent after the suspicion comes back: the path forwards.
+    expect(probe, probe_frame(probe_msg(PROBE_REPLY, vtep=VTEP, path=0,
+                                        tx_ns=time.monotonic_ns())),
+           TC_ACT_SHOT, ctx=bpfsys.skb_ctx(UPLINK))
+    assert (health(steer, 0)["suspect_ns"], health(steer, 0)["leavers"]) == (0, 0)
+    forward(steer, 1, dqp=0x65, sport=49156)
+    assert state(steer, 0x65)["path"] == 0
+
+
+def test_a_probe_sent_before_the_suspicion_does_not_clear_it(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, nak=True)
+    two_qps_on_path_0(steer)
+    nak_and_resend(probe, steer, 0x61, 49152)
+    nak_and_resend(probe, steer, 0x63, 49154)
+    expect(probe, probe_frame(probe_msg(PROBE_REPLY, vtep=VTEP, path=0, tx_ns=1)),
+           TC_ACT_SHOT, ctx=bpfsys.skb_ctx(UPLINK))
+    assert health(steer, 0)["suspect_ns"] > 0
+
+
+def test_one_qp_leaving_does_not_make_its_path_suspect(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, nak=True)
+    two_qps_on_path_0(steer)
+    nak_and_resend(probe, steer, 0x61, 49152)
+    forward(steer, 1, dqp=0x64, sport=49155)
+    assert (state(steer, 0x64)["path"], health(steer, 0)["suspect_ns"]) == (0, 0)
+
+
+def test_suspicion_with_no_probe_to_clear_it_lapses(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, nak=True)
+    two_qps_on_path_0(steer)
+    nak_and_resend(probe, steer, 0x61, 49152)
+    nak_and_resend(probe, steer, 0x63, 49154)
+    table = steer.table("path_health")
+    key = table.Key(VTEP * MAX_PATHS + 0)
+    leaf = table[key]
+    leaf.suspect_ns -= 2_000 * MS                       # the hold (1 s) has passed
+    table[key] = leaf
+    forward(steer, 1, dqp=0x64, sport=49155)
+    assert state(steer, 0x64)["path"] == 0

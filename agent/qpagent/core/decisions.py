@@ -155,8 +155,10 @@ class Core:
                 return out
             self.unhealthy.add(ident)
             cause = "liveness"
+            silent = (f" for {event.silent_ns / 1e6:.0f} ms (deadline "
+                      f"{event.deadline_ns / 1e6:.0f} ms)" if event.silent_ns else "")
             out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
-                                        f"({path.uplink}) stopped answering probes: dead"))
+                                        f"({path.uplink}) stopped answering probes{silent}: dead"))
         return out + self._apply({event.key}, qps, cause, now)
 
     def path_rtt(self, event: PathRttSeen, qps: Mapping[bytes, QpView], now: float) -> list:

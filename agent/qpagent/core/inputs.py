@@ -53,6 +53,8 @@ class PathHealthChanged:
     healthy: bool
     rtt_ns: int
     seen: float
+    silent_ns: int = 0      # unhealthy: how long since its last reply
+    deadline_ns: int = 0    # unhealthy: the deadline that silence passed
 
 
 @dataclass(frozen=True)

@@ -134,8 +134,9 @@ class HealthTracker:
             changed = self._step(health, reading, deadline,
                                  max(self._answered_at[key], health.probed_since), now_ns)
             if changed:
+                silent = now_ns - reading.last_reply_ns if reading.replies else 0
                 out.append(PathHealthChanged(key, path[2], health.state == UP,
-                                             reading.rtt_ns, seen))
+                                             reading.rtt_ns, seen, silent, deadline))
         return out
 
     def _all_silent(self, readings: dict, deadlines: dict, now_ns: int) -> set:

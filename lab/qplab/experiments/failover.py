@@ -357,12 +357,17 @@ def paths_not_alive(lab: Lab, leaf: str) -> list[str]:
             for p in v.get("paths", []) if not p.get("alive") or p.get("health") == "down"]
 
 
+DATA_PLANE_CAUSES = ("liveness", "nak", "stall", "retransmit")
+
+
 def liveness_moves(lab: Lab, leaf: str) -> int | None:
-    """QPs the leaf's agent and data plane moved for want of probe replies
-    so far (None: no agent answering)."""
+    """QPs the leaf's agent and data plane moved so far for want of probe
+    replies or on the QPs' own signals (NAK, stall, resend): with nothing
+    failed, each is a flap (None: no agent answering)."""
     if not lab.agents_running():
         return None
     status = agent_status(lab.agent_socket(leaf))
     if not status:
         return None
-    return int((status.get("repairs") or {}).get("liveness", {}).get("total", 0))
+    repairs = status.get("repairs") or {}
+    return sum(int(repairs.get(c, {}).get("total", 0)) for c in DATA_PLANE_CAUSES)
