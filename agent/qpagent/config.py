@@ -100,9 +100,9 @@ class RepairSettings:
     acknowledgements coming back for it."""
     # A retransmitted PSN, or a NAK (PSN sequence error), moves the QP to
     # another path. Off by default: a congestion drop also makes a QP resend
-    # and its responder NAK, and moving then only adds reordering (the step
-    # that tells a failing path from a full queue, a path made suspect by
-    # several QPs and confirmed by probes, is not built).
+    # and its responder NAK, and moving then only adds reordering. (Two QPs
+    # leaving one path make it suspect: it takes no QP until a probe clears
+    # it; the first QP still moves.)
     retransmit: bool = False
     nak: bool = False
     # Data outstanding with no ACK progress for this long (or the path's
