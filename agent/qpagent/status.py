@@ -86,8 +86,8 @@ def liveness_view(state: dict, health: dict, enabled: bool, suspects: set = froz
 
 
 def repairs_view(data_plane: dict, agent, sign_to_move: dict) -> dict:
-    """QPs repaired, by cause: liveness and retransmit moved by the data
-    plane on the QP's next packet; bfd, route and liveness by the agent
+    """QPs repaired, by cause: liveness, retransmit, nak and stall moved by
+    the data plane on the QP's next packet; bfd, route and liveness by the agent
     (QPs the data plane had not moved yet). With the time from the first
     sign to the move where the agent knows it (its own reactions)."""
     out = {}

@@ -19,7 +19,7 @@ from qpagent.contract import (CONSTANTS, ENUMS, FLOW_HAS_QP, FLOW_HAS_VNI, MAX_P
 from qpagent.core.decisions import QpView
 from qpagent.core.liveness import HealthReading
 
-REPAIR_CAUSE_NAMES = ENUMS["repair_cause"].names   # ("liveness", "retransmit")
+REPAIR_CAUSE_NAMES = ENUMS["repair_cause"].names   # ("liveness", "retransmit", "nak", "stall")
 PROBE_EVENT_NAMES = ENUMS["probe_event"].names     # ("answered", "reply_seen", ...)
 REPLY_EVENT_NAMES = ENUMS["reply_event"].names     # ("ack", "nak", "unpaired")
 
