@@ -374,8 +374,13 @@ static __always_inline __u32 qp_signal(const struct qp_state *qs, const struct p
 				       __u64 now)
 {
 	__u32 zero = 0;
-	struct repair_config *rc = repair_config.lookup(&zero);   /* inlined */
+	struct repair_config *rc;
 
+	/* The QP's own state first: most packets have no signal at all (no
+	 * NAK, no resend, nothing waiting for an ACK), and need no settings. */
+	if (!qs->nak_ns && !psn_resent(qs, p) && !outstanding(qs))
+		return REPAIR_CAUSES;
+	rc = repair_config.lookup(&zero);   /* inlined */
 	if (!rc || elapsed(now, qs->repaired_ns) < rc->holddown_ns ||
 	    elapsed(now, qs->placed_ns) < rc->holddown_ns)
 		return REPAIR_CAUSES;

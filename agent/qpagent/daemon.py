@@ -427,8 +427,9 @@ class Agent:
                 "reaction_ms": summary_ms(sorted(self.reactions)),
                 "warnings": list(self.warnings),
             })
+            listed = [(v["index"], p["index"]) for v in state.get("vteps", []) for p in v["paths"]]
             liveness_view(state, health, self.cfg.liveness.enabled,
-                          self.tables.suspects(time.monotonic_ns()) if self.tables else set())
+                          self.tables.suspects(listed, time.monotonic_ns()) if self.tables else set())
             state["repairs"] = repairs_view(dp_repairs, self.core.repairs,
                                             {k: sorted(v) for k, v in self.reactions_by_cause.items()})
         state.update(kernel)

@@ -145,14 +145,20 @@ class QpTables:
             out[(vtep, path)] = HealthReading(entry.replies, entry.last_reply_ns, entry.rtt_ns)
         return out
 
-    def suspects(self, now_ns: int) -> set[tuple[int, int]]:
-        """(vtep, path) pairs qp_steer holds under suspicion now: several
-        of their QPs left on their own signals and no probe cleared them."""
+    def suspects(self, paths, now_ns: int) -> set[tuple[int, int]]:
+        """Those of the (vtep, path) pairs qp_steer holds under suspicion
+        now: several of their QPs left on their own signals and no probe
+        cleared them. Only the pairs asked for are read (a scrape must not
+        walk the whole table)."""
         if self.path_health is None:
             return set()
         hold = CONSTANTS["SUSPECT_HOLD_MS"] * 1_000_000
-        return {divmod(key.value, MAX_PATHS) for key, entry in self.path_health.items()
-                if entry.suspect_ns and now_ns - entry.suspect_ns <= hold}
+        out = set()
+        for vtep, path in paths:
+            entry = self.path_health[self.path_health.Key(vtep * MAX_PATHS + path)]
+            if entry.suspect_ns and now_ns - entry.suspect_ns <= hold:
+                out.add((vtep, path))
+        return out
 
     def write_deadline(self, vtep: int, path: int, deadline_ns: int) -> None:
         """Only deadline_ns is ours; the rest is path_probe's, read just before."""
