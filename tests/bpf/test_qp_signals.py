@@ -63,6 +63,23 @@ def rewind(steer, dqp=DQP, **by_ns):
     table[key] = leaf
 
 
+def health(steer, path):
+    table = steer.table("path_health")
+    leaf = table[table.Key(VTEP * MAX_PATHS + path)]
+    return {name: getattr(leaf, name) for name, _ in leaf._fields_}
+
+
+def set_health(steer, path, **fields):
+    """Write path_health fields of one of our VTEP's paths, as the agent
+    (deadline) or the passing of time (suspicion) would."""
+    table = steer.table("path_health")
+    key = table.Key(VTEP * MAX_PATHS + path)
+    leaf = table[key]
+    for name, value in fields.items():
+        setattr(leaf, name, value)
+    table[key] = leaf
+
+
 def sent(steer, psns, n_paths=2):
     """A QP on path 0 of two that sent `psns`, placed long ago."""
     set_vtep(steer, HOST_B_MAC, VTEP)
@@ -212,11 +229,7 @@ def test_a_path_deadline_longer_than_the_stall_time_is_the_one_waited(probe_and_
     probe, steer = probe_and_steer
     configure(steer, stall_ns=50 * MS)
     sent(steer, range(1, 6))
-    table = steer.table("path_health")
-    key = table.Key(VTEP * MAX_PATHS + 0)
-    leaf = table[key]
-    leaf.deadline_ns = 200 * MS
-    table[key] = leaf
+    set_health(steer, 0, deadline_ns=200 * MS)
     back(probe, psn=2)
     rewind(steer, ack_wait_ns=120 * MS)
     forward(steer, psn=6)
@@ -229,12 +242,6 @@ def test_a_path_deadline_longer_than_the_stall_time_is_the_one_waited(probe_and_
 # ------------------------------------------------------------- suspicion
 
 TC_ACT_SHOT = 2
-
-
-def health(steer, path):
-    table = steer.table("path_health")
-    leaf = table[table.Key(VTEP * MAX_PATHS + path)]
-    return {name: getattr(leaf, name) for name, _ in leaf._fields_}
 
 
 def two_qps_on_path_0(steer):
@@ -302,10 +309,6 @@ def test_suspicion_with_no_probe_to_clear_it_lapses(probe_and_steer):
     two_qps_on_path_0(steer)
     nak_and_resend(probe, steer, 0x61, 49152)
     nak_and_resend(probe, steer, 0x63, 49154)
-    table = steer.table("path_health")
-    key = table.Key(VTEP * MAX_PATHS + 0)
-    leaf = table[key]
-    leaf.suspect_ns -= 2_000 * MS                       # the hold (1 s) has passed
-    table[key] = leaf
+    set_health(steer, 0, suspect_ns=health(steer, 0)["suspect_ns"] - 2_000 * MS)   # 1 s hold past
     forward(steer, 1, dqp=0x64, sport=49155)
     assert state(steer, 0x64)["path"] == 0

@@ -5,29 +5,8 @@ import random
 
 import pytest
 
+from placement_moves import apply, counts_of, fill_by_data_plane
 from qpagent.core.placement import Move, diverse_order, imbalance, place_new, quotas, rebalance
-
-
-def apply(assignment, moves):
-    out = dict(assignment)
-    for m in moves:
-        assert out[m.qp] == m.old_path, f"{m} does not start where the QP is"
-        out[m.qp] = m.new_path
-    return out
-
-
-def counts_of(assignment, paths):
-    return {p: sum(1 for v in assignment.values() if v == p) for p in paths}
-
-
-def fill_by_data_plane(k, paths):
-    """What the data plane does for K new QPs: fewest QPs, lowest index."""
-    assignment, counts = {}, {p: 0 for p in paths}
-    for qp in range(k):
-        path = place_new(counts, paths)
-        assignment[qp] = path
-        counts[path] += 1
-    return assignment
 
 
 @pytest.mark.parametrize("p", range(1, 65))

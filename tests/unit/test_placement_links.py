@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from qpagent.core.placement import diverse_order, path_links, place_new, rebalance
+from placement_moves import apply, fill_by_data_plane
+from qpagent.core.placement import diverse_order, path_links, rebalance
 
 # The default lab seen from dc1-leaf1: spine x border x remote border x
 # remote spine, so 16 paths over 4 WAN links. Routers answer TTL probes
@@ -29,23 +30,6 @@ def wan_load(assignment, links=LINKS):
     return load
 
 
-def apply(assignment, moves):
-    out = dict(assignment)
-    for m in moves:
-        assert out[m.qp] == m.old_path, f"{m} does not start where the QP is"
-        out[m.qp] = m.new_path
-    return out
-
-
-def placed_by_data_plane(k, paths):
-    """qp_steer's rule for new QPs: fewest QPs, lowest index."""
-    counts, out = {p: 0 for p in paths}, {}
-    for qp in range(k):
-        out[qp] = place_new(counts, paths)
-        counts[out[qp]] += 1
-    return out
-
-
 def test_path_links_name_the_first_hop_and_each_hop():
     assert path_links("eth1", "10.0.0.1", ("a", "b", "c")) == (
         ("first", "eth1", "10.0.0.1"), "a", "b", "c")
@@ -54,7 +38,7 @@ def test_path_links_name_the_first_hop_and_each_hop():
 
 @pytest.mark.parametrize("k", [4, 8])
 def test_new_qps_take_disjoint_wan_links(k):
-    assignment = placed_by_data_plane(k, list(LINKS))
+    assignment = fill_by_data_plane(k, list(LINKS))
     assert set(wan_load(assignment).values()) == {k // 4}
     assert rebalance(assignment, list(LINKS), links=LINKS) == []
 
@@ -65,7 +49,7 @@ def test_a_wan_cut_and_its_restore_leave_every_wan_link_even(cut, k):
     """The fault the sweep found: after a cut and restore, QPs sat on
     distinct paths that shared WAN links (busiest link 1.64 of the mean)."""
     everything = list(LINKS)
-    start = placed_by_data_plane(k, everything)
+    start = fill_by_data_plane(k, everything)
     survivors = [p for p in everything if cut not in LINKS[p]]
     during = apply(start, rebalance(start, survivors, links=LINKS))
     assert all(during[qp] in survivors for qp in during)
@@ -79,7 +63,7 @@ def test_a_wan_cut_and_its_restore_leave_every_wan_link_even(cut, k):
 
 
 def test_only_as_many_moves_as_the_cut_needs():
-    start = placed_by_data_plane(4, list(LINKS))
+    start = fill_by_data_plane(4, list(LINKS))
     cut = WAN[0]
     survivors = [p for p in LINKS if cut not in LINKS[p]]
     moves = rebalance(start, survivors, links=LINKS)
@@ -115,7 +99,7 @@ def test_any_single_link_failure_keeps_uplinks_even_and_settles(cut):
     live = [p for p in everything if cut not in LINKS[p]]
     uplinks = {link for p in live for link in LINKS[p] if link[0] == "first"}
     for k in [*range(1, 17), 20, 24, 28, 33, 40]:
-        start = placed_by_data_plane(k, everything)
+        start = fill_by_data_plane(k, everything)
         during = apply(start, rebalance(start, live, links=LINKS))
         assert all(p in live for p in during.values())
         assert max(tier(during, lambda a: a == "first").values()) == math.ceil(k / len(uplinks))

@@ -5,20 +5,9 @@ import math
 
 import pytest
 
+from placement_moves import apply, counts_of
 from qpagent.config import ConfigError, load_config
 from qpagent.core.placement import imbalance, path_weights, place_new, quotas, rebalance
-
-
-def apply(assignment, moves):
-    out = dict(assignment)
-    for m in moves:
-        assert out[m.qp] == m.old_path, f"{m} does not start where the QP is"
-        out[m.qp] = m.new_path
-    return out
-
-
-def counts_of(assignment, paths):
-    return {p: sum(1 for v in assignment.values() if v == p) for p in paths}
 
 
 # weights, QPs already on each path, total QPs -> quota per path
