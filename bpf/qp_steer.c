@@ -401,10 +401,11 @@ static __always_inline void pair_replies(const struct qp_key *key, const struct 
 
 	if (!p->psn_ok)
 		return;
-	__builtin_memcpy(rk.local, p->roce_saddr, sizeof(rk.local));
-	__builtin_memcpy(rk.peer, p->roce_daddr, sizeof(rk.peer));
-	rk.sport = p->roce_sport;
-	rk.family = p->roce_family;
+	/* Not encapsulated yet: the tuple is the QP's own. */
+	__builtin_memcpy(rk.local, p->saddr, sizeof(rk.local));
+	__builtin_memcpy(rk.peer, p->daddr, sizeof(rk.peer));
+	rk.sport = p->sport;
+	rk.family = p->family;
 	qp_reply.update(&rk, key);
 }
 
@@ -601,10 +602,10 @@ static __always_inline void ack_seen(const struct pkt_info *p)
 	if (type != AETH_TYPE_ACK && p->syndrome != AETH_NAK_PSN_SEQ)
 		return;
 	/* The ACK comes from the responder to the requester. */
-	__builtin_memcpy(rk.local, p->roce_daddr, sizeof(rk.local));
-	__builtin_memcpy(rk.peer, p->roce_saddr, sizeof(rk.peer));
-	rk.sport = p->roce_sport;
-	rk.family = p->roce_family;
+	__builtin_memcpy(rk.local, p->inner_daddr, sizeof(rk.local));
+	__builtin_memcpy(rk.peer, p->inner_saddr, sizeof(rk.peer));
+	rk.sport = p->inner_sport;
+	rk.family = p->inner_family;
 	fwd = qp_reply.lookup(&rk);
 	qs = fwd ? qp_table.lookup(fwd) : NULL;
 	if (!qs) {

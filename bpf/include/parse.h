@@ -64,12 +64,12 @@ struct pkt_info {
 	__u8  is_ack;
 	__u8  syndrome;
 	__u32 psn_acked;
-	/* The RoCE frame's own addresses and UDP source port: the inner ones
-	 * of an outer VXLAN packet, else the tuple's. */
-	__u32 roce_saddr[4];
-	__u32 roce_daddr[4];
-	__u16 roce_sport;
-	__u8  roce_family;
+	/* Inner RoCE of an outer VXLAN packet: its addresses and UDP source
+	 * port (a frame that is not encapsulated has them in the tuple). */
+	__u32 inner_saddr[4];
+	__u32 inner_daddr[4];
+	__u16 inner_sport;
+	__u8  inner_family;
 };
 
 /* What a BTH tells: who it is for and where in the QP's stream it sits. */
@@ -272,9 +272,8 @@ static __always_inline int parse_bth(struct cursor *c, struct bth_fields *b)
 	return PARSE_ROCE;
 }
 
-/* The BTH's findings into *p; `t` is the layer that carried it. */
-static __always_inline void take_bth(struct pkt_info *p, const struct bth_fields *b,
-				     const struct l3l4 *t)
+/* The BTH's findings into *p. */
+static __always_inline void take_bth(struct pkt_info *p, const struct bth_fields *b)
 {
 	p->dqp = b->dqp;
 	p->has |= FLOW_HAS_QP;
@@ -282,10 +281,6 @@ static __always_inline void take_bth(struct pkt_info *p, const struct bth_fields
 	p->syndrome = b->syndrome;
 	if (b->is_ack)
 		p->psn_acked = b->psn;
-	__builtin_memcpy(p->roce_saddr, t->saddr, sizeof(p->roce_saddr));
-	__builtin_memcpy(p->roce_daddr, t->daddr, sizeof(p->roce_daddr));
-	p->roce_sport = t->sport;
-	p->roce_family = t->family;
 }
 
 /* Ethernet/IP/L4/BTH of one frame, without looking into VXLAN. */
@@ -329,7 +324,7 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	p->proto = outer.proto;
 	p->has_ports = outer.has_ports;
 	if (rc == PARSE_ROCE) {
-		take_bth(p, &b, &outer);
+		take_bth(p, &b);
 		p->psn = b.psn;
 		p->psn_ok = b.psn_ok;
 		return rc;
@@ -354,7 +349,11 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	rc = parse_frame(&c, &inner, &b);
 	if (rc == PARSE_ROCE) {
 		/* An outer packet's PSN is not ours to track; an ACK's is read. */
-		take_bth(p, &b, &inner);
+		take_bth(p, &b);
+		__builtin_memcpy(p->inner_saddr, inner.saddr, sizeof(p->inner_saddr));
+		__builtin_memcpy(p->inner_daddr, inner.daddr, sizeof(p->inner_daddr));
+		p->inner_sport = inner.sport;
+		p->inner_family = inner.family;
 		return rc;
 	}
 	if (rc == PARSE_CONTINUE)
