@@ -395,7 +395,7 @@ static __always_inline __u32 qp_signal(const struct qp_state *qs, const struct p
 
 /* Let path_probe find this QP from its ACKs (structs.h, reply_key). Only
  * a request stream is waited on: an ACK stream has no ACKs of its own. */
-static __always_inline void pair_replies(const struct qp_key *key, const struct pkt_info *p)
+static __always_inline void pair_replies(struct qp_key *key, const struct pkt_info *p)
 {
 	struct reply_key rk = {};
 

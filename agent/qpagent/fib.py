@@ -61,6 +61,11 @@ class Fib:
             self._names[index] = name
         return name
 
+    def link_up(self, index: int) -> bool:
+        """Up with carrier, asked now (never cached: it is asked because a
+        link just changed)."""
+        return self._raw.link_up(index)
+
     def next_hops(self, dst: str) -> list[Route] | None:
         """Every live next hop of the FIB entry for dst (fibmatch), or None
         when the kernel cannot say."""

@@ -41,7 +41,7 @@ def discover_paths(local_ip: str, remote_ip: str, port_candidates: Iterable[int]
 
     Paths are ordered by (uplink name, gateway) so an index survives
     rediscovery as long as the set of next hops does not change. Next hops
-    through interfaces outside `uplinks` are ignored. `expected_paths` (e.g.
+    through interfaces outside `uplinks`, or down, are ignored. `expected_paths` (e.g.
     the number of uplinks that are up) lets the walk stop as soon as that
     many paths are full, instead of looking on for paths nobody has seen.
     Pass a long-lived `fib` to avoid opening a socket per call.
@@ -56,6 +56,7 @@ def discover_paths(local_ip: str, remote_ip: str, port_candidates: Iterable[int]
         if hops is not None:
             expected_paths = len({(h.oif, h.gateway) for h in hops if h.oif_name in uplinks})
     found: dict[tuple[int, str, str | None], list[int]] = {}
+    link_up: dict[int, bool] = {}   # asked once per call, not per port
     lookups = 0
     since_new_path = 0
     try:
@@ -65,7 +66,9 @@ def discover_paths(local_ip: str, remote_ip: str, port_candidates: Iterable[int]
             lookups += 1
             # FibError (no route at all) propagates: there are no paths.
             route = fib.lookup(remote_ip, src=local_ip, sport=port, dport=dport)
-            if route.oif_name not in uplinks:
+            if route.oif not in link_up and route.oif_name in uplinks:
+                link_up[route.oif] = fib.link_up(route.oif)
+            if route.oif_name not in uplinks or not link_up[route.oif]:
                 since_new_path += 1
                 continue
             hop = (route.oif, route.oif_name, route.gateway)

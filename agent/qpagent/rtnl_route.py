@@ -16,6 +16,7 @@ import struct
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 IFLA_IFNAME = 3
+IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 1
 RTA_DST, RTA_SRC, RTA_OIF, RTA_GATEWAY = 1, 2, 4, 5
@@ -74,6 +75,19 @@ class RouteSocket:
             if kind == IFLA_IFNAME:
                 return data.rstrip(b"\0").decode()
         return None
+
+    def link_up(self, ifindex: int) -> bool:
+        """Whether an interface is up with carrier. The kernel clears the
+        flag before it announces the change, and only then marks the routes
+        through the interface dead: right after a link event the FIB may
+        still name a link that is down."""
+        body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0)
+        try:
+            reply = self._exchange(RTM_GETLINK, body)
+        except RouteLookupError:
+            return False
+        flags = struct.unpack_from("=I", reply, _NLMSGHDR.size + 8)[0]
+        return bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
 
     def _exchange(self, msg_type: int, body: bytes) -> bytes:
         self._seq = (self._seq + 1) & 0xFFFFFFFF

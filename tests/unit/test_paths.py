@@ -4,6 +4,8 @@ with ports that really lead there, in a stable order."""
 import pytest
 
 from qpagent import netnsutil, paths
+from qpagent.core.model import PathState, VtepState
+from qpagent.sources.discovery import PathDiscovery, Target
 from qt2_netns import ecmp_router, ip_route_get, needs_root, netns, sh
 
 pytestmark = [needs_root]
@@ -63,3 +65,37 @@ def test_a_removed_nexthop_disappears(router):
     sh(f"ip -n {ns} route replace 10.0.0.2/32 {hops}")
     found = _discover(ns, uplinks, ports_per_path=4)
     assert [p.ifname for p in found] == uplinks[1:]
+
+
+def _lose_carrier(ns, uplinks) -> None:
+    """up0's far end goes down: up0 loses its carrier, but the kernel keeps
+    routing through it (a linkdown next hop is still used unless
+    ignore_routes_with_linkdown is set), as it does for a moment after any
+    link goes down."""
+    sh(f"ip -n {ns} link set far0 down")
+    ports = range(49152, 49152 + 64)
+    assert any(ip_route_get(ns, "10.0.0.2", "10.0.0.1", p)[0] == uplinks[0] for p in ports), \
+        "the FIB no longer names up0: this test would prove nothing"
+
+
+def test_an_uplink_without_carrier_is_not_a_path_even_while_the_fib_names_it(router):
+    ns, uplinks = router
+    _lose_carrier(ns, uplinks)
+    found = _discover(ns, uplinks, ports_per_path=4)
+    assert [p.ifname for p in found] == uplinks[1:]
+
+
+def test_first_hop_check_drops_a_path_whose_uplink_lost_carrier(router):
+    ns, uplinks = router
+    with netnsutil.enter(ns):
+        discovery = PathDiscovery(uplinks, (49152, 65535), 4, end_to_end=False)
+    try:
+        found = discovery.discover(Target(("vx", "10.0.0.2"), "10.0.0.2", "10.0.0.1", (49152, 65536)))
+        assert sorted(f.ifname for f in found) == uplinks
+        vtep = VtepState(0, "vx", "10.0.0.2", "10.0.0.1", (49152, 65536), {
+            i: PathState(i, f.ifindex, f.ifname, f.gateway, list(f.ports)) for i, f in enumerate(found)})
+        _lose_carrier(ns, uplinks)
+        still = discovery.first_hops_still(vtep)
+        assert sorted(f.ifname for f in still) == uplinks[1:]
+    finally:
+        discovery.close()

@@ -87,12 +87,17 @@ class PathDiscovery:
     def first_hops_still(self, vtep: VtepState) -> list[Found]:
         """End-to-end mode, after a route event: each live path with the
         ports whose first hop the FIB still names (no probing)."""
+        link_up: dict[int, bool] = {}
+
         def first_hop_of(port):
             try:
                 route = self.fib.lookup(vtep.address, src=vtep.local, sport=port)
             except FibError:
                 return None
-            return (route.oif_name, route.gateway)
+            # Right after a link goes down the FIB may still name it.
+            if route.oif not in link_up:
+                link_up[route.oif] = self.fib.link_up(route.oif)
+            return (route.oif_name, route.gateway) if link_up[route.oif] else None
         return pathtable.still_on_first_hop(vtep, first_hop_of)
 
     def _split_by_hops(self, target: Target, first: list[Found]) -> list[Found]:
