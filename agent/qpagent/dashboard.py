@@ -202,8 +202,9 @@ def failures_row() -> list:
                   UP_DOWN, 8),
         _bars("QP repairs by cause",
               "QPs moved off a failing path per interval, by what told: liveness (its probes "
-              "went unanswered: moved by the data plane), retransmit (the QP resent a PSN), bfd "
-              "and route (the agent, after FRR or the kernel said so).",
+              "went unanswered), retransmit (the QP resent a PSN), nak (its peer asked for a "
+              "resend), stall (data outstanding without ACK progress): all four moved by the "
+              "data plane; bfd and route (the agent, after FRR or the kernel said so).",
               query(f'sum by (node, cause) (increase(qpagent_repairs_total{{{NODE}}}'
                     '[$__rate_interval]))', "{{node}} {{cause}}"), 12),
         _stat("QP repairs by cause, in the time range",
@@ -212,6 +213,13 @@ def failures_row() -> list:
                     "{{cause}}", instant=True),
               unit="short", text_mode=cm.BigValueTextMode.VALUE_AND_NAME)
         .span(12).height(8),
+        _lines("QP acknowledgements",
+               "ACKs and NAKs per second that the remote ends sent back for the QPs this node "
+               "steers, as the data plane read them on the uplinks: the evidence behind the nak "
+               "and stall repairs. unpaired: an acknowledgement for no QP known here.",
+               "pps", 24, 8,
+               query(f'sum by (node, event) (rate(qpagent_reply_events_total{{{NODE}}}'
+                     '[$__rate_interval]))', "{{node}} {{event}}"), line_width=2),
     ]
 
 

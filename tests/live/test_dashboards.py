@@ -371,7 +371,7 @@ def test_every_panel_query_returns_data(stack):
     assert len(targets) >= 20
     # the new per-path liveness panels are among them
     assert {"Path RTT [A]", "Path probe loss [A]", "Path state (probes) [A]",
-            "QP repairs by cause [A]"} <= {name for name, _, _ in targets}
+            "QP repairs by cause [A]", "QP acknowledgements [A]"} <= {name for name, _, _ in targets}
 
     def problems():
         found = {name: _problem(stack.prometheus.query(expr), legend) for name, expr, legend in targets}
