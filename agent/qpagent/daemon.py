@@ -430,6 +430,8 @@ class Agent:
             listed = [(v["index"], p["index"]) for v in state.get("vteps", []) for p in v["paths"]]
             liveness_view(state, health, self.cfg.liveness.enabled,
                           self.tables.suspects(listed, time.monotonic_ns()) if self.tables else set())
+            if self._liveness is not None:
+                state["liveness"]["prober"] = self._liveness.timing.snapshot()
             state["repairs"] = repairs_view(dp_repairs, self.core.repairs,
                                             {k: sorted(v) for k, v in self.reactions_by_cause.items()})
         state.update(kernel)

@@ -11,7 +11,8 @@ delay, nothing cut, and accounts for every probe of dc1-leaf1's agent:
 - seen: replies dc1-leaf1's path_probe recorded;
 - where the rest went: each delay line's drops (loss, overflow, send
   errors) and late frames, each tbf's drops, the kernel's backlog drops;
-- deaths: paths declared dead, with the silence and deadline of each.
+- deaths: paths declared dead, with the silence and deadline of each;
+- the prober's own punctuality: rounds late, the longest gap between two.
 
     .venv/bin/python tests/bench/bench_probe_loss.py [--delay 20] [--seconds 20]
 """
@@ -154,7 +155,8 @@ def main() -> int:
     out = {"bench": "probe_loss", "delay_ms": args.delay, "seconds": args.seconds,
            "engine": {k: engine.get(k) for k in ("completed", "timeouts", "retransmitted", "seconds")},
            "paths": paths, "counters": diff(after, before), "deaths": [d for _, d in sorted(died.items())],
-           "repairs": status.get("repairs")}
+           "repairs": status.get("repairs"),
+           "prober": (status.get("liveness") or {}).get("prober")}
     print(json.dumps(out, indent=1))
     sent = sum(p["sent"] for p in paths.values())
     seen = sum(p["seen"] for p in paths.values())

@@ -100,6 +100,35 @@ def rtt_changes(key, index: int, counters: PathCounters) -> list[PathRttSeen]:
     return [PathRttSeen(key, index, srtt, margin)]
 
 
+class ProberTiming:
+    """How punctually the prober itself ran: a round that starts late, or
+    whose sends take long, leaves every path it probes silent for as long,
+    an RTT later. What `qpagent status` shows under liveness."""
+
+    LATE_NS = 5_000_000     # a round this much past its period counts as late
+
+    def __init__(self, interval_ms: int):
+        self.interval_ns = interval_ms * 1_000_000
+        self.rounds = 0
+        self.late_rounds = 0
+        self.worst_gap_ns = 0     # longest time between two rounds' starts
+        self.worst_send_ns = 0    # longest time one round took to send
+
+    def round(self, previous_start: int, start: int, sent: int) -> None:
+        self.rounds += 1
+        self.worst_send_ns = max(self.worst_send_ns, sent - start)
+        if previous_start:
+            gap = start - previous_start
+            self.worst_gap_ns = max(self.worst_gap_ns, gap)
+            if gap > self.interval_ns + self.LATE_NS:
+                self.late_rounds += 1
+
+    def snapshot(self) -> dict:
+        return {"rounds": self.rounds, "late_rounds": self.late_rounds,
+                "worst_round_gap_ms": round(self.worst_gap_ns / 1e6, 3),
+                "worst_send_ms": round(self.worst_send_ns / 1e6, 3)}
+
+
 class LivenessSource:
     """The prober and health reader thread. `read_health(pairs)` reads
     path_health for (vtep index, path) pairs (qpagent.tables.QpTables.health)."""
@@ -124,6 +153,7 @@ class LivenessSource:
         # The prober's own stalls (a busy host): when it last resumed.
         self._last_round_ns = 0
         self._probing_since = 0
+        self.timing = ProberTiming(interval_ms)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -182,9 +212,10 @@ class LivenessSource:
         started = time.monotonic_ns()
         if started - self._last_round_ns > 2 * self.interval_ms * 1_000_000:
             self._probing_since = started      # first round, or after a stall of ours
-        self._last_round_ns = started
         for target in targets:
             self._send(target)
+        self.timing.round(self._last_round_ns, started, time.monotonic_ns())
+        self._last_round_ns = started
         if deadlines and started - self._probing_since >= max(deadlines.values()):
             # Only once every path had a deadline to answer since we resumed,
             # and for half the tightest deadline ahead: a prober that stalls
