@@ -569,3 +569,16 @@ def test_a_path_count_change_rewrites_the_deadline_of_armed_paths():
     out = world.paths(PATH_A, PATH_B, PATH_C, cause="route_add")
     # C is the spare of both: three paths take turns two at a time, each every 20 ms.
     assert WriteDeadline(0, 0, 60_000_000) in out
+
+
+def test_a_path_without_an_rtt_of_its_own_gets_its_vteps_longest():
+    """A path that joins the probed set late must not be armed with a
+    few intervals when its siblings' replies take a WAN round trip: its
+    first silence of one RTT would kill it."""
+    world = four_paths_eight_qps()
+    health(world, 0, True)
+    world.core.path_rtt(PathRttSeen(KEY, 0, 40 * MS, 12 * MS), world.qps, world.now)
+    assert health(world, 1, True) == [WriteDeadline(0, 1, 52 * MS)]
+    # Its own sample, once it has one, rules.
+    assert world.core.path_rtt(PathRttSeen(KEY, 1, 80 * MS, 12 * MS), world.qps,
+                               world.now) == [WriteDeadline(0, 1, 92 * MS)]

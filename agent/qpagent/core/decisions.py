@@ -279,7 +279,12 @@ class Core:
         s = self.settings
         base = liveness.deadline_ns(len(self.probed_paths(vtep)), s.probe_interval_ms,
                                     s.probe_budget_pps, s.probe_misses)
-        srtt, margin = self._rtt.get((vtep.key, index), (0, 0))
+        # A path not sampled yet gets its VTEP's longest known RTT: its
+        # probes cross the same distance, and the base alone (a few
+        # intervals) can be shorter than one round trip on a WAN.
+        srtt, margin = self._rtt.get((vtep.key, index)) or max(
+            (rtt for (key, _), rtt in self._rtt.items() if key == vtep.key),
+            key=sum, default=(0, 0))
         return liveness.rtt_deadline_ns(base, srtt,
                                         max(margin, s.probe_rtt_margin_ms * 1_000_000))
 
