@@ -101,30 +101,53 @@ def rtt_changes(key, index: int, counters: PathCounters) -> list[PathRttSeen]:
 
 
 class ProberTiming:
-    """How punctually the prober itself ran: a round that starts late, or
-    whose sends take long, leaves every path it probes silent for as long,
-    an RTT later. What `qpagent status` shows under liveness."""
+    """How punctually the prober itself runs, and what that allows.
+
+    A round that starts late, or whose sends take long (this thread waits
+    for the GIL between sends on a busy host), leaves the paths it probes
+    silent for as long, an RTT later. Such a round is a stall of ours:
+    silence is not held against a path until the prober has again run on
+    time for a whole deadline (probing_since), and only then is the data
+    plane told to believe silence (believe_until). Counters for the status."""
 
     LATE_NS = 5_000_000     # a round this much past its period counts as late
 
     def __init__(self, interval_ms: int):
         self.interval_ns = interval_ms * 1_000_000
+        self.probing_since = 0
         self.rounds = 0
         self.late_rounds = 0
+        self.stalls = 0
         self.worst_gap_ns = 0     # longest time between two rounds' starts
         self.worst_send_ns = 0    # longest time one round took to send
+        self._last_start = 0
 
-    def round(self, previous_start: int, start: int, sent: int) -> None:
+    def round(self, start: int, sent: int) -> None:
+        """One round: it started at `start` and had sent everything at `sent`."""
+        gap = start - self._last_start if self._last_start else None
+        self._last_start = start
         self.rounds += 1
         self.worst_send_ns = max(self.worst_send_ns, sent - start)
-        if previous_start:
-            gap = start - previous_start
+        if gap is not None:
             self.worst_gap_ns = max(self.worst_gap_ns, gap)
-            if gap > self.interval_ns + self.LATE_NS:
-                self.late_rounds += 1
+            self.late_rounds += gap > self.interval_ns + self.LATE_NS
+        if gap is None or gap > 2 * self.interval_ns or sent - start > self.interval_ns:
+            self.stalls += gap is not None
+            self.probing_since = sent
+
+    def believe_until(self, start: int, deadlines) -> int | None:
+        """How long the data plane may take silence for a dead path, from
+        this round on: half the tightest deadline past the round's start,
+        once every path had a deadline to answer since we last stalled; a
+        prober that stalls then lapses before a path could look dead for
+        want of probes it never sent. None: not yet."""
+        deadlines = list(deadlines)
+        if not deadlines or start - self.probing_since < max(deadlines):
+            return None
+        return start + min(deadlines) // 2
 
     def snapshot(self) -> dict:
-        return {"rounds": self.rounds, "late_rounds": self.late_rounds,
+        return {"rounds": self.rounds, "late_rounds": self.late_rounds, "stalls": self.stalls,
                 "worst_round_gap_ms": round(self.worst_gap_ns / 1e6, 3),
                 "worst_send_ms": round(self.worst_send_ns / 1e6, 3)}
 
@@ -150,9 +173,6 @@ class LivenessSource:
         self._counters: dict[tuple[int, int], PathCounters] = {}
         self._turn: dict = {}                 # VTEP key -> next path to probe (round-robin)
         self._seq = 0
-        # The prober's own stalls (a busy host): when it last resumed.
-        self._last_round_ns = 0
-        self._probing_since = 0
         self.timing = ProberTiming(interval_ms)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -210,18 +230,12 @@ class LivenessSource:
             for pair in wanted - set(self._counters):
                 self._counters[pair] = PathCounters()
         started = time.monotonic_ns()
-        if started - self._last_round_ns > 2 * self.interval_ms * 1_000_000:
-            self._probing_since = started      # first round, or after a stall of ours
         for target in targets:
             self._send(target)
-        self.timing.round(self._last_round_ns, started, time.monotonic_ns())
-        self._last_round_ns = started
-        if deadlines and started - self._probing_since >= max(deadlines.values()):
-            # Only once every path had a deadline to answer since we resumed,
-            # and for half the tightest deadline ahead: a prober that stalls
-            # lapses before any path could look dead for want of probes it
-            # never sent (a path taking turns was probed a period earlier).
-            self.believe_until(time.monotonic_ns() + min(deadlines.values()) // 2)
+        self.timing.round(started, time.monotonic_ns())
+        until = self.timing.believe_until(started, deadlines.values())
+        if until is not None:
+            self.believe_until(until)
         # The clock before the maps: a thread held up in between (the GIL,
         # a busy host) then sees replies fresher, never older, than they are.
         now_ns = time.monotonic_ns()
@@ -229,7 +243,7 @@ class LivenessSource:
         now = now_ns / 1e9
         by_path = {(t.key, t.vtep, index): readings.get((t.vtep, index), HealthReading())
                    for t in targets for index, _ in t.paths}
-        changes = self.tracker.observe(by_path, deadlines, now_ns, now, self._probing_since)
+        changes = self.tracker.observe(by_path, deadlines, now_ns, now, self.timing.probing_since)
         rtts = []
         with self._lock:
             for (key, vtep, index), reading in by_path.items():
