@@ -194,54 +194,49 @@ static __always_inline void note_leaver(__u32 vtep, __u32 path, __u64 now)
 		h->suspect_ns = now;
 }
 
-/* Armed, answering within its deadline, and the prober running: seen
- * alive moments ago, not merely never checked. */
-static __always_inline int path_verified(__u32 idx, __u64 now)
-{
-	struct path_health *h = path_health.lookup(&idx);   /* array: inlined */
-
-	return h && h->deadline_ns && elapsed(now, h->last_reply_ns) <= h->deadline_ns &&
-	       prober_running(now);
-}
-
-/* Under suspicion: several of its QPs left it on their own signals. */
-static __always_inline int path_suspect(__u32 idx, __u64 now)
-{
-	struct path_health *h = path_health.lookup(&idx);   /* array: inlined */
-
-	return h && suspect(h, now);
-}
-
 /* Live path of the VTEP with the fewest QPs (ties: lowest index), other
  * than `exclude` (MAX_PATHS: none), or -1. A path under suspicion takes no
- * QP. A repair (`verified`) takes a path that answered probes moments ago
- * when there is one: the agent probes only the paths in use and their
- * spares, and an unprobed path may share the failure the QP is fleeing. A
- * new QP takes any live path. */
-static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u64 now,
-					     int verified)
+ * QP. A new QP (prefs 0) takes any live path. A repair prefers, in this
+ * order: a path that crosses none of the links of the one it leaves (prefs
+ * bits 0-15: that path's shares; which of its links failed is unknown),
+ * then (PREFER_VERIFIED_BIT) one that answered probes moments ago (the
+ * agent probes only the paths in use and their spares, and an unprobed path
+ * may share the failure the QP is fleeing). One cost per path, lowest wins:
+ * the preferences in its high bits, the QP count below. (One prefs word,
+ * not two arguments: the verifier then walks the loop once for new QPs and
+ * once for repairs, not once per combination.) */
+_Static_assert(MAX_PATHS <= PREFER_VERIFIED_BIT, "a path's bit in prefs and path_entry.shares");
+
+static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u32 prefs,
+					     __u64 now)
 {
-	__u32 best_qps = 0xffffffff, best_checked_qps = 0xffffffff;
-	int best = -1, best_checked = -1;
+	__u32 believed = prober_running(now), fresh, unverified;
+	__u32 best_cost = 0xffffffff, cost;
+	int best = -1;
 
 #pragma unroll
 	for (int i = 0; i < MAX_PATHS; i++) {
 		__u32 idx = vtep * MAX_PATHS + i;
 		struct path_entry *pe = path_table.lookup(&idx);
+		struct path_health *h = path_health.lookup(&idx);   /* array: inlined */
 
-		if (i == exclude || !path_usable(pe) || !path_answering(idx, now) ||
-		    path_suspect(idx, now))
+		if (i == exclude || !path_usable(pe) || !h || suspect(h, now))
 			continue;
-		if (pe->qps < best_qps) {
-			best_qps = pe->qps;
+		/* One read of its health: answering (as path_answering
+		 * says), and verified: armed, answered within its deadline,
+		 * the prober running (seen alive moments ago, not merely
+		 * never checked). */
+		fresh = h->deadline_ns && elapsed(now, h->last_reply_ns) <= h->deadline_ns;
+		if (h->deadline_ns && !fresh && believed)
+			continue;
+		unverified = (prefs >> PREFER_VERIFIED_BIT) & !(fresh & believed);
+		cost = (((prefs >> i) & 1) << 31) | (unverified << 30) | (pe->qps & 0x3fffffff);
+		if (cost < best_cost) {
+			best_cost = cost;
 			best = i;
 		}
-		if (verified && pe->qps < best_checked_qps && path_verified(idx, now)) {
-			best_checked_qps = pe->qps;
-			best_checked = i;
-		}
 	}
-	return best_checked >= 0 ? best_checked : best;
+	return best;
 }
 
 /* The entry of one path, or NULL when the indexes are out of range. */
@@ -432,6 +427,7 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 	struct qp_state st = {};
 	__u32 cause = REPAIR_CAUSES;     /* none: not a data-plane repair */
 	__u32 exclude = MAX_PATHS;
+	__u32 prefs = 0;           /* a repair's preferences (least_loaded_path) */
 	__u32 vtep;
 	__u64 now;
 	int path;
@@ -463,8 +459,15 @@ static __always_inline int steer_slow(struct __sk_buff *skb, struct qp_key *key,
 	}
 
 	/* A QP leaving a path (dead, gone, or resending) goes where probes
-	 * answer, if anywhere does. */
-	path = least_loaded_path(vtep, exclude, now, qs != NULL);
+	 * answer, if anywhere does, and off the links of the path it leaves. */
+	if (qs) {
+		struct path_entry *left = path_of(qs->vtep, qs->path);
+
+		prefs = 1U << PREFER_VERIFIED_BIT;
+		if (left && qs->vtep == vtep)
+			prefs |= left->shares;
+	}
+	path = least_loaded_path(vtep, exclude, prefs, now);
 	if (path < 0 || take_slot(vtep, path, &st) < 0) {
 		if (qs)
 			account(qs, skb->len, now);

@@ -63,12 +63,13 @@ class QpTables:
 
     # ---------------------------------------------------------------- paths
     def write_path(self, vtep: int, path: int, ifindex: int, alive: bool,
-                   ports: list[int], hashes: list[int], qps: int) -> None:
+                   ports: list[int], hashes: list[int], qps: int, shares: int = 0) -> None:
         entry = self.path_table.Leaf()
         entry.ifindex = ifindex
         entry.alive = 1 if alive else 0
         entry.n_ports = len(ports)
         entry.qps = qps
+        entry.shares = shares
         for i, (port, value) in enumerate(zip(ports, hashes)):
             entry.port[i] = port
             entry.hash[i] = value

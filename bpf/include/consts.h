@@ -10,6 +10,9 @@
 #define MAX_VTEPS        64     /* remote VTEPs one agent steers towards   */
 #define MAX_PATHS        16     /* first-hop paths (ECMP members) per VTEP  */
 #define PORTS_PER_PATH   16     /* distinct outer source ports per path     */
+/* A repair's preferences word: bits 0-15 paths to avoid (path_entry.shares,
+ * one per path), this bit: prefer paths that answered probes. */
+#define PREFER_VERIFIED_BIT 16
 /* Table sizes may be overridden at compile time (-DMAX_FLOWS=64) so that
  * tests can fill an LRU table quickly. */
 #ifndef MAX_QPS

@@ -71,6 +71,8 @@ struct path_entry {
 	__u32 qps;          /* QPs placed here (data plane adds, agent reconciles) */
 	__u32 hash[PORTS_PER_PATH];
 	__u16 port[PORTS_PER_PATH];
+	__u16 shares;       /* bit j: path j crosses a link of this one; a QP
+			     * leaving this path on its own avoids them */
 };
 
 /* A liveness probe: the UDP payload after the 8-byte VXLAN header. The

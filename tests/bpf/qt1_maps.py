@@ -38,7 +38,7 @@ def path_ports(path, n_ports, lo):
     return [lo + path * n_ports + s for s in range(n_ports)]
 
 
-def set_path(prog, vtep, path, n_ports, port_range, alive=True, ifindex=None):
+def set_path(prog, vtep, path, n_ports, port_range, alive=True, ifindex=None, shares=0):
     table = prog.table("path_table")
     key = table.Key(vtep * MAX_PATHS + path)
     old = table[key]
@@ -47,6 +47,7 @@ def set_path(prog, vtep, path, n_ports, port_range, alive=True, ifindex=None):
     leaf.alive = 1 if alive else 0
     leaf.n_ports = n_ports
     leaf.qps = old.qps
+    leaf.shares = shares
     lo, hi = port_range
     for slot, port in enumerate(path_ports(path, n_ports, lo)):
         leaf.port[slot] = port

@@ -16,7 +16,7 @@ from conftest import TC_ACT_UNSPEC, event_counts, expect
 from qpagent import bpfsys, contract
 from qpagent.contract import MAX_PATHS
 from qt1_maps import (PROBE_REPLY, REPAIR_NAK, REPAIR_STALL, REPLY_ACK, REPLY_NAK,
-                      REPLY_UNPAIRED, qp_key, qp_state, set_path, set_vtep)
+                      REPLY_UNPAIRED, qp_key, qp_state, set_alive, set_path, set_vtep)
 from qt1_packets import (AETH_NAK_PSN_SEQ, AETH_RNR_NAK, HOST_B_MAC, probe_frame, probe_msg,
                          roce, roce_ack, vxlan)
 
@@ -312,3 +312,45 @@ def test_suspicion_with_no_probe_to_clear_it_lapses(probe_and_steer):
     set_health(steer, 0, suspect_ns=health(steer, 0)["suspect_ns"] - 2_000 * MS)   # 1 s hold past
     forward(steer, 1, dqp=0x64, sport=49155)
     assert state(steer, 0x64)["path"] == 0
+
+
+def four_paths(steer, shares_of_0):
+    """Our QP on path 0 of four; path 0 crosses a link of each path in
+    `shares_of_0` (the agent's path_entry.shares)."""
+    sent(steer, range(1, 6), n_paths=4)
+    set_path(steer, VTEP, 0, 2, PORT_RANGE, shares=sum(1 << p for p in shares_of_0))
+
+
+def test_a_qp_leaving_on_its_own_nak_avoids_every_path_sharing_a_link(probe_and_steer):
+    """Paths 1 and 2 cross a link of path 0: the link that failed may be
+    theirs too. Path 3, the one that shares none, takes the QP, though
+    path 1 has as few QPs and a lower index."""
+    probe, steer = probe_and_steer
+    configure(steer, nak=True)
+    four_paths(steer, {1, 2})
+    back(probe, psn=3, syndrome=AETH_NAK_PSN_SEQ)
+    forward(steer, psn=3)
+    assert (state(steer)["path"], state(steer)["last_cause"]) == (3, REPAIR_NAK)
+
+
+def test_a_qp_leaving_a_dead_path_avoids_every_path_sharing_a_link(steer):
+    four_paths(steer, {1, 3})
+    set_alive(steer, VTEP, 0, False)
+    forward(steer, psn=6)
+    assert state(steer)["path"] == 2
+
+
+def test_when_every_other_path_shares_a_link_the_qp_still_leaves(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, nak=True)
+    four_paths(steer, {1, 2, 3})
+    back(probe, psn=3, syndrome=AETH_NAK_PSN_SEQ)
+    forward(steer, psn=3)
+    assert state(steer)["path"] == 1           # the fewest QPs, then the lowest index
+
+
+def test_a_new_qp_is_placed_by_load_alone(steer):
+    """shares is about leaving a path: a new QP has nothing to flee."""
+    four_paths(steer, {1, 2, 3})
+    forward(steer, psn=1, dqp=0x62)
+    assert state(steer, dqp=0x62)["path"] == 1  # path 0 holds a QP already

@@ -34,9 +34,9 @@ PATH_A = first_hop("eth1", [49152, 49153, 49154])
 PATH_B = first_hop("eth2", [49160, 49161, 49162])
 
 
-def write(path: int, found: Found, alive=True, qps=0, vtep=0) -> WritePath:
+def write(path: int, found: Found, alive=True, qps=0, vtep=0, shares=0) -> WritePath:
     return WritePath(vtep, path, found.ifindex, alive, found.ports,
-                     tuple(hash_for_port(p, *RANGE) for p in found.ports), qps)
+                     tuple(hash_for_port(p, *RANGE) for p in found.ports), qps, shares)
 
 
 def move(qp: bytes, path: int, slot: int, port: int, reason: str) -> MoveQp:
@@ -219,7 +219,9 @@ def test_probe_round_that_splits_a_first_hop_adds_paths():
     world.paths(PATH_A, cause="start", fdb=FDB)
     split = [e2e("eth1", [49152], "10.1.0.1", "10.2.0.1"), e2e("eth1", [49153], "10.1.0.1", "10.2.0.5")]
     out = world.paths(*split, cause="probe")
-    assert out == [write(0, PATH_A, alive=False), write(1, split[0]), write(2, split[1])]
+    # Both leave by eth1 and its next router: each shares a link with the other.
+    assert out == [write(0, PATH_A, alive=False), write(1, split[0], shares=1 << 2),
+                   write(2, split[1], shares=1 << 1)]
 
 
 def test_probe_round_that_saw_fewer_hops_is_ignored():
@@ -404,7 +406,8 @@ def test_restore_refuses_malformed_state():
 
 from qpagent.core.actions import WriteDeadline  # noqa: E402
 from qpagent.core.inputs import PathHealthChanged, PathRttSeen  # noqa: E402
-from qpagent.core.decisions import failover_spares  # noqa: E402
+from qpagent.core.decisions import failover_spares, shared_links  # noqa: E402
+from qpagent.core.model import PathState  # noqa: E402
 from qpagent.core.pathtable import carry_over  # noqa: E402
 from qpagent.core.liveness import deadline_ns  # noqa: E402
 
@@ -582,3 +585,27 @@ def test_a_path_without_an_rtt_of_its_own_gets_its_vteps_longest():
     # Its own sample, once it has one, rules.
     assert world.core.path_rtt(PathRttSeen(KEY, 1, 80 * MS, 12 * MS), world.qps,
                                world.now) == [WriteDeadline(0, 1, 92 * MS)]
+
+
+def test_each_path_names_the_paths_that_cross_one_of_its_links():
+    """End to end, 2 uplinks x 2 WAN links: a path shares its uplink with
+    one path and its WAN link with another, and nothing with the fourth,
+    where a QP fleeing it on its own evidence should go (path_entry.shares)."""
+    paths = {i: PathState(i, 11 + up, f"eth{up + 1}", f"10.0.{up}.1", [49152 + i],
+                          (f"10.1.{up}.2", f"10.9.{wan}.2"))
+             for i, (up, wan) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)])}
+    assert shared_links(paths) == {0: 0b0110, 1: 0b1001, 2: 0b1001, 3: 0b0110}
+    # Known by their first hop only, paths are their uplinks: nothing shared.
+    assert shared_links({i: PathState(i, 11, f"eth{i}", None, [1]) for i in range(3)}) == {}
+
+
+def test_the_data_plane_is_told_which_paths_share_a_link():
+    world = World(end_to_end=True)
+    a = first_hop("eth1", [49152], hops=("10.1.0.2", "10.9.0.2"))
+    b = first_hop("eth1", [49153], hops=("10.1.0.2", "10.9.1.2"))
+    c = first_hop("eth2", [49160], hops=("10.1.1.2", "10.9.2.2"))
+    out = world.paths(a, b, c, cause="start", fdb=FDB)
+    index = {w.ports[0]: w.path for w in out if isinstance(w, WritePath)}
+    shares = {w.ports[0]: w.shares for w in out if isinstance(w, WritePath)}
+    # a and b leave by the same uplink: each avoids the other; c shares nothing.
+    assert shares == {49152: 1 << index[49153], 49153: 1 << index[49152], 49160: 0}

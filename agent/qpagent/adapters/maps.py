@@ -17,7 +17,8 @@ class MapWriter:
         for action in actions:
             if isinstance(action, WritePath):
                 self.tables.write_path(action.vtep, action.path, action.ifindex, action.alive,
-                                       list(action.ports), list(action.hashes), action.qps)
+                                       list(action.ports), list(action.hashes), action.qps,
+                                       action.shares)
             elif isinstance(action, MoveQp):
                 self.tables.move_qp(action.qp, action.vtep, action.path, action.slot,
                                     action.port, action.hash)

@@ -15,6 +15,7 @@ class WritePath:
     ports: tuple[int, ...]
     hashes: tuple[int, ...]
     qps: int
+    shares: int = 0     # bit j: path j crosses a link of this one (end-to-end mode)
 
 
 @dataclass(frozen=True)

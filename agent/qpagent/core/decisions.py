@@ -392,6 +392,7 @@ class Core:
 
     def _write_paths(self, vtep: VtepState, qps: Mapping[bytes, QpView]) -> list[WritePath]:
         counts = Counter(q.path for q in qps.values())
+        shares = shared_links(vtep.paths)
         out = []
         for i in range(MAX_PATHS):
             path = vtep.paths.get(i)
@@ -400,7 +401,7 @@ class Core:
             out.append(WritePath(
                 vtep.index, i, path.ifindex, path.alive, tuple(path.ports),
                 tuple(hash_for_port(p, *vtep.port_range) for p in path.ports),
-                counts.get(i, 0)))
+                counts.get(i, 0), shares.get(i, 0)))
         return out
 
     def _replace_qps(self, vtep: VtepState, qps: Mapping[bytes, QpView], cause: str,
@@ -472,6 +473,17 @@ class Core:
 def path_elements(path: PathState) -> set:
     """What a path crosses: its first hop and every hop beyond."""
     return {("first", path.uplink, path.gateway)} | set(path.hops)
+
+
+def shared_links(paths: Mapping[int, PathState]) -> dict[int, int]:
+    """Per path, a bit for every other path that crosses one of its links
+    (path_entry.shares): a QP that leaves a path on its own evidence does
+    not know which link failed, so the data plane sends it, if it can, to a
+    path that crosses none of them. Paths known only by their first hop
+    share nothing: each is its own uplink."""
+    elements = {i: path_elements(p) for i, p in paths.items() if p.hops}
+    return {i: sum(1 << j for j, theirs in elements.items() if j != i and mine & theirs)
+            for i, mine in elements.items()}
 
 
 def failover_spares(live: list[int], counts: Mapping[int, int],
