@@ -241,6 +241,10 @@ class Traffic:
                          "qps_in_error": [q["qpn"] for q in qps if q["state"] == "error"],
                          "timeouts": sum(q["tx"]["timeouts"] for q in qps),
                          "retransmitted": sum(q["tx"].get("retransmitted", 0) for q in qps),
+                         # A receiver NAKs a gap once; a NAK lost on the way
+                         # back leaves the sender to its timer.
+                         "naks_sent": sum(q["rx"].get("naks_sent", 0) for q in qps),
+                         "naks_seen": sum(q["tx"].get("naks", 0) for q in qps),
                          "seconds": round(replies[self.src.name]["end"] - replies[self.src.name]["start"], 2)}
         except QpInError as e:
             self._out = {"completed": False, "qps_in_error": [q["qpn"] for q in e.qps],
