@@ -47,7 +47,6 @@ log = logging.getLogger("qpagent")
 
 RECONCILE_EVERY_S = 1.0
 TOPOLOGY_EVERY_S = 5.0
-PROBER_SWITCH_INTERVAL_S = 0.001
 
 
 class AgentError(RuntimeError):
@@ -199,10 +198,6 @@ class Agent:
                                             live.budget_pps, live.hold_down_ms,
                                             believe_until=self.tables.believe_probes_until)
             self._set_liveness_targets()
-            # The prober sends every interval from its own thread; while the
-            # loop computes, it waits for the GIL up to the switch interval
-            # (5 ms) at every send. 1 ms keeps a round of probes punctual.
-            sys.setswitchinterval(PROBER_SWITCH_INTERVAL_S)
             self._services.append(self._liveness.start())
         if self.cfg.steer.end_to_end:
             self._prober = Prober(self._discovery_args(), self._queue)

@@ -73,7 +73,7 @@ class CutResult:
     wan_load_1s: dict[str, int]         # QPs per WAN link from 1 to 1.5 s after the cut
     carried_bytes: int                  # by the cut link in the half second before the cut
     engine: dict = field(default_factory=dict)   # completion, verification, QP states
-    false_moves: int | None = None      # liveness moves before the cut (None: no agent)
+    false_moves: dict | None = None     # data-plane moves before the cut, by cause (None: no agent)
 
     def summary(self) -> dict:
         hit_gaps = [self.gaps_ms[q] for q in self.hit]
@@ -84,7 +84,9 @@ class CutResult:
                 "balanced_after_ms": None if self.balanced_after_ms is None
                 else round(self.balanced_after_ms),
                 "wan_live": self.wan_live, "wan_load_1s": self.wan_load_1s,
-                "liveness_moves_before_cut": self.false_moves, **self.engine}
+                "liveness_moves_before_cut": (None if self.false_moves is None
+                                              else sum(self.false_moves.values())),
+                "moves_before_cut_by_cause": self.false_moves, **self.engine}
 
 
 # ---------------------------------------------------------------- which link
@@ -334,7 +336,8 @@ def measure_cut(lab: Lab, tier: str, src: str = "dc1-h1", dst: str = "dc2-h1",
                        len(live),
                        wan_load(wan_tap.seen, qps, t_cut + 1.0, t_cut + 1.5), carried, engine,
                        None if moves_at_start is None or moves_at_cut is None
-                       else moves_at_cut - moves_at_start)
+                       else {c: moves_at_cut[c] - moves_at_start[c] for c in moves_at_cut
+                             if moves_at_cut[c] != moves_at_start[c]})
     log(f"  {tier:12s} cut {result.link}: {result.summary()}")
     settle(lab, src_leaf, log=log)
     return result
@@ -364,14 +367,14 @@ def paths_not_alive(lab: Lab, leaf: str) -> list[str]:
 DATA_PLANE_CAUSES = ("liveness", "nak", "stall", "retransmit")
 
 
-def liveness_moves(lab: Lab, leaf: str) -> int | None:
+def liveness_moves(lab: Lab, leaf: str) -> dict[str, int] | None:
     """QPs the leaf's agent and data plane moved so far for want of probe
-    replies or on the QPs' own signals (NAK, stall, resend): with nothing
-    failed, each is a flap (None: no agent answering)."""
+    replies or on the QPs' own signals (NAK, stall, resend), by cause: with
+    nothing failed, each is a flap (None: no agent answering)."""
     if not lab.agents_running():
         return None
     status = agent_status(lab.agent_socket(leaf))
     if not status:
         return None
     repairs = status.get("repairs") or {}
-    return sum(int(repairs.get(c, {}).get("total", 0)) for c in DATA_PLANE_CAUSES)
+    return {c: int(repairs.get(c, {}).get("total", 0)) for c in DATA_PLANE_CAUSES}
