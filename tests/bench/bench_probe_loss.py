@@ -5,9 +5,8 @@ paths died with nothing failed. This runs the default lab with liveness on
 (no NAK or stall repair), 8 RC QPs dc1-h1 -> dc2-h1 for a while at one WAN
 delay, nothing cut, and accounts for every probe of dc1-leaf1's agent:
 
-- sent: probes the prober sent, per path (from `qpagent status`, as deltas
-  between samples: a path that leaves the probed set restarts its count);
-- answered: requests the remote VTEPs' path_probe turned into replies;
+- sent: probes dc1-leaf1's prober sent (`qpagent status`, liveness.prober);
+- answered: requests dc2-leaf1's path_probe turned into replies;
 - seen: replies dc1-leaf1's path_probe recorded;
 - where the rest went: each delay line's drops (loss, overflow, send
   errors) and late frames, each tbf's drops, the kernel's backlog drops;
@@ -38,6 +37,7 @@ from qplab.experiments.observe import agent_status  # noqa: E402
 from qplab.topology import load_topology  # noqa: E402
 
 SENDER_LEAF = "dc1-leaf1"
+RECEIVER_LEAF = "dc2-leaf1"
 
 
 def probe_events(lab: Lab) -> dict[str, dict]:
@@ -77,28 +77,6 @@ def diff(after, before):
     return after
 
 
-class ProbeLedger:
-    """Probes sent and replies recorded per path of one agent, summed from
-    the deltas between status samples (a path's counts restart when it
-    rejoins the probed set: such a step is skipped)."""
-
-    def __init__(self):
-        self.last: dict = {}
-        self.totals: dict = {}
-
-    def sample(self, status: dict) -> None:
-        for vtep in status.get("vteps", []):
-            for p in vtep.get("paths", []):
-                key = (vtep["address"], p["index"])
-                now = (p.get("probes_sent", 0), p.get("replies", 0))
-                prev = self.last.get(key)
-                self.last[key] = now
-                if prev is None or now[0] < prev[0] or now[1] < prev[1]:
-                    continue
-                sent, seen = self.totals.get(key, (0, 0))
-                self.totals[key] = (sent + now[0] - prev[0], seen + now[1] - prev[1])
-
-
 def deaths(status: dict) -> dict[float, str]:
     """Liveness deaths among the status's recent events, by time (the
     status keeps only the last few events: sample often)."""
@@ -129,9 +107,9 @@ def main() -> int:
             raise RuntimeError(f"agents did not start: {broken}")
         lab.set_wan(delay_ms=args.delay)
         settle(lab, SENDER_LEAF, log=log)
+        prober_before = ((agent_status(lab.agent_socket(SENDER_LEAF)) or {}).get("liveness") or {}).get("prober") or {}
         before = {"probe_events": probe_events(lab), "delay_lines": delay_lines(lab),
                   "tbf_drops": tbf_drops(lab), "backlog_drops": backlog_drops()}
-        ledger = ProbeLedger()
         traffic = Traffic(engine_host(lab, "dc1-h1"), engine_host(lab, "dc2-h1"), args.seconds,
                           log=str(ctx.run_dir / "logs" / "probe-loss-engine.log")).start()
         log(f"8 QPs dc1-h1 -> dc2-h1 for {args.seconds:g} s, WAN one-way delay {args.delay:g} ms")
@@ -140,7 +118,6 @@ def main() -> int:
         try:
             while time.monotonic() < t_end:
                 status = agent_status(lab.agent_socket(SENDER_LEAF)) or status
-                ledger.sample(status)
                 died.update(deaths(status))
                 time.sleep(0.25)   # a sampling period, not a wait for a condition
         finally:
@@ -150,18 +127,20 @@ def main() -> int:
                  "tbf_drops": tbf_drops(lab), "backlog_drops": backlog_drops()}
     finally:
         build.down(ctx, progress=log)
-    paths = {f"{a}#{i}": {"sent": s, "seen": r, "missing": s - r}
-             for (a, i), (s, r) in sorted(ledger.totals.items())}
+    prober = (status.get("liveness") or {}).get("prober") or {}
+    counters = diff(after, before)
+    probes = {"sent": prober.get("probes_sent", 0) - prober_before.get("probes_sent", 0),
+              "answered": counters["probe_events"][RECEIVER_LEAF].get("answered", 0),
+              "seen": counters["probe_events"][SENDER_LEAF].get("reply_seen", 0)}
     out = {"bench": "probe_loss", "delay_ms": args.delay, "seconds": args.seconds,
            "engine": {k: engine.get(k) for k in ("completed", "timeouts", "retransmitted", "seconds")},
-           "paths": paths, "counters": diff(after, before), "deaths": [d for _, d in sorted(died.items())],
+           "probes": probes, "counters": counters, "deaths": [d for _, d in sorted(died.items())],
            "repairs": status.get("repairs"),
-           "prober": (status.get("liveness") or {}).get("prober")}
+           "prober": prober}
     print(json.dumps(out, indent=1))
-    sent = sum(p["sent"] for p in paths.values())
-    seen = sum(p["seen"] for p in paths.values())
-    print(f"probes sent {sent}, replies seen {seen} ({100 * (sent - seen) / max(sent, 1):.2f}% missing), "
-          f"deaths {len(out['deaths'])}")
+    print(f"probes sent {probes['sent']}, answered {probes['answered']}, replies seen "
+          f"{probes['seen']} (the sender's last probes may be in flight); deaths {len(out['deaths'])}; "
+          f"prober: {prober.get('stalls')} stalls in {prober.get('rounds')} rounds")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
     return 0

@@ -49,7 +49,7 @@ def test_a_late_round_is_a_stall_and_is_counted():
     timing.round(start, start + MS)
     assert timing.probing_since == start + MS
     assert timing.believe_until(start, DEADLINES) is None
-    assert timing.snapshot() == {"rounds": 21, "late_rounds": 1, "stalls": 1,
+    assert timing.snapshot() == {"rounds": 21, "probes_sent": 0, "late_rounds": 1, "stalls": 1,
                                  "worst_round_gap_ms": 40.0, "worst_send_ms": 1.0}
 
 

@@ -116,17 +116,19 @@ class ProberTiming:
         self.interval_ns = interval_ms * 1_000_000
         self.probing_since = 0
         self.rounds = 0
+        self.probes = 0           # sent, every path and VTEP
         self.late_rounds = 0
         self.stalls = 0
         self.worst_gap_ns = 0     # longest time between two rounds' starts
         self.worst_send_ns = 0    # longest time one round took to send
         self._last_start = 0
 
-    def round(self, start: int, sent: int) -> None:
-        """One round: it started at `start` and had sent everything at `sent`."""
+    def round(self, start: int, sent: int, probes: int = 0) -> None:
+        """One round: it started at `start`, had sent its `probes` at `sent`."""
         gap = start - self._last_start if self._last_start else None
         self._last_start = start
         self.rounds += 1
+        self.probes += probes
         self.worst_send_ns = max(self.worst_send_ns, sent - start)
         if gap is not None:
             self.worst_gap_ns = max(self.worst_gap_ns, gap)
@@ -147,7 +149,8 @@ class ProberTiming:
         return start + min(deadlines) // 2
 
     def snapshot(self) -> dict:
-        return {"rounds": self.rounds, "late_rounds": self.late_rounds, "stalls": self.stalls,
+        return {"rounds": self.rounds, "probes_sent": self.probes,
+                "late_rounds": self.late_rounds, "stalls": self.stalls,
                 "worst_round_gap_ms": round(self.worst_gap_ns / 1e6, 3),
                 "worst_send_ms": round(self.worst_send_ns / 1e6, 3)}
 
@@ -230,9 +233,8 @@ class LivenessSource:
             for pair in wanted - set(self._counters):
                 self._counters[pair] = PathCounters()
         started = time.monotonic_ns()
-        for target in targets:
-            self._send(target)
-        self.timing.round(started, time.monotonic_ns())
+        probes = sum(self._send(target) for target in targets)
+        self.timing.round(started, time.monotonic_ns(), probes)
         until = self.timing.believe_until(started, deadlines.values())
         if until is not None:
             self.believe_until(until)
@@ -255,8 +257,10 @@ class LivenessSource:
         for change in changes + rtts:
             self.events.put(change)
 
-    def _send(self, target: ProbeTarget) -> None:
+    def _send(self, target: ProbeTarget) -> int:
+        """This round's probes to one VTEP; returns how many left."""
         paths = target.paths
+        sent = 0
         if len(paths) > self.per_round:    # take turns within the budget
             start = self._turn.get(target.key, 0) % len(paths)
             paths = (paths + paths)[start:start + self.per_round]
@@ -270,7 +274,9 @@ class LivenessSource:
             except OSError as exc:   # no route right now: the path will miss
                 log.debug("probe to %s path %d: %s", target.address, index, exc)
                 continue
+            sent += 1
             with self._lock:
                 counters = self._counters.get((target.vtep, index))
                 if counters is not None:
                     counters.sent += 1
+        return sent
