@@ -103,8 +103,8 @@ def rtt_changes(key, index: int, counters: PathCounters) -> list[PathRttSeen]:
 class ProberTiming:
     """How punctually the prober itself runs, and what that allows.
 
-    A round that starts late, or whose sends take long (this thread waits
-    for the GIL between sends on a busy host), leaves the paths it probes
+    A round that starts late, or whose sends take long (on a busy host this
+    thread waits for a CPU, or for the GIL), leaves the paths it probes
     silent for as long, an RTT later. Such a round is a stall of ours:
     silence is not held against a path until the prober has again run on
     time for a whole deadline (probing_since), and only then is the data
