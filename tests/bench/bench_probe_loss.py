@@ -49,6 +49,12 @@ def probe_events(lab: Lab) -> dict[str, dict]:
     return out
 
 
+def prober_stats(lab: Lab) -> dict:
+    """The sending agent's prober: probes sent, rounds, stalls."""
+    status = agent_status(lab.agent_socket(SENDER_LEAF)) or {}
+    return (status.get("liveness") or {}).get("prober") or {}
+
+
 def delay_lines(lab: Lab) -> dict[str, dict]:
     return {name: delayline.control(w.control, {"get": True}).get("stats", {})
             for name, w in lab.wan_links().items()}
@@ -107,7 +113,7 @@ def main() -> int:
             raise RuntimeError(f"agents did not start: {broken}")
         lab.set_wan(delay_ms=args.delay)
         settle(lab, SENDER_LEAF, log=log)
-        prober_before = ((agent_status(lab.agent_socket(SENDER_LEAF)) or {}).get("liveness") or {}).get("prober") or {}
+        prober_before = prober_stats(lab)
         before = {"probe_events": probe_events(lab), "delay_lines": delay_lines(lab),
                   "tbf_drops": tbf_drops(lab), "backlog_drops": backlog_drops()}
         traffic = Traffic(engine_host(lab, "dc1-h1"), engine_host(lab, "dc2-h1"), args.seconds,
@@ -123,11 +129,12 @@ def main() -> int:
         finally:
             engine = traffic.result(timeout=args.seconds + 60)
             traffic.close()
+        # The prober's count and the data plane's, read together.
+        prober = prober_stats(lab)
         after = {"probe_events": probe_events(lab), "delay_lines": delay_lines(lab),
                  "tbf_drops": tbf_drops(lab), "backlog_drops": backlog_drops()}
     finally:
         build.down(ctx, progress=log)
-    prober = (status.get("liveness") or {}).get("prober") or {}
     counters = diff(after, before)
     probes = {"sent": prober.get("probes_sent", 0) - prober_before.get("probes_sent", 0),
               "answered": counters["probe_events"][RECEIVER_LEAF].get("answered", 0),
