@@ -129,10 +129,10 @@ def main() -> int:
         finally:
             engine = traffic.result(timeout=args.seconds + 60)
             traffic.close()
-        # The prober's count and the data plane's, read together.
-        prober = prober_stats(lab)
         after = {"probe_events": probe_events(lab), "delay_lines": delay_lines(lab),
                  "tbf_drops": tbf_drops(lab), "backlog_drops": backlog_drops()}
+        # After the data plane's counts: the probes sent include all answered.
+        prober = prober_stats(lab)
     finally:
         build.down(ctx, progress=log)
     counters = diff(after, before)
