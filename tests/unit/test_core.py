@@ -609,3 +609,43 @@ def test_the_data_plane_is_told_which_paths_share_a_link():
     shares = {w.ports[0]: w.shares for w in out if isinstance(w, WritePath)}
     # a and b leave by the same uplink: each avoids the other; c shares nothing.
     assert shares == {49152: 1 << index[49153], 49153: 1 << index[49152], 49160: 0}
+
+
+def test_orphans_of_a_path_dead_by_liveness_avoid_unprobed_paths_across_its_suspect_links():
+    """2 uplinks x 2 WAN links; the path over eth1 and WAN 0 stops answering.
+    The path over eth1 and WAN 1 answers its probes, which clears eth1: the
+    suspect is WAN 0. The path over eth2 and WAN 0 is probed by nobody and
+    looks alive, but crosses the suspect link: its QPs would be lost again
+    (an idle QP such as a receiver's ACK stream moves only this way)."""
+    world = World(end_to_end=True)
+    a = e2e("eth1", [49152], "10.1.0.2", "10.9.0.2")
+    b = e2e("eth1", [49153], "10.1.0.2", "10.9.1.2")
+    c = e2e("eth2", [49160], "10.1.1.2", "10.9.0.2")
+    d = e2e("eth2", [49161], "10.1.1.2", "10.9.1.2")
+    world.paths(a, b, c, d, cause="start", fdb=FDB)
+    index = {p.ports[0]: i for i, p in world.core.vteps[KEY].paths.items()}
+    ia, ib, ic, id_ = (index[f.ports[0]] for f in (a, b, c, d))
+    world.qp("q0", ia, 49152)
+    world.qp("q1", ib, 49153)
+    world.qp("q2", ia, 49152, slot=0)
+    world.tick()
+    health(world, ia, True)
+    health(world, ib, True)
+    out = health(world, ia, False)
+    moved = {m.qp: m.path for m in out if isinstance(m, MoveQp)}
+    assert set(moved) == {b"q0", b"q2"}
+    assert ic not in moved.values(), moved
+    assert sorted(moved.values()) == sorted([ib, id_])
+
+
+def test_with_only_suspect_paths_left_orphans_still_move():
+    world = World(end_to_end=True)
+    a = e2e("eth1", [49152], "10.1.0.2", "10.9.0.2")
+    c = e2e("eth2", [49160], "10.1.1.2", "10.9.0.2")
+    world.paths(a, c, cause="start", fdb=FDB)
+    index = {p.ports[0]: i for i, p in world.core.vteps[KEY].paths.items()}
+    world.qp("q0", index[49152], 49152)
+    world.tick()
+    health(world, index[49152], True)
+    out = health(world, index[49152], False)
+    assert [(m.qp, m.path) for m in out if isinstance(m, MoveQp)] == [(b"q0", index[49160])]

@@ -413,6 +413,9 @@ class Core:
             return []
         qps = dict(qps)
         live = vtep.live_paths()
+        suspect = self._suspect_paths(vtep, live)
+        if suspect and set(live) - suspect:
+            live = [i for i in live if i not in suspect]
         assignment = {k: (q.path if q.path in live else None) for k, q in qps.items()}
         recent = {k for k, t in self._moved_at.items() if now - t < self.settings.hysteresis_s}
         # QPs the data plane repaired lately stay where it put them if they can.
@@ -454,6 +457,25 @@ class Core:
             out += self._write_paths(vtep, qps)
         self._in_use[vtep.key] = Counter(q.path for q in qps.values())
         return out
+
+    def _suspect_paths(self, vtep: VtepState, live: list[int]) -> set[int]:
+        """End to end, while paths of the VTEP are dead for want of probe
+        replies: the live paths that cross a link only dead paths cross.
+        A link on a path that answers its probes (armed) forwards, so it is
+        cleared; what is left may be the failure, and a path across it
+        that nobody probes would only look alive. QPs are not placed there
+        while another path is left (the data plane's repairs avoid the
+        same, path_entry.shares)."""
+        dead = [p for p in vtep.paths.values() if (vtep.key, p.identity) in self.unhealthy]
+        if not dead or not self.settings.end_to_end:
+            return set()
+        armed = {i for key, i in self._deadlines if key == vtep.key and i in vtep.paths
+                 and vtep.paths[i].alive and (key, vtep.paths[i].identity) not in self.unhealthy}
+        suspects = set().union(*(path_elements(p) for p in dead))
+        for i in armed:
+            suspects -= path_elements(vtep.paths[i])
+        return {i for i in live
+                if i not in armed and path_elements(vtep.paths[i]) & suspects}
 
     def _attribute_traffic(self, qps: Mapping[bytes, QpView]) -> None:
         for key, state in qps.items():
