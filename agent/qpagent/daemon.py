@@ -263,8 +263,6 @@ class Agent:
                     if was_down != self.core.path_unhealthy(item.key, item.path_index):
                         self._timed(item.seen, "liveness" if was_down is False else "path_up",
                                     moves)
-                        if was_down is False:
-                            self._trace_soon()
                 elif isinstance(item, PathRttSeen):
                     self._decide(self.core.path_rtt, item)
                     self._set_liveness_targets()
@@ -275,7 +273,6 @@ class Agent:
                     moves = self._decide(self.core.bfd_seen, item.bfd)
                     if changed:
                         self._timed(item.seen, "bfd", moves, kind="bfd")
-                        self._trace_soon()
             routes = [e for e in batch if isinstance(e, RouteChanged)]
             if not routes:
                 return
@@ -320,14 +317,7 @@ class Agent:
         self._set_liveness_targets()
         if seen is not None:
             self._timed(seen, cause, moves, kind="route")
-            self._trace_soon()
         return moves
-
-    def _trace_soon(self) -> None:
-        """End to end: a path died or routing moved; the hops behind the
-        ports may have changed too (routers re-hash once they converge)."""
-        if self._prober is not None:
-            self._prober.soon()
 
     def _set_liveness_targets(self) -> None:
         if self._liveness is not None:

@@ -166,32 +166,3 @@ def test_bfd_watcher_reports_the_first_poll_and_each_change_only(monkeypatch, fa
             got.get(timeout=0.3)                        # no change, no event
     finally:
         watcher.stop()
-
-
-def test_the_prober_traces_at_once_when_told_and_quickly_for_a_while():
-    """A path died or routing moved: a TTL round now, then rounds every
-    PROBE_SOON_EVERY_S for PROBE_SOON_FOR_S, then the slow cadence again."""
-    from qpagent.sources import discovery
-    from qpagent.sources.signals import ProbeRound
-    events = queue.Queue()
-    prober = discovery.Prober({"uplinks": [], "source_ports": (49152, 65535), "ports_per_path": 4,
-                               "end_to_end": True}, events, every_s=600).start()
-    try:
-        with pytest.raises(queue.Empty):
-            events.get(timeout=0.5)                      # the slow cadence: nothing yet
-        started = time.monotonic()
-        prober.soon()
-        rounds = [events.get(timeout=5)]
-        while time.monotonic() - started < discovery.PROBE_SOON_FOR_S:
-            rounds.append(events.get(timeout=5))
-        assert all(isinstance(r, ProbeRound) for r in rounds)
-        assert len(rounds) >= 3, len(rounds)
-        # The wait begun inside the burst may end in one more round; then slow again.
-        try:
-            events.get(timeout=2 * discovery.PROBE_SOON_EVERY_S)
-        except queue.Empty:
-            pass
-        with pytest.raises(queue.Empty):
-            events.get(timeout=1.0)
-    finally:
-        prober.stop()

@@ -23,11 +23,6 @@ from qpagent.paths import discover_paths
 from qpagent.sources.signals import ProbeRound
 
 PROBE_EVERY_S = 2.0
-# After a sign that paths changed (one died, BFD, a route), rounds this
-# often for a while: routers re-hash the ports once BFD and BGP have
-# converged, some 300 ms after a failure, and the hops must follow.
-PROBE_SOON_EVERY_S = 0.25
-PROBE_SOON_FOR_S = 1.5
 # Beyond the first hop a path splits again: ask the FIB for more ports per
 # first hop than one path keeps, so that every end-to-end path gets enough.
 E2E_PORTS_FACTOR = 4
@@ -128,8 +123,7 @@ class PathDiscovery:
 
 class Prober:
     """Re-traces every remote VTEP's end-to-end paths every PROBE_EVERY_S in
-    its own thread (with its own FIB socket) and queues a ProbeRound; after
-    soon(), at once and then every PROBE_SOON_EVERY_S for PROBE_SOON_FOR_S."""
+    its own thread (with its own FIB socket) and queues a ProbeRound."""
 
     def __init__(self, discovery_args: dict, events: queue.Queue, every_s: float = PROBE_EVERY_S):
         self._discovery = PathDiscovery(**discovery_args)
@@ -138,8 +132,6 @@ class Prober:
         self._targets: list[Target] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._fast_until = 0.0
 
     def set_targets(self, targets: list[Target]) -> None:
         with self._lock:
@@ -151,23 +143,10 @@ class Prober:
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
-
-    def soon(self) -> None:
-        """Paths may have changed: a round now, and quick ones for a while."""
-        with self._lock:
-            self._fast_until = time.monotonic() + PROBE_SOON_FOR_S
-        self._wake.set()
 
     def _run(self) -> None:
         try:
-            while True:
-                with self._lock:
-                    fast = time.monotonic() < self._fast_until
-                self._wake.wait(PROBE_SOON_EVERY_S if fast else self.every_s)
-                self._wake.clear()
-                if self._stop.is_set():
-                    break
+            while not self._stop.wait(self.every_s):
                 with self._lock:
                     targets = list(self._targets)
                 found = {t.key: self._discovery.discover(t) for t in targets}
