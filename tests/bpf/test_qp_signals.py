@@ -262,6 +262,14 @@ def nak_and_resend(probe, steer, dqp, sport):
     forward(steer, psn=3, dqp=dqp, sport=sport)
 
 
+def path_0_made_suspect(probe, steer):
+    """Both QPs of path 0 leave it on their own NAKs: path 0 is suspect."""
+    configure(steer, nak=True)
+    two_qps_on_path_0(steer)
+    nak_and_resend(probe, steer, 0x61, 49152)
+    nak_and_resend(probe, steer, 0x63, 49154)
+
+
 def test_two_qps_leaving_one_path_make_it_suspect_until_a_probe_clears_it(probe_and_steer):
     probe, steer = probe_and_steer
     configure(steer, nak=True)
@@ -285,10 +293,7 @@ def test_two_qps_leaving_one_path_make_it_suspect_until_a_probe_clears_it(probe_
 
 def test_a_probe_sent_before_the_suspicion_does_not_clear_it(probe_and_steer):
     probe, steer = probe_and_steer
-    configure(steer, nak=True)
-    two_qps_on_path_0(steer)
-    nak_and_resend(probe, steer, 0x61, 49152)
-    nak_and_resend(probe, steer, 0x63, 49154)
+    path_0_made_suspect(probe, steer)
     expect(probe, probe_frame(probe_msg(PROBE_REPLY, vtep=VTEP, path=0, tx_ns=1)),
            TC_ACT_SHOT, ctx=bpfsys.skb_ctx(UPLINK))
     assert health(steer, 0)["suspect_ns"] > 0
@@ -305,10 +310,7 @@ def test_one_qp_leaving_does_not_make_its_path_suspect(probe_and_steer):
 
 def test_suspicion_with_no_probe_to_clear_it_lapses(probe_and_steer):
     probe, steer = probe_and_steer
-    configure(steer, nak=True)
-    two_qps_on_path_0(steer)
-    nak_and_resend(probe, steer, 0x61, 49152)
-    nak_and_resend(probe, steer, 0x63, 49154)
+    path_0_made_suspect(probe, steer)
     set_health(steer, 0, suspect_ns=health(steer, 0)["suspect_ns"] - 2_000 * MS)   # 1 s hold past
     forward(steer, 1, dqp=0x64, sport=49155)
     assert state(steer, 0x64)["path"] == 0
