@@ -66,10 +66,8 @@ class RouteSocket:
     def link_name(self, ifindex: int) -> str | None:
         """The name of an interface in this socket's network namespace
         (which need not be the calling thread's)."""
-        body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0)
-        try:
-            reply = self._exchange(RTM_GETLINK, body)
-        except RouteLookupError:
+        reply = self._get_link(ifindex)
+        if reply is None:
             return None
         for kind, data in _attrs(reply, _NLMSGHDR.size + 16, len(reply)):
             if kind == IFLA_IFNAME:
@@ -81,13 +79,20 @@ class RouteSocket:
         flag before it announces the change, and only then marks the routes
         through the interface dead: right after a link event the FIB may
         still name a link that is down."""
-        body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0)
-        try:
-            reply = self._exchange(RTM_GETLINK, body)
-        except RouteLookupError:
+        reply = self._get_link(ifindex)
+        if reply is None:
             return False
         flags = struct.unpack_from("=I", reply, _NLMSGHDR.size + 8)[0]
         return bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+
+    def _get_link(self, ifindex: int) -> bytes | None:
+        """The RTM_NEWLINK answer for one interface (ifinfomsg, then its
+        attributes), or None when there is no such interface."""
+        body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0)
+        try:
+            return self._exchange(RTM_GETLINK, body)
+        except RouteLookupError:
+            return None
 
     def _exchange(self, msg_type: int, body: bytes) -> bytes:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
