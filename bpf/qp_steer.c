@@ -590,10 +590,26 @@ int qp_steer(struct __sk_buff *skb)
 	return steer_slow(skb, &key, qs, gen, &p, cc, REPAIR_CAUSES);
 }
 
+/* Keep an ACK that moved its QP on, whole, for the agent (ack_frame).
+ * Only the common shape (IPv4 without options, nothing after the ICRC):
+ * a QP whose ACKs look otherwise gets no go-back NAK. */
+static __always_inline void keep_ack_frame(struct __sk_buff *skb, const struct pkt_info *p,
+					   const struct qp_key *qp)
+{
+	struct ack_frame fresh = {};
+	struct ack_frame *f;
+
+	if (p->inner_family != 4 || skb->len != (__u32)p->inner_off + ACK_FRAME_LEN)
+		return;
+	f = qp_ack_frame.lookup_or_try_init(qp, &fresh);
+	if (f)
+		bpf_skb_load_bytes(skb, p->inner_off, f->bytes, ACK_FRAME_LEN);
+}
+
 /* An ACK or NAK coming back for a QP we steer: record it on the QP (found
  * through qp_reply) for qp_signal. Only ACKs and sequence-error NAKs tell
  * of the path; an RNR NAK or another NAK code is the responder's matter. */
-static __always_inline void ack_seen(const struct pkt_info *p)
+static __always_inline void ack_seen(struct __sk_buff *skb, const struct pkt_info *p)
 {
 	__u8 type = p->syndrome & AETH_TYPE_MASK;
 	struct reply_key rk = {};
@@ -627,6 +643,7 @@ static __always_inline void ack_seen(const struct pkt_info *p)
 		qs->acked_psn = acked;
 		qs->ack_wait_ns = now;
 		qs->ack_valid = 1;
+		keep_ack_frame(skb, p, fwd);
 	}
 	reply_count(REPLY_ACK);
 }
@@ -694,7 +711,7 @@ int path_probe(struct __sk_buff *skb)
 	count_parse(skb->ifindex, HOOK_PATH_PROBE, outcome);
 	if (!p.outer_vxlan || !(p.has & FLOW_HAS_VNI) || p.vni != PROBE_VNI) {
 		if (outcome == PARSE_ROCE && p.outer_vxlan && p.is_ack)
-			ack_seen(&p);
+			ack_seen(skb, &p);
 		return TC_PASS;
 	}
 	if (p.family != 4) {

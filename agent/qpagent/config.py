@@ -109,6 +109,11 @@ class RepairSettings:
     # liveness deadline, if longer) moves the QP on its next packet; 0: off.
     stall_ms: int = 0
     holddown_ms: int = 100         # a QP is repaired at most once per this long
+    # A QP that leaves a dead path with data in flight: the VTEP hands its
+    # requester a NAK naming the oldest unacknowledged PSN, made from the
+    # responder's last ACK, so it resends at once over the new path instead
+    # of waiting for a NAK that may be lost, or for its local ACK timer.
+    go_back: bool = True
 
 
 @dataclass(frozen=True)
@@ -498,6 +503,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "nak": (_boolean, False),
         "stall_ms": (_integer(0, 60_000), False),
         "holddown_ms": (_integer(0, 3_600_000), False),
+        "go_back": (_boolean, False),
     },
 }
 

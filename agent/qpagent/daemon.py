@@ -29,6 +29,7 @@ import time
 from collections import Counter, deque
 
 from qpagent import __version__, bpfsys, neighbours
+from qpagent.adapters.goback_sender import GoBackSender
 from qpagent.adapters.maps import MapWriter
 from qpagent.adapters.statefile import StateFile
 from qpagent.config import Config
@@ -76,6 +77,7 @@ class Agent:
                                   repair_holddown_ms=repair.holddown_ms,
                                   repair_retransmit=repair.retransmit,
                                   repair_nak=repair.nak, repair_stall_ms=repair.stall_ms,
+                                  go_back=repair.go_back,
                                   capacities=dict(config.steer.capacities)))
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -87,6 +89,7 @@ class Agent:
         self.dp = None
         self.tables = None
         self._writer: MapWriter | None = None
+        self._go_back: GoBackSender | None = None
         self._discovery: PathDiscovery | None = None
         self._state = StateFile(self.node)
         self._saved_generation = -1
@@ -136,7 +139,9 @@ class Agent:
             log.info("qpagent %s running on %s in host mode", __version__, self.node)
             return
         self.tables.set_pin_uplinks(self._uplink_indexes())
-        self._writer = MapWriter(self.tables)
+        if cfg.repair.go_back:
+            self._go_back = GoBackSender(self.tables, cfg.steer.vxlan_devices)
+        self._writer = MapWriter(self.tables, self._go_back)
         self._discovery = PathDiscovery(**self._discovery_args())
         if self.cfg.frr.enabled is False:
             self.core.bfd = BfdSeen(False, "FRR not asked: frr.enabled = false")
@@ -165,6 +170,8 @@ class Agent:
         if self._discovery is not None:
             self._discovery.close()
             self._discovery = None
+        if self._go_back is not None:
+            self._go_back.close()
         if self.dp is not None:
             # Programs stay attached and steering; `qpagent purge` removes them.
             self.dp.release()
@@ -414,6 +421,8 @@ class Agent:
             "pin_events": self.tables.events("pin") if self.tables else {},
             "probe_events": self.tables.events("probe") if self.tables else {},
             "reply_events": self.tables.events("reply") if self.tables else {},
+            # NAKs handed to requesters after a repair, by outcome (qpagent.goback)
+            "go_back_naks": dict(self._go_back.counts) if self._go_back else {},
         }
         dp_repairs = self.tables.events("repair") if self.tables else {}
         health = self._liveness.snapshot() if self._liveness is not None else {}

@@ -176,7 +176,9 @@ def _families(node: str, snap: dict, reactions: ReactionHistogram) -> Iterable[M
     for name, key, doc in (("qpagent_steer_events", "steer_events", "qp_steer data-plane events"),
                            ("qpagent_pin_events", "pin_events", "path_pin data-plane events"),
                            ("qpagent_reply_events", "reply_events",
-                            "ACKs and NAKs path_probe read for the QPs it steers")):
+                            "ACKs and NAKs path_probe read for the QPs it steers"),
+                           ("qpagent_go_back_naks", "go_back_naks",
+                            "NAKs handed to requesters whose QP left a dead path with data in flight")):
         family = counter(name, doc, ["event"])
         for event, count in sorted((snap.get(key) or {}).items()):
             family.add_metric([node, str(event)], count)

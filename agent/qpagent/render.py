@@ -272,7 +272,7 @@ def _events(snap: dict) -> str:
 def _datapath(snap: dict) -> str:
     lines = []
     for title, key in (("Steer", "steer_events"), ("Pin", "pin_events"),
-                       ("Replies", "reply_events")):
+                       ("Replies", "reply_events"), ("Go-back NAKs", "go_back_naks")):
         counts = snap.get(key) or {}
         if counts:
             lines.append(f"{title}: " + "  ".join(f"{k} {human_count(v)}"

@@ -60,6 +60,7 @@ class QpTables:
         self.repair_events = dp.table("steer", "repair_events")
         self.probe_events = dp.table("steer", "probe_events")
         self.reply_events = dp.table("steer", "reply_events")
+        self.qp_ack_frame = dp.table("steer", "qp_ack_frame")
 
     # ---------------------------------------------------------------- paths
     def write_path(self, vtep: int, path: int, ifindex: int, alive: bool,
@@ -204,8 +205,19 @@ class QpTables:
         out = {}
         for key, s in self.qp_table.items():
             out[bytes(key)] = QpView(s.vtep, s.path, s.slot, s.port, s.packets,
-                                     s.bytes, s.moves, s.last_ns, s.repaired_ns)
+                                     s.bytes, s.moves, s.last_ns, s.repaired_ns,
+                                     s.next_psn if s.psn_valid else -1,
+                                     s.acked_psn if s.ack_valid else -1, s.ack_wait_ns)
         return out
+
+    def ack_frame(self, key: bytes) -> bytes | None:
+        """The responder's latest ACK of a QP as path_probe kept it, or None."""
+        if self.qp_ack_frame is None:
+            return None
+        try:
+            return bytes(self.qp_ack_frame[self.qp_ack_frame.Key.from_buffer_copy(key)].bytes)
+        except KeyError:
+            return None
 
     def move_qp(self, key: bytes, vtep: int, path: int, slot: int, port: int,
                 hash_value: int) -> None:

@@ -120,6 +120,11 @@ enum reply_event {
 #define SUSPECT_WINDOW_MS 1000   /* the leavers within this of the first */
 #define SUSPECT_HOLD_MS   1000   /* no probe to clear it: it lapses */
 
+/* The inner frame of an RC ACK as it reaches an uplink: Ethernet, IPv4
+ * without options, UDP, BTH, AETH and ICRC. path_probe keeps the latest of
+ * each QP (qp_ack_frame) for the agent's go-back NAK (qpagent.kick). */
+#define ACK_FRAME_LEN 62
+
 #define PSN_MASK     0xFFFFFF    /* BTH PSNs are 24 bits and wrap */
 #define PSN_HALF     0x800000    /* serial arithmetic: a - b in 1..2^23 means b is older */
 

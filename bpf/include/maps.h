@@ -32,6 +32,8 @@ BPF_TABLE("percpu_array", __u32, __u64, probe_events, PROBE_EVENTS);
  * when it places it, path_probe reads it (structs.h, reply_key). */
 BPF_TABLE("lru_hash", struct reply_key, struct qp_key, qp_reply, MAX_QPS);
 BPF_TABLE("percpu_array", __u32, __u64, reply_events, REPLY_EVENTS);
+/* path_probe: each QP's latest ACK frame (structs.h, ack_frame). */
+BPF_TABLE("lru_hash", struct qp_key, struct ack_frame, qp_ack_frame, MAX_QPS);
 #endif
 
 #ifdef QPAGENT_MAPS_PIN

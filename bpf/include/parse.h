@@ -70,6 +70,7 @@ struct pkt_info {
 	__u32 inner_daddr[4];
 	__u16 inner_sport;
 	__u8  inner_family;
+	__u16 inner_off;    /* where the inner Ethernet header starts */
 };
 
 /* What a BTH tells: who it is for and where in the QP's stream it sits. */
@@ -345,6 +346,7 @@ static __always_inline int parse_packet(void *data, void *data_end,
 	p->vni = ((__u32)vx[4] << 16) | ((__u32)vx[5] << 8) | vx[6];
 	p->has |= FLOW_HAS_VNI;
 	cursor_skip(&c, VXLAN_LEN);
+	p->inner_off = c.pos - data;
 
 	rc = parse_frame(&c, &inner, &b);
 	if (rc == PARSE_ROCE) {

@@ -56,6 +56,16 @@ struct reply_key {
 	__u8  pad;
 };
 
+/* The responder's latest ACK that moved a QP on, as it came in (inner
+ * Ethernet through ICRC, ACK_FRAME_LEN bytes). After a repair of a QP with
+ * data outstanding the agent turns it into a NAK naming the oldest
+ * unacknowledged PSN, so the requester goes back at once over the new
+ * path instead of waiting for its ACK timer (qpagent.kick). */
+struct ack_frame {
+	__u8  bytes[ACK_FRAME_LEN];
+	__u8  pad[2];
+};
+
 /* Inner destination MAC -> VTEP index. The all-zero MAC is the default
  * remote (as in the VXLAN FDB). */
 struct mac_key {

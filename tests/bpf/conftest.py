@@ -17,7 +17,7 @@ TC_MIN_FRAME = 14     # the kernel refuses skb/XDP test runs below ETH_HLEN
 # Every map of bpf/include/maps.h.
 ALL_MAPS = ("parse_stats", "parse_stats_spill", "qp_table", "mac_vtep", "path_table", "steer_events", "mac_gen",
             "path_health", "repair_config", "repair_events", "probe_events", "qp_reply",
-            "reply_events",
+            "reply_events", "qp_ack_frame",
             "pin_events", "pin_uplinks", "flow_table", "clock_cache")
 
 VERDICT_NAMES = {("tc", 0): "TC_ACT_OK", ("tc", TC_ACT_UNSPEC): "TC_ACT_UNSPEC", ("tc", 2): "TC_ACT_SHOT",

@@ -11,13 +11,16 @@ back to the requester's own QP number (0x0a here), from the same port."""
 import time
 
 import pytest
+from scapy.contrib.roce import AETH, BTH
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
 
 from conftest import TC_ACT_UNSPEC, event_counts, expect
 from qpagent import bpfsys, contract
 from qpagent.contract import MAX_PATHS
 from qt1_maps import (PROBE_REPLY, REPAIR_NAK, REPAIR_STALL, REPLY_ACK, REPLY_NAK,
                       REPLY_UNPAIRED, qp_key, qp_state, set_alive, set_path, set_vtep)
-from qt1_packets import (AETH_NAK_PSN_SEQ, AETH_RNR_NAK, HOST_B_MAC, probe_frame, probe_msg,
+from qt1_packets import (AETH_NAK_PSN_SEQ, AETH_RNR_NAK, HOST_A_MAC, HOST_B_MAC, probe_frame, probe_msg,
                          roce, roce_ack, vxlan)
 
 PORT_RANGE = (32768, 60999)
@@ -356,3 +359,49 @@ def test_a_new_qp_is_placed_by_load_alone(steer):
     four_paths(steer, {1, 2, 3})
     forward(steer, psn=1, dqp=0x62)
     assert state(steer, dqp=0x62)["path"] == 1  # path 0 holds a QP already
+
+
+# ---------------------------------------------------------------- kept ACKs
+def wire_ack(psn, syndrome=0x1f, trailer=b""):
+    """An ACK as a NIC sends it: BTH, AETH, then the ICRC (Scapy's)."""
+    return bytes(Ether(src=HOST_B_MAC, dst=HOST_A_MAC) / IP(src="10.0.2.1", dst="10.0.1.1")
+                 / UDP(sport=49152, dport=4791) / BTH(opcode=0x11, dqpn=OWN_QP, psn=psn)
+                 / AETH(syndrome=syndrome, msn=1)) + trailer
+
+
+def back_whole(probe, inner: bytes):
+    frame = vxlan(Ether(inner), src="10.255.0.2", dst="10.255.0.1")
+    return expect(probe, frame, TC_ACT_UNSPEC, ctx=bpfsys.skb_ctx(UPLINK))
+
+
+def kept_ack(steer, dqp=DQP):
+    """The ACK frame path_probe kept for the QP (qp_ack_frame), or None."""
+    table = steer.table("qp_ack_frame")
+    try:
+        return bytes(table[qp_key(steer, "10.0.1.1", "10.0.2.1", dqp)].bytes)
+    except KeyError:
+        return None
+
+
+def test_an_ack_that_moves_the_qp_on_is_kept_whole_for_the_go_back_nak(probe_and_steer):
+    probe, steer = probe_and_steer
+    sent(steer, range(1, 6))
+    back_whole(probe, wire_ack(3))
+    assert kept_ack(steer) == wire_ack(3)
+    back_whole(probe, wire_ack(2))            # an older ACK: the newer stays
+    assert kept_ack(steer) == wire_ack(3)
+
+
+def test_a_nak_is_not_kept_as_the_template(probe_and_steer):
+    probe, steer = probe_and_steer
+    sent(steer, range(1, 6))
+    back_whole(probe, wire_ack(3, syndrome=AETH_NAK_PSN_SEQ))
+    assert kept_ack(steer) is None
+
+
+def test_an_ack_of_another_shape_is_recorded_but_not_kept(probe_and_steer):
+    probe, steer = probe_and_steer
+    sent(steer, range(1, 6))
+    back_whole(probe, wire_ack(3, trailer=b"\0\0"))     # two bytes after the ICRC
+    assert state(steer)["acked_psn"] == 4
+    assert kept_ack(steer) is None

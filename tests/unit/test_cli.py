@@ -266,6 +266,7 @@ retransmit = false
 nak = false
 stall_ms = 0
 holddown_ms = 100
+go_back = true
 """
 
 

@@ -108,7 +108,8 @@ def test_full_file_is_read_whole(tmp_path):
         "liveness": {"enabled": False, "interval_ms": 20, "misses": 5, "rtt_margin_ms": 10,
                      "budget_pps": 400,
                      "hold_down_ms": 2500},
-        "repair": {"retransmit": False, "nak": True, "stall_ms": 80, "holddown_ms": 250},
+        "repair": {"retransmit": False, "nak": True, "stall_ms": 80, "holddown_ms": 250,
+                   "go_back": True},
     }
 
 

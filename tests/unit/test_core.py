@@ -649,3 +649,76 @@ def test_with_only_suspect_paths_left_orphans_still_move():
     health(world, index[49152], True)
     out = health(world, index[49152], False)
     assert [(m.qp, m.path) for m in out if isinstance(m, MoveQp)] == [(b"q0", index[49160])]
+
+
+# ---------------------------------------------------------------- go-back NAKs
+from qpagent.core.actions import GoBack  # noqa: E402
+
+
+def in_flight(world: World, name: str, waited_ms: int, acked: int = 10, sent: int = 20,
+              **fields) -> None:
+    """The QP has sent up to PSN sent - 1, ACKs came up to acked - 1, and
+    the oldest unacknowledged has waited waited_ms."""
+    key = name.encode()
+    world.qps[key] = world.qps[key]._replace(
+        next_psn=sent, acked_psn=acked, ack_wait_ns=int(world.now * 1e9) - waited_ms * MS,
+        **fields)
+
+
+def go_backs(out: list) -> list:
+    return [a for a in out if isinstance(a, GoBack)]
+
+
+def silent(world: World, path: int, silent_ms: int) -> list:
+    event = PathHealthChanged(KEY, path, False, 0, world.now, silent_ms * MS, 40 * MS)
+    return world._play(world.core.path_health(event, world.qps, world.now))
+
+
+def test_a_qp_leaving_a_dead_path_with_data_in_flight_is_sent_back_after_its_move():
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=60)
+    in_flight(world, "q6", waited_ms=60, acked=20)    # everything acknowledged
+    in_flight(world, "q1", waited_ms=60)              # on a path that lives
+    out = silent(world, 2, 50)
+    assert go_backs(out) == [GoBack(b"q2", 10)]
+    moved_at = max(i for i, a in enumerate(out) if isinstance(a, MoveQp) and a.qp == b"q2")
+    assert out.index(GoBack(b"q2", 10)) > moved_at
+
+
+def test_a_qp_still_getting_acks_is_not_sent_back():
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=2)
+    assert go_backs(silent(world, 2, 50)) == []
+
+
+def test_a_qp_the_data_plane_moved_off_the_silent_path_is_sent_back_too():
+    world = four_paths_eight_qps()
+    now_ns = int(world.now * 1e9)
+    in_flight(world, "q2", waited_ms=60, path=0, port=49154, slot=2,
+              repaired_ns=now_ns - 5 * MS)           # within the 50 ms of silence
+    in_flight(world, "q5", waited_ms=60, repaired_ns=now_ns - 5_000 * MS)   # long before
+    assert go_backs(silent(world, 2, 50)) == [GoBack(b"q2", 10)]
+
+
+def test_a_qp_is_sent_back_once_per_path_it_leaves():
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=60)
+    assert go_backs(silent(world, 2, 50)) == [GoBack(b"q2", 10)]
+    # Its resend went out on the path it was moved to, and that one dies too.
+    assert go_backs(silent(world, world.qps[b"q2"].path, 50)) == [GoBack(b"q2", 10)]
+
+
+def test_one_data_plane_repair_is_sent_back_once():
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=60, path=0, port=49154, slot=2,
+              repaired_ns=int(world.now * 1e9) - 5 * MS)
+    assert go_backs(silent(world, 2, 50)) == [GoBack(b"q2", 10)]
+    assert go_backs(silent(world, 3, 50)) == []       # a second path of the VTEP dies
+
+
+def test_with_go_back_off_no_nak_is_handed_out():
+    world = World(go_back=False)
+    world.paths(PATH_A, PATH_B, PATH_C, PATH_D, cause="start", fdb=FDB)
+    world.qp("q0", 2, 49170)
+    in_flight(world, "q0", waited_ms=60)
+    assert go_backs(silent(world, 2, 50)) == []

@@ -107,7 +107,8 @@ def test_agent_config_is_accepted_by_qpagent(plan, tmp_path):
         "liveness": {"enabled": False, "interval_ms": 10, "misses": 3, "rtt_margin_ms": 10,
                      "budget_pps": 1000,
                      "hold_down_ms": 1000},
-        "repair": {"retransmit": False, "nak": False, "stall_ms": 0, "holddown_ms": 100}}
+        "repair": {"retransmit": False, "nak": False, "stall_ms": 0, "holddown_ms": 100,
+                   "go_back": True}}
     # and the agent's own command accepts the file
     res = subprocess.run([sys.executable, "-m", "qpagent.cli", "check-config", str(path)],
                          capture_output=True, text=True)

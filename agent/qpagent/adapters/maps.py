@@ -1,15 +1,17 @@
-"""Apply the core's actions to the BPF maps, in the order given."""
+"""Apply the core's actions to the BPF maps, in the order given (a GoBack
+after the MoveQp that put its QP on a live path)."""
 
 from __future__ import annotations
 
-from qpagent.core.actions import (DisarmAll, ForgetQp, MoveQp, Note, SetMacVteps,
+from qpagent.core.actions import (DisarmAll, ForgetQp, GoBack, MoveQp, Note, SetMacVteps,
                                   SetPathCounts, SetRepairConfig, Warn, WriteDeadline,
                                   WritePath)
 
 
 class MapWriter:
-    def __init__(self, tables):
+    def __init__(self, tables, go_back=None):
         self.tables = tables
+        self.go_back = go_back      # adapters.goback_sender.GoBackSender, or None
 
     def apply(self, actions) -> tuple[list[Note], list[str]]:
         """Write every map action; hand back the notes and warnings for the log."""
@@ -35,6 +37,9 @@ class MapWriter:
             elif isinstance(action, SetRepairConfig):
                 self.tables.set_repair_config(action.holddown_ns, action.retransmit,
                                               action.nak, action.stall_ns)
+            elif isinstance(action, GoBack):
+                if self.go_back is not None:
+                    self.go_back.send(action.qp, action.psn)
             elif isinstance(action, Note):
                 notes.append(action)
             elif isinstance(action, Warn):

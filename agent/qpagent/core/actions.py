@@ -79,6 +79,14 @@ class SetRepairConfig:
     stall_ns: int = 0          # 0: off
 
 
+@dataclass(frozen=True)
+class GoBack:
+    """Hand the QP's requester a NAK naming `psn`, its oldest unacknowledged
+    PSN (qpagent.goback): the QP left a dead path with data in flight."""
+    qp: bytes
+    psn: int
+
+
 REPLACEMENT_REASONS = ("dead_path", "liveness", "path_up", "rebalance", "port_remap")
 # Repairs the agent makes itself, by what told it (the data plane counts its own).
 AGENT_REPAIR_CAUSES = ("bfd", "route", "liveness")

@@ -11,14 +11,16 @@ from typing import Mapping, NamedTuple
 
 from qpagent.core import liveness, pathtable
 from qpagent.core.actions import (AGENT_REPAIR_CAUSES, REPLACEMENT_REASONS, DisarmAll,
-                                  ForgetQp, MoveQp, Note, SetMacVteps, SetPathCounts,
+                                  ForgetQp, GoBack, MoveQp, Note, SetMacVteps, SetPathCounts,
                                   SetRepairConfig, Warn, WriteDeadline, WritePath)
 from qpagent.core.inputs import (BfdSeen, FdbSeen, PathHealthChanged, PathRttSeen, PathsSeen,
                                  Tick)
 from qpagent.core.model import Found, PathState, VtepKey, VtepState
 from qpagent.core.placement import path_links, path_weights, rebalance
 from qpagent.portmath import hash_for_port
-from qpagent.contract import MAX_PATHS, MAX_VTEPS
+from qpagent.contract import CONSTANTS, MAX_PATHS, MAX_VTEPS
+
+PSN_MASK, PSN_HALF = CONSTANTS["PSN_MASK"], CONSTANTS["PSN_HALF"]
 
 HYSTERESIS_S = 10.0
 # A QP silent this long leaves the table: it no longer counts towards the
@@ -43,6 +45,19 @@ class QpView(NamedTuple):
     moves: int
     last_ns: int
     repaired_ns: int = 0   # the data plane's last repair of this QP (0: never)
+    # Its stream as the data plane saw it (-1: not seen yet): the next PSN
+    # to send, the oldest unacknowledged, and since when that one waits.
+    next_psn: int = -1
+    acked_psn: int = -1
+    ack_wait_ns: int = 0
+
+
+def waiting_for_ack(q: QpView, now_ns: int, at_least_ns: int) -> bool:
+    """Data in flight and no ACK progress for at least `at_least_ns`."""
+    if q.next_psn < 0 or q.acked_psn < 0:
+        return False
+    ahead = (q.next_psn - q.acked_psn) & PSN_MASK
+    return 0 < ahead <= PSN_HALF and now_ns - q.ack_wait_ns >= at_least_ns
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,9 @@ class Settings:
     repair_retransmit: bool = True
     repair_nak: bool = False
     repair_stall_ms: int = 0
+    # A QP that leaves a dead path with data in flight: its requester gets
+    # a NAK naming the oldest unacknowledged PSN (actions.GoBack).
+    go_back: bool = True
     # Mbit/s by uplink name or hop address: QPs go in proportion to each
     # path's bottleneck (qpagent.core.placement.path_weights)
     capacities: Mapping[str, float] = field(default_factory=dict)
@@ -94,6 +112,7 @@ class Core:
         # QPs per path as last seen (tick, moves): which paths are in use.
         self._in_use: dict[VtepKey, Counter] = {}
         self.repairs: Counter = Counter({c: 0 for c in AGENT_REPAIR_CAUSES})
+        self._went_back: dict[bytes, tuple] = {}   # QP -> (ACK wait, how it left) sent back for
 
     # ------------------------------------------------------------ inputs
     def paths_seen(self, event: PathsSeen, qps: Mapping[bytes, QpView], now: float) -> list:
@@ -159,6 +178,12 @@ class Core:
                       f"{event.deadline_ns / 1e6:.0f} ms)" if event.silent_ns else "")
             out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
                                         f"({path.uplink}) stopped answering probes{silent}: dead"))
+            # QPs the data plane moved off it already, on their next packet:
+            # the data they had in flight there is lost too.
+            since = int(now * 1e9) - (event.silent_ns or event.deadline_ns)
+            repaired = [(k, ("repair", q.repaired_ns)) for k, q in qps.items()
+                        if q.vtep == vtep.index and q.repaired_ns >= since]
+            out += self._go_back(qps, repaired, now)
         return out + self._apply({event.key}, qps, cause, now)
 
     def path_rtt(self, event: PathRttSeen, qps: Mapping[bytes, QpView], now: float) -> list:
@@ -211,6 +236,8 @@ class Core:
         cutoff = now - self.settings.hysteresis_s
         for key in [k for k, t in self._moved_at.items() if t < cutoff]:
             del self._moved_at[key]
+        for key in [k for k in self._went_back if k not in qps]:
+            del self._went_back[key]
         return out
 
     # ------------------------------------------------------------ queries
@@ -411,12 +438,13 @@ class Core:
         if not qps:
             self._in_use[vtep.key] = Counter()
             return []
-        qps = dict(qps)
+        before, qps = qps, dict(qps)
         live = vtep.live_paths()
         suspect = self._suspect_paths(vtep, live)
         if suspect and set(live) - suspect:
             live = [i for i in live if i not in suspect]
         assignment = {k: (q.path if q.path in live else None) for k, q in qps.items()}
+        orphans = [k for k, p in assignment.items() if p is None]
         recent = {k for k, t in self._moved_at.items() if now - t < self.settings.hysteresis_s}
         # QPs the data plane repaired lately stay where it put them if they can.
         recent |= {k for k, q in qps.items()
@@ -456,6 +484,27 @@ class Core:
         if plan:
             out += self._write_paths(vtep, qps)
         self._in_use[vtep.key] = Counter(q.path for q in qps.values())
+        left = [(k, ("left", before[k].path)) for k in orphans if k in moved]
+        return out + self._go_back(before, left, now)
+
+    def _go_back(self, qps: Mapping[bytes, QpView], left: list[tuple[bytes, tuple]],
+                 now: float) -> list:
+        """GoBack for each QP that left a dead path with data in flight and
+        no ACK progress since: its window went down with the path, and only
+        a NAK (which may be lost too) or its local ACK timer would make it
+        resend. `left`: (QP, how it left: the agent's move off a path, or
+        the data plane's repair); once per wait and way of leaving."""
+        if not self.settings.go_back:
+            return []
+        now_ns = int(now * 1e9)
+        waited = self.settings.probe_rtt_margin_ms * 1_000_000
+        out = []
+        for key, how in left:
+            q = qps[key]
+            if waiting_for_ack(q, now_ns, waited) and \
+                    self._went_back.get(key) != (q.ack_wait_ns, how):
+                self._went_back[key] = (q.ack_wait_ns, how)
+                out.append(GoBack(key, q.acked_psn))
         return out
 
     def _suspect_paths(self, vtep: VtepState, live: list[int]) -> set[int]:
