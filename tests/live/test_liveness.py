@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import select
 import shutil
 import socket
 import struct
@@ -31,7 +32,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from scapy.contrib.roce import BTH
+from scapy.contrib.roce import AETH, BTH
+from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
@@ -51,6 +53,8 @@ QPAGENT = str(Path(sys.executable).parent / "qpagent")
 ETH_P_ALL = 0x0003
 PACKET_HOST = 0
 PACKET_OUTGOING = 4
+RC_ACKNOWLEDGE = 0x11
+AETH_ACK, AETH_NAK_PSN_SEQ = 0x1F, 0x60
 
 
 
@@ -397,3 +401,122 @@ def test_without_a_remote_agent_nothing_is_declared_dead_and_traffic_flows(topo)
             assert [(p["health"], p["alive"], p["replies"]) for p in paths] == \
                 [("unchecked", True, 0)] * N_PATHS
             assert agent_a.status()["repairs"]["liveness"]["total"] == 0
+
+
+# ---------------------------------------------------------------- go-back NAKs
+
+class RcPair:
+    """One RC QP: hostA's requester sends SENDs with rising PSNs when told
+    to; hostB's responder ACKs each in order, from the QP's UDP source port
+    (as a NIC does), so vtepA's path_probe pairs the ACKs with the QP. Every
+    ACKNOWLEDGE reaching hostA is recorded as (time, psn, syndrome, frame)."""
+
+    QP, OWN_QP, SPORT = 0x3A0, 0x0A, 49999
+
+    def __init__(self, topo: Topo):
+        self.topo = topo
+        self.next_psn = 1
+        self.replies: list[tuple[float, int, int, bytes]] = []
+        self._stop = threading.Event()
+        socks = {}
+        for side in "AB":
+            with netnsutil.enter(topo.host[side]):
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            sock.bind(("eth0", 0))
+            socks[side] = sock
+        self._a, self._b = socks["A"], socks["B"]
+        self._threads = [threading.Thread(target=self._respond, daemon=True),
+                         threading.Thread(target=self._record, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def send(self, n: int) -> None:
+        t = self.topo
+        for _ in range(n):
+            self._a.send(roce_frame(t.host_mac["A"], t.host_mac["B"], t.host_ip["A"],
+                                    t.host_ip["B"], dqp=self.QP, psn=self.next_psn,
+                                    udp_sport=self.SPORT))
+            self.next_psn += 1
+
+    def _respond(self) -> None:
+        t, msn = self.topo, 0
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._b], [], [], 0.05)
+            if not ready:
+                continue
+            data, addr = self._b.recvfrom(65535)
+            pkt = Ether(data)
+            if addr[2] != PACKET_HOST or BTH not in pkt or pkt[BTH].dqpn != self.QP:
+                continue
+            msn += 1
+            self._b.send(bytes(Ether(src=t.host_mac["B"], dst=t.host_mac["A"])
+                               / IP(src=t.host_ip["B"], dst=t.host_ip["A"], flags="DF", id=0)
+                               / UDP(sport=self.SPORT, dport=4791)
+                               / BTH(opcode=RC_ACKNOWLEDGE, dqpn=self.OWN_QP, psn=pkt[BTH].psn)
+                               / AETH(syndrome=AETH_ACK, msn=msn)))
+
+    def _record(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._a], [], [], 0.05)
+            if not ready:
+                continue
+            data, addr = self._a.recvfrom(65535)
+            pkt = Ether(data)
+            if addr[2] == PACKET_HOST and AETH in pkt and pkt[BTH].dqpn == self.OWN_QP:
+                self.replies.append((time.monotonic(), pkt[BTH].psn, pkt[AETH].syndrome, data))
+
+    def acked(self) -> int:
+        """The last PSN acknowledged so far (0: none)."""
+        return max((psn for _, psn, syn, _ in list(self.replies) if syn == AETH_ACK), default=0)
+
+    def naks(self) -> list[tuple[float, int, int, bytes]]:
+        return [r for r in list(self.replies) if r[2] != AETH_ACK]
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        self._a.close()
+        self._b.close()
+
+
+def test_a_requester_whose_window_died_with_its_path_is_sent_back_at_once(topo):
+    """The requester sends a window into a path that then falls silent and
+    sends nothing more (its window is full): no later packet can carry the
+    QP to another path, and no NAK can come. vtepA's agent moves the QP when
+    the path dies and hands hostA the NAK its responder would send for the
+    oldest unacknowledged PSN, with a valid ICRC."""
+    with agents(topo, "AB") as (agent_a, _agent_b):
+        pair = RcPair(topo)
+        try:
+            def steady_on_a_checked_path():
+                pair.send(1)
+                used = [p for p in agent_a.paths() if p["qps"]]
+                return (pair.acked() >= 20 and len(used) == 1 and used[0]["health"] == "up"
+                        and used[0]["uplink"])
+
+            cut_link = wait_until("the QP acknowledged, on a path that answers probes",
+                                  steady_on_a_checked_path, deadline_s=30, every_s=0.01)
+            wait_until("every SEND acknowledged", lambda: pair.acked() == pair.next_psn - 1,
+                       deadline_s=2)
+            first_lost = pair.next_psn
+            t_cut = time.monotonic()
+            topo.blackhole(topo.uplinks.index(cut_link))
+            pair.send(8)                         # the window, into the silent path
+            (t_nak, psn, syndrome, frame), = wait_until(
+                "a NAK at hostA", lambda: pair.naks(), deadline_s=5, every_s=0.005)
+            print(f"\ngo-back NAK for PSN {psn} at hostA {(t_nak - t_cut) * 1e3:.0f} ms after "
+                  f"the cut of {cut_link} (liveness deadline {DEADLINE_MS} ms + RTT)")
+            assert (psn, syndrome) == (first_lost, AETH_NAK_PSN_SEQ)
+            nak = Ether(frame)
+            assert (nak[IP].src, nak[IP].dst, nak[UDP].sport) == \
+                (topo.host_ip["B"], topo.host_ip["A"], RcPair.SPORT)
+            recomputed = Ether(frame)
+            del recomputed[BTH].icrc
+            assert bytes(Ether(bytes(recomputed))) == frame      # Scapy's ICRC agrees
+            status = agent_a.status()
+            assert status["go_back_naks"]["sent"] == 1, status["go_back_naks"]
+            assert all(p["qps"] == 0 for p in status["vteps"][0]["paths"]
+                       if p["uplink"] == cut_link)
+        finally:
+            pair.close()
