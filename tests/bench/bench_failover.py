@@ -66,7 +66,7 @@ def set_mode(lab: Lab, mode: str, log) -> None:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'mode':9s} {'delay':>5s} {'tier':12s} {'hit':>5s} {'gap med':>8s} {'gap max':>8s} "
-            f"{'target':>7s} {'balanced':>9s} {'to':>3s} {'nak':>5s} {'err':>3s} {'false':>5s}  WAN QPs at 1 s")
+            f"{'target':>7s} {'balanced':>9s} {'to':>3s} {'nak':>5s} {'gb':>3s} {'err':>3s} {'false':>5s}  WAN QPs at 1 s")
     lines = [head, "-" * len(head)]
     for r in rows:
         def ms(v):
@@ -76,13 +76,15 @@ def table(rows: list[dict]) -> str:
                      f"{ms(r['gap_max_ms']):>8s} {ms(r['target_ms']):>7s} "
                      f"{ms(r['balanced_after_ms']):>9s} {r.get('timeouts', 0):>3d} "
                      f"{r.get('naks_seen', 0):>2d}/{r.get('naks_sent', 0):<2d} "
+                     f"{'-' if r.get('go_back_naks') is None else r['go_back_naks']:>3} "
                      f"{len(r['qps_in_error']):>3d} "
                      f"{'-' if r.get('liveness_moves_before_cut') is None else r['liveness_moves_before_cut']:>5}  "
                      + ",".join(str(n) for n in r.get("wan_load_1s", {}).values()))
     lines.append("gap: per-QP longest gap at dc2-h1 over the QPs hit (ms); target: 30 ms + one "
                  "WAN RTT; balanced: ms until every live WAN link carries <= ceil(8/live) QPs "
                  "('-': not within the run); to: RC timeouts; nak: NAKs the senders got "
-                 "of those the receivers sent; err: QPs in error; false: QPs moved "
+                 "(go-back NAKs included) of those the receivers sent; gb: go-back NAKs "
+                 "the sender's agent handed out; err: QPs in error; false: QPs moved "
                  "for want of probe replies or on their own NAKs and stalls before the cut "
                  "(flaps; '-': no agent); WAN QPs at 1 s: "
                  "QPs per WAN link that carried any, 1 to 1.5 s after the cut")

@@ -74,6 +74,7 @@ class CutResult:
     carried_bytes: int                  # by the cut link in the half second before the cut
     engine: dict = field(default_factory=dict)   # completion, verification, QP states
     false_moves: dict | None = None     # data-plane moves before the cut, by cause (None: no agent)
+    go_backs: int | None = None         # go-back NAKs the sender's agent handed out after the cut
 
     def summary(self) -> dict:
         hit_gaps = [self.gaps_ms[q] for q in self.hit]
@@ -86,7 +87,8 @@ class CutResult:
                 "wan_live": self.wan_live, "wan_load_1s": self.wan_load_1s,
                 "liveness_moves_before_cut": (None if self.false_moves is None
                                               else sum(self.false_moves.values())),
-                "moves_before_cut_by_cause": self.false_moves, **self.engine}
+                "moves_before_cut_by_cause": self.false_moves, "go_back_naks": self.go_backs,
+                **self.engine}
 
 
 # ---------------------------------------------------------------- which link
@@ -312,10 +314,12 @@ def measure_cut(lab: Lab, tier: str, src: str = "dc1-h1", dst: str = "dc2-h1",
         while carried < CUT_MIN_BYTES and time.monotonic() < deadline:
             link, carried = busiest(lab, candidates(lab, tier, src_leaf))
         moves_at_cut = liveness_moves(lab, src_leaf)
+        go_backs_at_cut = go_backs_sent(lab, src_leaf)
         t_cut = time.time()
         lab.blackhole(link.a, link.b, True)
         engine = traffic.result(timeout=120)
         t_end = time.time()
+        go_backs_at_end = go_backs_sent(lab, src_leaf)
         wait_until(lambda: bfd_down_on(lab, link), 10, 0.1, f"BFD down across {link.a}-{link.b}")
         assert link_up(lab, link), f"{link.node} {link.ifname} went down: the cut was not silent"
     finally:
@@ -337,7 +341,9 @@ def measure_cut(lab: Lab, tier: str, src: str = "dc1-h1", dst: str = "dc2-h1",
                        wan_load(wan_tap.seen, qps, t_cut + 1.0, t_cut + 1.5), carried, engine,
                        None if moves_at_start is None or moves_at_cut is None
                        else {c: moves_at_cut[c] - moves_at_start[c] for c in moves_at_cut
-                             if moves_at_cut[c] != moves_at_start[c]})
+                             if moves_at_cut[c] != moves_at_start[c]},
+                       None if go_backs_at_cut is None or go_backs_at_end is None
+                       else go_backs_at_end - go_backs_at_cut)
     log(f"  {tier:12s} cut {result.link}: {result.summary()}")
     settle(lab, src_leaf, log=log)
     return result
@@ -365,6 +371,14 @@ def paths_not_alive(lab: Lab, leaf: str) -> list[str]:
 
 
 DATA_PLANE_CAUSES = ("liveness", "nak", "stall", "retransmit")
+
+
+def go_backs_sent(lab: Lab, leaf: str) -> int | None:
+    """Go-back NAKs the leaf's agent handed to its hosts so far (None: no agent)."""
+    if not lab.agents_running():
+        return None
+    status = agent_status(lab.agent_socket(leaf))
+    return int((status.get("go_back_naks") or {}).get("sent", 0)) if status else None
 
 
 def liveness_moves(lab: Lab, leaf: str) -> dict[str, int] | None:
