@@ -48,6 +48,9 @@ log = logging.getLogger("qpagent")
 
 RECONCILE_EVERY_S = 1.0
 TOPOLOGY_EVERY_S = 5.0
+# QPs handed a go-back NAK are looked at this often until their ACKs move
+# on (Core.recheck_go_backs): a few lookups each time.
+GO_BACK_RECHECK_S = 0.01
 
 
 class AgentError(RuntimeError):
@@ -223,7 +226,10 @@ class Agent:
         next_reconcile = time.monotonic() + RECONCILE_EVERY_S
         next_topology = time.monotonic() + TOPOLOGY_EVERY_S
         while not self._stop.is_set():
-            timeout = max(0.0, min(next_reconcile, next_topology) - time.monotonic())
+            due = min(next_reconcile, next_topology)
+            if self.core.sent_back():
+                due = min(due, time.monotonic() + GO_BACK_RECHECK_S)
+            timeout = max(0.0, due - time.monotonic())
             try:
                 batch = [self._queue.get(timeout=timeout)]
             except queue.Empty:
@@ -235,6 +241,10 @@ class Agent:
                     break
             if batch:
                 self._react(batch)
+            if self.core.sent_back():
+                with self._lock:
+                    self._apply(self.core.recheck_go_backs(
+                        self.tables.qps(self.core.sent_back()), time.monotonic()))
             now = time.monotonic()
             if now >= next_topology:
                 with self._lock:

@@ -42,6 +42,12 @@ def _addr(family: int, words) -> str:
     return socket.inet_ntop(socket.AF_INET6, raw)
 
 
+def _qp_view(s) -> QpView:
+    return QpView(s.vtep, s.path, s.slot, s.port, s.packets, s.bytes, s.moves, s.last_ns,
+                  s.repaired_ns, s.next_psn if s.psn_valid else -1,
+                  s.acked_psn if s.ack_valid else -1, s.ack_wait_ns)
+
+
 class QpTables:
     """The agent's view of the maps of one DataPlane."""
 
@@ -202,12 +208,16 @@ class QpTables:
 
     # ---------------------------------------------------------------- QPs
     def all_qps(self) -> dict[bytes, QpView]:
+        return {bytes(key): _qp_view(s) for key, s in self.qp_table.items()}
+
+    def qps(self, keys) -> dict[bytes, QpView]:
+        """The QPs of `keys` that the table still holds."""
         out = {}
-        for key, s in self.qp_table.items():
-            out[bytes(key)] = QpView(s.vtep, s.path, s.slot, s.port, s.packets,
-                                     s.bytes, s.moves, s.last_ns, s.repaired_ns,
-                                     s.next_psn if s.psn_valid else -1,
-                                     s.acked_psn if s.ack_valid else -1, s.ack_wait_ns)
+        for key in keys:
+            try:
+                out[key] = _qp_view(self.qp_table[self.qp_table.Key.from_buffer_copy(key)])
+            except KeyError:
+                pass
         return out
 
     def ack_frame(self, key: bytes) -> bytes | None:

@@ -722,3 +722,25 @@ def test_with_go_back_off_no_nak_is_handed_out():
     world.qp("q0", 2, 49170)
     in_flight(world, "q0", waited_ms=60)
     assert go_backs(silent(world, 2, 50)) == []
+
+
+def test_a_resend_that_is_not_acknowledged_a_deadline_later_is_sent_back_again():
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=60)
+    assert go_backs(silent(world, 2, 50)) == [GoBack(b"q2", 10)]
+    deadline_s = DEADLINE / 1e9
+    core = world.core
+    assert core.recheck_go_backs(world.qps, world.now + deadline_s / 2) == []
+    tries = [core.recheck_go_backs(world.qps, world.now + deadline_s * n) for n in (1, 2, 3, 4)]
+    # Three in all (GO_BACK_TRIES), each a deadline after the one before; then it is let go.
+    assert tries == [[GoBack(b"q2", 10)], [GoBack(b"q2", 10)], [], []]
+    assert core.sent_back() == []
+
+
+def test_a_qp_whose_acks_moved_on_is_not_sent_back_again():
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=60)
+    silent(world, 2, 50)
+    in_flight(world, "q2", waited_ms=0, acked=15)       # ACK progress since
+    assert world.core.recheck_go_backs(world.qps, world.now + 1) == []
+    assert world.core.sent_back() == []

@@ -34,6 +34,21 @@ QP_IDLE_S = 10.0
 QP_ACTIVE_S = 1.0
 
 
+# Go-back NAKs per wait at most: each uses one of the QP's retry_cnt
+# retries, and NCCL's default is 7.
+GO_BACK_TRIES = 3
+
+
+@dataclass
+class SentBack:
+    """A QP handed a go-back NAK: for which wait (its oldest unacknowledged
+    PSN's ack_wait_ns), after which way of leaving, when, how often."""
+    ack_wait_ns: int
+    how: tuple
+    at: float
+    tries: int = 1
+
+
 class QpView(NamedTuple):
     """One QP as the maps hold it (qpagent.tables reads them)."""
     vtep: int
@@ -112,7 +127,7 @@ class Core:
         # QPs per path as last seen (tick, moves): which paths are in use.
         self._in_use: dict[VtepKey, Counter] = {}
         self.repairs: Counter = Counter({c: 0 for c in AGENT_REPAIR_CAUSES})
-        self._went_back: dict[bytes, tuple] = {}   # QP -> (ACK wait, how it left) sent back for
+        self._went_back: dict[bytes, SentBack] = {}
 
     # ------------------------------------------------------------ inputs
     def paths_seen(self, event: PathsSeen, qps: Mapping[bytes, QpView], now: float) -> list:
@@ -501,10 +516,40 @@ class Core:
         out = []
         for key, how in left:
             q = qps[key]
+            sent = self._went_back.get(key)
             if waiting_for_ack(q, now_ns, waited) and \
-                    self._went_back.get(key) != (q.ack_wait_ns, how):
-                self._went_back[key] = (q.ack_wait_ns, how)
+                    (sent is None or (sent.ack_wait_ns, sent.how) != (q.ack_wait_ns, how)):
+                self._went_back[key] = SentBack(q.ack_wait_ns, how, now)
                 out.append(GoBack(key, q.acked_psn))
+        return out
+
+    def sent_back(self) -> list[bytes]:
+        """QPs handed a go-back NAK whose resend is not acknowledged yet."""
+        return list(self._went_back)
+
+    def recheck_go_backs(self, qps: Mapping[bytes, QpView], now: float) -> list:
+        """QPs sent back that still wait on the same PSN a deadline later:
+        their resend was lost too (the new path died as well, or the
+        responder's ACKs went back a way that died, and it ACKs only what
+        arrives), so another NAK, up to GO_BACK_TRIES per wait. A QP whose
+        ACKs moved on, or that is gone, is watched no more."""
+        out = []
+        for key, sent in list(self._went_back.items()):
+            q = qps.get(key)
+            if q is None or q.ack_wait_ns != sent.ack_wait_ns or \
+                    not waiting_for_ack(q, int(now * 1e9), 0):
+                del self._went_back[key]
+                continue
+            vtep = self.vtep_by_index(q.vtep)
+            wait_s = (self._deadline(vtep, q.path) if vtep and q.path in vtep.paths
+                      else self.settings.probe_interval_ms * self.settings.probe_misses * 1e6) / 1e9
+            if now - sent.at < wait_s:
+                continue
+            if sent.tries >= GO_BACK_TRIES:
+                del self._went_back[key]       # its own timer is all that is left
+                continue
+            sent.at, sent.tries = now, sent.tries + 1
+            out.append(GoBack(key, q.acked_psn))
         return out
 
     def _suspect_paths(self, vtep: VtepState, live: list[int]) -> set[int]:
