@@ -691,13 +691,39 @@ def test_a_qp_still_getting_acks_is_not_sent_back():
     assert go_backs(silent(world, 2, 50)) == []
 
 
-def test_a_qp_the_data_plane_moved_off_the_silent_path_is_sent_back_too():
-    world = four_paths_eight_qps()
+def repaired_just_now(world: World, name: str, acked_since: bool = False) -> None:
+    """The data plane moved the QP off path 2 on its next packet, a moment
+    ago, with data outstanding: the repair restarted its wait."""
     now_ns = int(world.now * 1e9)
-    in_flight(world, "q2", waited_ms=60, path=0, port=49154, slot=2,
-              repaired_ns=now_ns - 5 * MS)           # within the 50 ms of silence
-    in_flight(world, "q5", waited_ms=60, repaired_ns=now_ns - 5_000 * MS)   # long before
-    assert go_backs(silent(world, 2, 50)) == [GoBack(b"q2", 10)]
+    in_flight(world, name, waited_ms=-1 if acked_since else 0, path=0, port=49154, slot=2,
+              repaired_ns=now_ns)
+
+
+def test_a_qp_the_data_plane_moved_off_the_silent_path_is_sent_back_if_no_ack_follows():
+    world = four_paths_eight_qps()
+    repaired_just_now(world, "q2")
+    in_flight(world, "q5", waited_ms=60, repaired_ns=int(world.now * 1e9) - 5_000 * MS)
+    assert go_backs(silent(world, 2, 50)) == []           # it may still get its ACKs
+    assert world.core.sent_back() == [b"q2"]              # q5's repair was long before
+    deadline_s = DEADLINE / 1e9
+    assert world.core.recheck_go_backs(world.qps, world.now + deadline_s / 2) == []
+    assert world.core.recheck_go_backs(world.qps, world.now + deadline_s) == [GoBack(b"q2", 10)]
+
+
+def test_a_repaired_qp_whose_acks_move_on_is_let_be():
+    world = four_paths_eight_qps()
+    repaired_just_now(world, "q2")
+    silent(world, 2, 50)
+    in_flight(world, "q2", waited_ms=-5, acked=12)       # an ACK after the repair
+    assert world.core.recheck_go_backs(world.qps, world.now + 1) == []
+    assert world.core.sent_back() == []
+
+
+def test_a_repaired_qp_already_acknowledged_since_is_not_watched():
+    world = four_paths_eight_qps()
+    repaired_just_now(world, "q2", acked_since=True)
+    silent(world, 2, 50)
+    assert world.core.sent_back() == []
 
 
 def test_a_qp_is_sent_back_once_per_path_it_leaves():
@@ -708,20 +734,25 @@ def test_a_qp_is_sent_back_once_per_path_it_leaves():
     assert go_backs(silent(world, world.qps[b"q2"].path, 50)) == [GoBack(b"q2", 10)]
 
 
-def test_one_data_plane_repair_is_sent_back_once():
+def test_one_data_plane_repair_is_watched_once():
     world = four_paths_eight_qps()
-    in_flight(world, "q2", waited_ms=60, path=0, port=49154, slot=2,
-              repaired_ns=int(world.now * 1e9) - 5 * MS)
-    assert go_backs(silent(world, 2, 50)) == [GoBack(b"q2", 10)]
-    assert go_backs(silent(world, 3, 50)) == []       # a second path of the VTEP dies
+    repaired_just_now(world, "q2")
+    silent(world, 2, 50)
+    deadline_s = DEADLINE / 1e9
+    assert world.core.recheck_go_backs(world.qps, world.now + deadline_s) == [GoBack(b"q2", 10)]
+    silent(world, 3, 50)                           # a second path of the VTEP dies
+    assert world.core.recheck_go_backs(world.qps, world.now + deadline_s * 1.5) == []
 
 
 def test_with_go_back_off_no_nak_is_handed_out():
     world = World(go_back=False)
     world.paths(PATH_A, PATH_B, PATH_C, PATH_D, cause="start", fdb=FDB)
     world.qp("q0", 2, 49170)
+    world.qp("q1", 0, 49152)
     in_flight(world, "q0", waited_ms=60)
+    in_flight(world, "q1", waited_ms=0, repaired_ns=int(world.now * 1e9))
     assert go_backs(silent(world, 2, 50)) == []
+    assert world.core.sent_back() == []
 
 
 def test_a_resend_that_is_not_acknowledged_a_deadline_later_is_sent_back_again():

@@ -41,8 +41,9 @@ GO_BACK_TRIES = 3
 
 @dataclass
 class SentBack:
-    """A QP handed a go-back NAK: for which wait (its oldest unacknowledged
-    PSN's ack_wait_ns), after which way of leaving, when, how often."""
+    """A QP handed go-back NAKs (or watched for one: tries 0): for which
+    wait (its oldest unacknowledged PSN's ack_wait_ns), after which way of
+    leaving, since when (the last NAK, or the repair), how many so far."""
     ack_wait_ns: int
     how: tuple
     at: float
@@ -67,12 +68,16 @@ class QpView(NamedTuple):
     ack_wait_ns: int = 0
 
 
-def waiting_for_ack(q: QpView, now_ns: int, at_least_ns: int) -> bool:
-    """Data in flight and no ACK progress for at least `at_least_ns`."""
+def outstanding(q: QpView) -> bool:
+    """Data sent and not acknowledged yet."""
     if q.next_psn < 0 or q.acked_psn < 0:
         return False
-    ahead = (q.next_psn - q.acked_psn) & PSN_MASK
-    return 0 < ahead <= PSN_HALF and now_ns - q.ack_wait_ns >= at_least_ns
+    return 0 < (q.next_psn - q.acked_psn) & PSN_MASK <= PSN_HALF
+
+
+def waiting_for_ack(q: QpView, now_ns: int, at_least_ns: int) -> bool:
+    """Data in flight and no ACK progress for at least `at_least_ns`."""
+    return outstanding(q) and now_ns - q.ack_wait_ns >= at_least_ns
 
 
 @dataclass(frozen=True)
@@ -193,12 +198,11 @@ class Core:
                       f"{event.deadline_ns / 1e6:.0f} ms)" if event.silent_ns else "")
             out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
                                         f"({path.uplink}) stopped answering probes{silent}: dead"))
-            # QPs the data plane moved off it already, on their next packet:
-            # the data they had in flight there is lost too.
-            since = int(now * 1e9) - (event.silent_ns or event.deadline_ns)
-            repaired = [(k, ("repair", q.repaired_ns)) for k, q in qps.items()
-                        if q.vtep == vtep.index and q.repaired_ns >= since]
-            out += self._go_back(qps, repaired, now)
+            # QPs the data plane moved off it already, on their next packet
+            # (since its silence began): what they had in flight is lost too.
+            since = int(event.seen * 1e9) - (event.silent_ns or event.deadline_ns)
+            self._watch_repaired(qps, [k for k, q in qps.items()
+                                       if q.vtep == vtep.index and q.repaired_ns >= since])
         return out + self._apply({event.key}, qps, cause, now)
 
     def path_rtt(self, event: PathRttSeen, qps: Mapping[bytes, QpView], now: float) -> list:
@@ -523,21 +527,39 @@ class Core:
                 out.append(GoBack(key, q.acked_psn))
         return out
 
+    def _watch_repaired(self, qps: Mapping[bytes, QpView], repaired: list[bytes]) -> None:
+        """QPs the data plane repaired with data outstanding: a repair
+        restarts the QP's wait (ack_wait_ns), and the QP keeps sending on
+        the new path. If no ACK progress follows within a deadline, its
+        window was lost with the dead path (and the responder's NAK too,
+        or it would have gone back): recheck_go_backs sends the NAK then."""
+        if not self.settings.go_back:
+            return
+        for key in repaired:
+            q = qps[key]
+            how = ("repair", q.repaired_ns)
+            sent = self._went_back.get(key)
+            if q.ack_wait_ns > q.repaired_ns or not outstanding(q) or \
+                    (sent is not None and sent.how == how):
+                continue
+            self._went_back[key] = SentBack(q.ack_wait_ns, how, q.repaired_ns / 1e9, tries=0)
+
     def sent_back(self) -> list[bytes]:
-        """QPs handed a go-back NAK whose resend is not acknowledged yet."""
+        """QPs handed a go-back NAK (or watched for one) whose ACKs have not
+        moved on yet: recheck_go_backs wants them."""
         return list(self._went_back)
 
     def recheck_go_backs(self, qps: Mapping[bytes, QpView], now: float) -> list:
-        """QPs sent back that still wait on the same PSN a deadline later:
-        their resend was lost too (the new path died as well, or the
-        responder's ACKs went back a way that died, and it ACKs only what
-        arrives), so another NAK, up to GO_BACK_TRIES per wait. A QP whose
-        ACKs moved on, or that is gone, is watched no more."""
+        """QPs watched or sent back that still wait on the same PSN a
+        deadline later (after the repair, or the last NAK): their window or
+        its resend was lost (the new path died as well, or the responder's
+        NAK or ACKs went back a way that died, and it answers only what
+        arrives), so a NAK, up to GO_BACK_TRIES per wait. A QP whose ACKs
+        moved on, or that is gone, is watched no more."""
         out = []
         for key, sent in list(self._went_back.items()):
             q = qps.get(key)
-            if q is None or q.ack_wait_ns != sent.ack_wait_ns or \
-                    not waiting_for_ack(q, int(now * 1e9), 0):
+            if q is None or q.ack_wait_ns != sent.ack_wait_ns or not outstanding(q):
                 del self._went_back[key]
                 continue
             vtep = self.vtep_by_index(q.vtep)
