@@ -49,6 +49,12 @@ class AgentSettings:
     poll_interval: float = 0.2
     bpf_stats: bool = True                      # kernel run-time accounting of our programs
     node: str = ""                              # resolved to the hostname when empty
+    # SCHED_FIFO priority of the agent's threads once its data plane is up
+    # (0: normal scheduling). Moves after a path dies wait for the agent's
+    # loop (QPs with nothing to send, go-back NAKs): on a busy host a normal
+    # process runs them hundreds of ms late. The kernel's RT throttling
+    # still leaves the other processes their time.
+    realtime_priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -469,6 +475,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "poll_interval": (_number(0.01, 10, "seconds"), False),
         "bpf_stats": (_boolean, False),
         "node": (_node_name, False),
+        "realtime_priority": (_integer(0, 99), False),
     },
     "steer": {
         # Both empty (or no [steer] at all) is host mode: see cross_checks.

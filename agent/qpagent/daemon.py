@@ -135,6 +135,7 @@ class Agent:
             except OSError as exc:
                 self._warn(f"BPF run-time statistics unavailable: {exc}")
         self.tables = QpTables(self.dp)
+        self._go_realtime(cfg.agent.realtime_priority)
         if not cfg.steers:
             self._start_services()
             self._note("start", f"attached {len(self.dp.programs())} programs; "
@@ -158,6 +159,17 @@ class Agent:
         self._note("start", f"attached {len(self.dp.programs())} programs; "
                             f"{len(self.core.vteps)} remote VTEPs")
         log.info("qpagent %s running on %s", __version__, self.node)
+
+    def _go_realtime(self, priority: int) -> None:
+        """After the compile (clang at real-time priority would starve the
+        host), before any thread starts: they inherit it."""
+        if not priority:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            self._note("start", f"running at SCHED_FIFO priority {priority}")
+        except OSError as exc:
+            self._warn(f"agent.realtime_priority {priority}: {exc}; normal scheduling")
 
     def close(self) -> None:
         for closer in (self._stop_services, self._release, self._stats.close):

@@ -33,6 +33,12 @@ HOST_NIC = "eth0"        # a host's one link, to its leaf (lab.py names it)
 START_TIMEOUT = 120.0   # BCC compiles every agent at once: slow on 2 busy cores
 
 
+# The lab's VTEP agents share two cores with every router, delay line and
+# workload they emulate; a real VTEP's agent has a CPU of its own. Below the
+# delay lines (qplab.delayline, 20), whose release times are the wire's.
+AGENT_RT_PRIORITY = 10
+
+
 def agent_config(plan: Plan, leaf: str, ctx: LabContext, liveness: LivenessSettings | None = None,
                  repair: RepairSettings | None = None, end_to_end: bool = True) -> Config:
     """A leaf's agent: steer its VXLAN devices over its uplinks, balancing
@@ -44,7 +50,8 @@ def agent_config(plan: Plan, leaf: str, ctx: LabContext, liveness: LivenessSetti
     uplinks = tuple(r.uplinks)
     return Config(
         agent=AgentSettings(metrics_address=f"{r.mgmt.ip}:{METRICS_PORT}",
-                            control_socket=str(ctx.agent_socket(leaf)), node=ctx.ns(leaf)),
+                            control_socket=str(ctx.agent_socket(leaf)), node=ctx.ns(leaf),
+                            realtime_priority=AGENT_RT_PRIORITY),
         steer=SteerSettings(vxlan_devices=tuple(f"vxlan{v}" for v in r.vnis), uplinks=uplinks,
                             source_ports=VXLAN_SOURCE_PORTS, end_to_end=end_to_end,
                             capacities=wan_capacities(plan)),

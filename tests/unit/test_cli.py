@@ -233,6 +233,7 @@ top_qps = 20
 poll_interval = 0.2
 bpf_stats = true
 node = "leaf1"
+realtime_priority = 0
 
 [steer]
 vxlan_devices = ["vxlan100"]

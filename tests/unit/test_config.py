@@ -99,7 +99,8 @@ def test_full_file_is_read_whole(tmp_path):
     config = load_config(write(tmp_path, FULL))
     assert config.to_dict() == {
         "agent": {"metrics_address": "[::1]:9500", "control_socket": "/run/qpagent/leaf1.sock",
-                  "top_qps": 5, "poll_interval": 0.05, "bpf_stats": True, "node": "leaf1"},
+                  "top_qps": 5, "poll_interval": 0.05, "bpf_stats": True, "node": "leaf1",
+                  "realtime_priority": 0},
         "steer": {"vxlan_devices": ("vxlan100", "vxlan200"), "uplinks": ("eth1", "eth2"),
                   "source_ports": (40000, 40100), "ports_per_path": 8, "rebalance": False,
                   "end_to_end": False, "capacities": {}},
@@ -337,7 +338,7 @@ BAD_YAML = [
                  id="out-of-range"),
     pytest.param("steer:\n  vxlan_devices: [vxlan100]\n  uplinks: [eth1]\nagent:\n  topqps: 3\n",
                  "qpagent.yaml:5: agent.topqps: unknown key (did you mean agent.top_qps?); "
-                 "known: bpf_stats, control_socket, metrics_address, node, poll_interval, top_qps",
+                 "known: bpf_stats, control_socket, metrics_address, node, poll_interval, realtime_priority, top_qps",
                  id="unknown-key"),
     pytest.param("steer:\n  vxlan_devices: [vxlan100\n  uplinks: [eth1]\n",
                  None, id="syntax"),

@@ -96,7 +96,8 @@ def test_agent_config_is_accepted_by_qpagent(plan, tmp_path):
     assert write_config(config, path).to_dict() == {
         "agent": {"metrics_address": "172.31.255.5:9464",
                   "control_socket": "/run/qpagent/qpl-dc2-leaf2.sock", "top_qps": 20,
-                  "poll_interval": 0.2, "bpf_stats": True, "node": "qpl-dc2-leaf2"},
+                  "poll_interval": 0.2, "bpf_stats": True, "node": "qpl-dc2-leaf2",
+                  "realtime_priority": 10},
         "steer": {"vxlan_devices": ("vxlan100",), "uplinks": ("eth1", "eth2"),
                   "source_ports": (49152, 65535), "ports_per_path": 16, "rebalance": True,
                   "end_to_end": True,
