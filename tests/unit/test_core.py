@@ -653,125 +653,123 @@ def test_with_only_suspect_paths_left_orphans_still_move():
 
 # ---------------------------------------------------------------- go-back NAKs
 from qpagent.core.actions import GoBack  # noqa: E402
+from qpagent.core.decisions import GO_BACK_TRIES  # noqa: E402
+
+MARGIN_MS = 10                              # Settings.probe_rtt_margin_ms
 
 
-def in_flight(world: World, name: str, waited_ms: int, acked: int = 10, sent: int = 20,
+def in_flight(world: World, name: str, waited_ms: float, acked: int = 10, sent: int = 20,
               **fields) -> None:
     """The QP has sent up to PSN sent - 1, ACKs came up to acked - 1, and
     the oldest unacknowledged has waited waited_ms."""
     key = name.encode()
     world.qps[key] = world.qps[key]._replace(
-        next_psn=sent, acked_psn=acked, ack_wait_ns=int(world.now * 1e9) - waited_ms * MS,
+        next_psn=sent, acked_psn=acked, ack_wait_ns=int((world.now - waited_ms / 1e3) * 1e9),
         **fields)
 
 
-def go_backs(out: list) -> list:
-    return [a for a in out if isinstance(a, GoBack)]
-
-
-def silent(world: World, path: int, silent_ms: int) -> list:
+def silent(world: World, path: int, silent_ms: int = 50) -> list:
     event = PathHealthChanged(KEY, path, False, 0, world.now, silent_ms * MS, 40 * MS)
     return world._play(world.core.path_health(event, world.qps, world.now))
 
 
-def test_a_qp_leaving_a_dead_path_with_data_in_flight_is_sent_back_after_its_move():
+def recheck(world: World, after_ms: float = 0) -> list:
+    """What the agent's loop hands out right after the event (or later)."""
+    return world.core.recheck_go_backs(world.qps, world.now + after_ms / 1e3)
+
+
+def test_a_qp_cut_off_with_its_path_is_sent_back_right_after_its_move():
     world = four_paths_eight_qps()
     in_flight(world, "q2", waited_ms=60)
     in_flight(world, "q6", waited_ms=60, acked=20)    # everything acknowledged
     in_flight(world, "q1", waited_ms=60)              # on a path that lives
-    out = silent(world, 2, 50)
-    assert go_backs(out) == [GoBack(b"q2", 10)]
-    moved_at = max(i for i, a in enumerate(out) if isinstance(a, MoveQp) and a.qp == b"q2")
-    assert out.index(GoBack(b"q2", 10)) > moved_at
+    out = silent(world, 2)
+    assert not any(isinstance(a, GoBack) for a in out)
+    assert recheck(world) == [GoBack(b"q2", 10)]       # by then on a live path
+    assert world.qps[b"q2"].path != 2
 
 
-def test_a_qp_still_getting_acks_is_not_sent_back():
+def test_a_qp_that_got_acks_within_the_deadline_waits_for_the_rest_of_it():
+    # Its ACKs came after the path went silent (the path may have died of
+    # its probe replies' way back): only no progress for a deadline counts.
     world = four_paths_eight_qps()
-    in_flight(world, "q2", waited_ms=2)
-    assert go_backs(silent(world, 2, 50)) == []
+    assert DEADLINE == 30 * MS
+    in_flight(world, "q2", waited_ms=5)
+    silent(world, 2)
+    assert recheck(world) == []
+    assert recheck(world, after_ms=30 - MARGIN_MS - 5 + 1) == [GoBack(b"q2", 10)]
+
+
+def test_a_qp_whose_acks_move_on_is_let_be():
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=5)
+    silent(world, 2)
+    in_flight(world, "q2", waited_ms=-1, acked=12)     # an ACK moved it on
+    assert recheck(world, after_ms=100) == []
+    assert world.core.sent_back() == []
 
 
 def repaired_just_now(world: World, name: str, acked_since: bool = False) -> None:
     """The data plane moved the QP off path 2 on its next packet, a moment
     ago, with data outstanding: the repair restarted its wait."""
-    now_ns = int(world.now * 1e9)
     in_flight(world, name, waited_ms=-1 if acked_since else 0, path=0, port=49154, slot=2,
-              repaired_ns=now_ns)
+              repaired_ns=int(world.now * 1e9))
 
 
 def test_a_qp_the_data_plane_moved_off_the_silent_path_is_sent_back_if_no_ack_follows():
     world = four_paths_eight_qps()
     repaired_just_now(world, "q2")
     in_flight(world, "q5", waited_ms=60, repaired_ns=int(world.now * 1e9) - 5_000 * MS)
-    assert go_backs(silent(world, 2, 50)) == []           # it may still get its ACKs
-    assert world.core.sent_back() == [b"q2"]              # q5's repair was long before
-    deadline_s = DEADLINE / 1e9
-    assert world.core.recheck_go_backs(world.qps, world.now + deadline_s / 2) == []
-    assert world.core.recheck_go_backs(world.qps, world.now + deadline_s) == [GoBack(b"q2", 10)]
-
-
-def test_a_repaired_qp_whose_acks_move_on_is_let_be():
-    world = four_paths_eight_qps()
-    repaired_just_now(world, "q2")
-    silent(world, 2, 50)
-    in_flight(world, "q2", waited_ms=-5, acked=12)       # an ACK after the repair
-    assert world.core.recheck_go_backs(world.qps, world.now + 1) == []
-    assert world.core.sent_back() == []
+    silent(world, 2)
+    assert world.core.sent_back() == [b"q2"]          # q5's repair was long before
+    assert recheck(world, after_ms=30 - MARGIN_MS - 1) == []
+    assert recheck(world, after_ms=30 - MARGIN_MS + 1) == [GoBack(b"q2", 10)]
 
 
 def test_a_repaired_qp_already_acknowledged_since_is_not_watched():
     world = four_paths_eight_qps()
     repaired_just_now(world, "q2", acked_since=True)
-    silent(world, 2, 50)
+    silent(world, 2)
     assert world.core.sent_back() == []
 
 
-def test_a_qp_is_sent_back_once_per_path_it_leaves():
+def test_a_resend_not_acknowledged_a_deadline_later_is_sent_back_again_up_to_three_times():
     world = four_paths_eight_qps()
     in_flight(world, "q2", waited_ms=60)
-    assert go_backs(silent(world, 2, 50)) == [GoBack(b"q2", 10)]
+    silent(world, 2)
+    assert recheck(world) == [GoBack(b"q2", 10)]
+    assert recheck(world, after_ms=15) == []
+    tries = [recheck(world, after_ms=30 * n) for n in (1, 2, 3, 4)]
+    assert GO_BACK_TRIES == 3
+    assert tries == [[GoBack(b"q2", 10)], [GoBack(b"q2", 10)], [], []]
+    assert world.core.sent_back() == []               # its own timer is all that is left
+
+
+def test_a_qp_is_watched_once_per_path_it_leaves():
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=60)
+    silent(world, 2)
+    assert recheck(world) == [GoBack(b"q2", 10)]
     # Its resend went out on the path it was moved to, and that one dies too.
-    assert go_backs(silent(world, world.qps[b"q2"].path, 50)) == [GoBack(b"q2", 10)]
+    silent(world, world.qps[b"q2"].path)
+    assert recheck(world) == [GoBack(b"q2", 10)]
 
 
 def test_one_data_plane_repair_is_watched_once():
     world = four_paths_eight_qps()
     repaired_just_now(world, "q2")
-    silent(world, 2, 50)
-    deadline_s = DEADLINE / 1e9
-    assert world.core.recheck_go_backs(world.qps, world.now + deadline_s) == [GoBack(b"q2", 10)]
-    silent(world, 3, 50)                           # a second path of the VTEP dies
-    assert world.core.recheck_go_backs(world.qps, world.now + deadline_s * 1.5) == []
+    silent(world, 2)
+    assert recheck(world, after_ms=30) == [GoBack(b"q2", 10)]
+    silent(world, 3)                               # a second path of the VTEP dies
+    assert recheck(world, after_ms=45) == []
 
 
-def test_with_go_back_off_no_nak_is_handed_out():
+def test_with_go_back_off_nothing_is_watched():
     world = World(go_back=False)
     world.paths(PATH_A, PATH_B, PATH_C, PATH_D, cause="start", fdb=FDB)
     world.qp("q0", 2, 49170)
     world.qp("q1", 0, 49152)
     in_flight(world, "q0", waited_ms=60)
     in_flight(world, "q1", waited_ms=0, repaired_ns=int(world.now * 1e9))
-    assert go_backs(silent(world, 2, 50)) == []
-    assert world.core.sent_back() == []
-
-
-def test_a_resend_that_is_not_acknowledged_a_deadline_later_is_sent_back_again():
-    world = four_paths_eight_qps()
-    in_flight(world, "q2", waited_ms=60)
-    assert go_backs(silent(world, 2, 50)) == [GoBack(b"q2", 10)]
-    deadline_s = DEADLINE / 1e9
-    core = world.core
-    assert core.recheck_go_backs(world.qps, world.now + deadline_s / 2) == []
-    tries = [core.recheck_go_backs(world.qps, world.now + deadline_s * n) for n in (1, 2, 3, 4)]
-    # Three in all (GO_BACK_TRIES), each a deadline after the one before; then it is let go.
-    assert tries == [[GoBack(b"q2", 10)], [GoBack(b"q2", 10)], [], []]
-    assert core.sent_back() == []
-
-
-def test_a_qp_whose_acks_moved_on_is_not_sent_back_again():
-    world = four_paths_eight_qps()
-    in_flight(world, "q2", waited_ms=60)
-    silent(world, 2, 50)
-    in_flight(world, "q2", waited_ms=0, acked=15)       # ACK progress since
-    assert world.core.recheck_go_backs(world.qps, world.now + 1) == []
+    silent(world, 2)
     assert world.core.sent_back() == []

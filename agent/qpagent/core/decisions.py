@@ -201,8 +201,8 @@ class Core:
             # QPs the data plane moved off it already, on their next packet
             # (since its silence began): what they had in flight is lost too.
             since = int(event.seen * 1e9) - (event.silent_ns or event.deadline_ns)
-            self._watch_repaired(qps, [k for k, q in qps.items()
-                                       if q.vtep == vtep.index and q.repaired_ns >= since])
+            self._watch(qps, [(k, ("repair", q.repaired_ns)) for k, q in qps.items()
+                              if q.vtep == vtep.index and q.repaired_ns >= since])
         return out + self._apply({event.key}, qps, cause, now)
 
     def path_rtt(self, event: PathRttSeen, qps: Mapping[bytes, QpView], now: float) -> list:
@@ -503,69 +503,53 @@ class Core:
         if plan:
             out += self._write_paths(vtep, qps)
         self._in_use[vtep.key] = Counter(q.path for q in qps.values())
-        left = [(k, ("left", before[k].path)) for k in orphans if k in moved]
-        return out + self._go_back(before, left, now)
+        self._watch(before, [(k, ("left", before[k].path)) for k in orphans if k in moved])
+        return out
 
-    def _go_back(self, qps: Mapping[bytes, QpView], left: list[tuple[bytes, tuple]],
-                 now: float) -> list:
-        """GoBack for each QP that left a dead path with data in flight and
-        no ACK progress since: its window went down with the path, and only
-        a NAK (which may be lost too) or its local ACK timer would make it
-        resend. `left`: (QP, how it left: the agent's move off a path, or
-        the data plane's repair); once per wait and way of leaving."""
+    # ------------------------------------------------------------ go-back NAKs
+    def _watch(self, qps: Mapping[bytes, QpView], left: list[tuple[bytes, tuple]]) -> None:
+        """QPs that left a dead path (QP, how: ("left", path) the agent's
+        move, ("repair", ns) the data plane's) with data outstanding and
+        no ACK progress since. If none follows within about a deadline of
+        their oldest unacknowledged send (or the repair, which restarts the
+        wait while the QP keeps sending), their window went down with the
+        path, and the responder's NAK too or it would have gone back:
+        recheck_go_backs then hands the requester one. A QP whose ACKs
+        move on was not cut off (a path can die of its probe replies' way
+        back). Once per wait and way of leaving."""
         if not self.settings.go_back:
-            return []
-        now_ns = int(now * 1e9)
-        waited = self.settings.probe_rtt_margin_ms * 1_000_000
-        out = []
+            return
         for key, how in left:
             q = qps[key]
             sent = self._went_back.get(key)
-            if waiting_for_ack(q, now_ns, waited) and \
-                    (sent is None or (sent.ack_wait_ns, sent.how) != (q.ack_wait_ns, how)):
-                self._went_back[key] = SentBack(q.ack_wait_ns, how, now)
-                out.append(GoBack(key, q.acked_psn))
-        return out
-
-    def _watch_repaired(self, qps: Mapping[bytes, QpView], repaired: list[bytes]) -> None:
-        """QPs the data plane repaired with data outstanding: a repair
-        restarts the QP's wait (ack_wait_ns), and the QP keeps sending on
-        the new path. If no ACK progress follows within a deadline, its
-        window was lost with the dead path (and the responder's NAK too,
-        or it would have gone back): recheck_go_backs sends the NAK then."""
-        if not self.settings.go_back:
-            return
-        for key in repaired:
-            q = qps[key]
-            how = ("repair", q.repaired_ns)
-            sent = self._went_back.get(key)
-            if q.ack_wait_ns > q.repaired_ns or not outstanding(q) or \
-                    (sent is not None and sent.how == how):
+            if not outstanding(q) or (how[0] == "repair" and q.ack_wait_ns > q.repaired_ns) or \
+                    (sent is not None and (sent.ack_wait_ns, sent.how) == (q.ack_wait_ns, how)):
                 continue
-            self._went_back[key] = SentBack(q.ack_wait_ns, how, q.repaired_ns / 1e9, tries=0)
+            self._went_back[key] = SentBack(q.ack_wait_ns, how, q.ack_wait_ns / 1e9, tries=0)
 
     def sent_back(self) -> list[bytes]:
-        """QPs handed a go-back NAK (or watched for one) whose ACKs have not
-        moved on yet: recheck_go_backs wants them."""
+        """QPs watched for a go-back NAK (or handed some) whose ACKs have
+        not moved on yet: recheck_go_backs wants them."""
         return list(self._went_back)
 
     def recheck_go_backs(self, qps: Mapping[bytes, QpView], now: float) -> list:
-        """QPs watched or sent back that still wait on the same PSN a
-        deadline later (after the repair, or the last NAK): their window or
-        its resend was lost (the new path died as well, or the responder's
-        NAK or ACKs went back a way that died, and it answers only what
-        arrives), so a NAK, up to GO_BACK_TRIES per wait. A QP whose ACKs
-        moved on, or that is gone, is watched no more."""
+        """GoBack for each watched QP that still waits on the same PSN: the
+        first once it has waited its path's deadline less the margin by
+        which ACKs and probe replies may part, then one a deadline after
+        the last while its resend is not acknowledged either (the new path
+        died as well, or the responder's ACKs went back a way that died
+        too, and it answers only what arrives), GO_BACK_TRIES in all. A QP
+        whose ACKs moved on, or that is gone, is watched no more."""
         out = []
+        margin_s = self.settings.probe_rtt_margin_ms / 1e3
         for key, sent in list(self._went_back.items()):
             q = qps.get(key)
             if q is None or q.ack_wait_ns != sent.ack_wait_ns or not outstanding(q):
                 del self._went_back[key]
                 continue
             vtep = self.vtep_by_index(q.vtep)
-            wait_s = (self._deadline(vtep, q.path) if vtep and q.path in vtep.paths
-                      else self.settings.probe_interval_ms * self.settings.probe_misses * 1e6) / 1e9
-            if now - sent.at < wait_s:
+            wait_s = self._deadline(vtep, q.path) / 1e9 if vtep else margin_s
+            if now - sent.at < (wait_s - margin_s if sent.tries == 0 else wait_s):
                 continue
             if sent.tries >= GO_BACK_TRIES:
                 del self._went_back[key]       # its own timer is all that is left
