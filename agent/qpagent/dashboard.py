@@ -217,9 +217,17 @@ def failures_row() -> list:
                "ACKs and NAKs per second that the remote ends sent back for the QPs this node "
                "steers, as the data plane read them on the uplinks: the evidence behind the nak "
                "and stall repairs. unpaired: an acknowledgement for no QP known here.",
-               "pps", 24, 8,
+               "pps", 12, 8,
                query(f'sum by (node, event) (rate(qpagent_reply_events_total{{{NODE}}}'
                      '[$__rate_interval]))', "{{node}} {{event}}"), line_width=2),
+        _bars("Go-back NAKs",
+              "NAKs the agent handed to requesters whose QP was cut off with a dead path "
+              "(data outstanding, no ACK progress for the path's deadline), so they resend at "
+              "once instead of waiting for their ACK timer; by outcome: sent, no_ack_kept (no "
+              "ACK of the QP seen to make it from), no_port (requester's MAC unknown to the "
+              "bridge), not_an_ack, send_failed.",
+              query(f'sum by (node, event) (increase(qpagent_go_back_naks_total{{{NODE}}}'
+                    '[$__rate_interval]))', "{{node}} {{event}}"), 12),
     ]
 
 

@@ -700,11 +700,21 @@ def test_a_qp_that_got_acks_within_the_deadline_waits_for_the_rest_of_it():
     assert recheck(world, after_ms=30 - MARGIN_MS - 5 + 1) == [GoBack(b"q2", 10)]
 
 
-def test_a_qp_whose_acks_move_on_is_let_be():
+def test_acks_for_what_crossed_before_the_cut_are_progress_but_not_recovery():
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=60)
+    silent(world, 2)
+    assert recheck(world) == [GoBack(b"q2", 10)]
+    in_flight(world, "q2", waited_ms=0, acked=15)      # still short of the 20 sent
+    assert recheck(world, after_ms=29) == []
+    assert recheck(world, after_ms=31) == [GoBack(b"q2", 15)]
+
+
+def test_a_qp_whose_acks_cover_all_it_had_sent_is_let_be():
     world = four_paths_eight_qps()
     in_flight(world, "q2", waited_ms=5)
     silent(world, 2)
-    in_flight(world, "q2", waited_ms=-1, acked=12)     # an ACK moved it on
+    in_flight(world, "q2", waited_ms=0, acked=20, sent=24)   # all 19 acknowledged, 4 new
     assert recheck(world, after_ms=100) == []
     assert world.core.sent_back() == []
 
@@ -739,29 +749,20 @@ def test_a_resend_not_acknowledged_a_deadline_later_is_sent_back_again_up_to_thr
     silent(world, 2)
     assert recheck(world) == [GoBack(b"q2", 10)]
     assert recheck(world, after_ms=15) == []
-    tries = [recheck(world, after_ms=30 * n) for n in (1, 2, 3, 4)]
+    tries = [recheck(world, after_ms=30 * n + 1) for n in (1, 2, 3, 4)]
     assert GO_BACK_TRIES == 3
     assert tries == [[GoBack(b"q2", 10)], [GoBack(b"q2", 10)], [], []]
     assert world.core.sent_back() == []               # its own timer is all that is left
 
 
-def test_a_qp_is_watched_once_per_path_it_leaves():
+def test_a_qp_already_watched_keeps_its_count_when_its_new_path_dies_too():
     world = four_paths_eight_qps()
     in_flight(world, "q2", waited_ms=60)
     silent(world, 2)
     assert recheck(world) == [GoBack(b"q2", 10)]
-    # Its resend went out on the path it was moved to, and that one dies too.
-    silent(world, world.qps[b"q2"].path)
-    assert recheck(world) == [GoBack(b"q2", 10)]
-
-
-def test_one_data_plane_repair_is_watched_once():
-    world = four_paths_eight_qps()
-    repaired_just_now(world, "q2")
-    silent(world, 2)
-    assert recheck(world, after_ms=30) == [GoBack(b"q2", 10)]
-    silent(world, 3)                               # a second path of the VTEP dies
-    assert recheck(world, after_ms=45) == []
+    silent(world, world.qps[b"q2"].path)           # the resend's path dies as well
+    assert recheck(world) == []
+    assert recheck(world, after_ms=31) == [GoBack(b"q2", 10)]
 
 
 def test_with_go_back_off_nothing_is_watched():

@@ -41,13 +41,11 @@ GO_BACK_TRIES = 3
 
 @dataclass
 class SentBack:
-    """A QP handed go-back NAKs (or watched for one: tries 0): for which
-    wait (its oldest unacknowledged PSN's ack_wait_ns), after which way of
-    leaving, since when (the last NAK, or the repair), how many so far."""
-    ack_wait_ns: int
-    how: tuple
-    at: float
-    tries: int = 1
+    """A QP watched for go-back NAKs: what it had sent when its path died
+    (next_psn, 24-bit), when the last NAK went (0: none yet), how many."""
+    until_psn: int
+    at: float = 0.0
+    tries: int = 0
 
 
 class QpView(NamedTuple):
@@ -75,9 +73,9 @@ def outstanding(q: QpView) -> bool:
     return 0 < (q.next_psn - q.acked_psn) & PSN_MASK <= PSN_HALF
 
 
-def waiting_for_ack(q: QpView, now_ns: int, at_least_ns: int) -> bool:
-    """Data in flight and no ACK progress for at least `at_least_ns`."""
-    return outstanding(q) and now_ns - q.ack_wait_ns >= at_least_ns
+def psn_reached(psn: int, target: int) -> bool:
+    """psn is at or past target, in 24-bit serial arithmetic."""
+    return (psn - target) & PSN_MASK < PSN_HALF
 
 
 @dataclass(frozen=True)
@@ -201,8 +199,8 @@ class Core:
             # QPs the data plane moved off it already, on their next packet
             # (since its silence began): what they had in flight is lost too.
             since = int(event.seen * 1e9) - (event.silent_ns or event.deadline_ns)
-            self._watch(qps, [(k, ("repair", q.repaired_ns)) for k, q in qps.items()
-                              if q.vtep == vtep.index and q.repaired_ns >= since])
+            self._watch(qps, [k for k, q in qps.items()
+                              if q.vtep == vtep.index and q.repaired_ns >= since], repaired=True)
         return out + self._apply({event.key}, qps, cause, now)
 
     def path_rtt(self, event: PathRttSeen, qps: Mapping[bytes, QpView], now: float) -> list:
@@ -503,56 +501,55 @@ class Core:
         if plan:
             out += self._write_paths(vtep, qps)
         self._in_use[vtep.key] = Counter(q.path for q in qps.values())
-        self._watch(before, [(k, ("left", before[k].path)) for k in orphans if k in moved])
+        self._watch(before, [k for k in orphans if k in moved], repaired=False)
         return out
 
     # ------------------------------------------------------------ go-back NAKs
-    def _watch(self, qps: Mapping[bytes, QpView], left: list[tuple[bytes, tuple]]) -> None:
-        """QPs that left a dead path (QP, how: ("left", path) the agent's
-        move, ("repair", ns) the data plane's) with data outstanding and
-        no ACK progress since. If none follows within about a deadline of
-        their oldest unacknowledged send (or the repair, which restarts the
-        wait while the QP keeps sending), their window went down with the
-        path, and the responder's NAK too or it would have gone back:
-        recheck_go_backs then hands the requester one. A QP whose ACKs
-        move on was not cut off (a path can die of its probe replies' way
-        back). Once per wait and way of leaving."""
+    def _watch(self, qps: Mapping[bytes, QpView], left: list[bytes], repaired: bool) -> None:
+        """QPs that left a dead path (moved by the agent, or repaired by the
+        data plane since the path fell silent) with data outstanding: until
+        all they had sent is acknowledged, recheck_go_backs hands the
+        requester a NAK whenever their ACKs stop moving for a deadline. A
+        repair restarts the QP's wait (ack_wait_ns) and the QP keeps
+        sending on the new path; one acknowledged since is left alone."""
         if not self.settings.go_back:
             return
-        for key, how in left:
+        for key in left:
             q = qps[key]
-            sent = self._went_back.get(key)
-            if not outstanding(q) or (how[0] == "repair" and q.ack_wait_ns > q.repaired_ns) or \
-                    (sent is not None and (sent.ack_wait_ns, sent.how) == (q.ack_wait_ns, how)):
+            if key in self._went_back or not outstanding(q) or \
+                    (repaired and q.ack_wait_ns > q.repaired_ns):
                 continue
-            self._went_back[key] = SentBack(q.ack_wait_ns, how, q.ack_wait_ns / 1e9, tries=0)
+            self._went_back[key] = SentBack(q.next_psn)
 
     def sent_back(self) -> list[bytes]:
-        """QPs watched for a go-back NAK (or handed some) whose ACKs have
-        not moved on yet: recheck_go_backs wants them."""
+        """QPs watched for go-back NAKs: recheck_go_backs wants them."""
         return list(self._went_back)
 
     def recheck_go_backs(self, qps: Mapping[bytes, QpView], now: float) -> list:
-        """GoBack for each watched QP that still waits on the same PSN: the
-        first once it has waited its path's deadline less the margin by
-        which ACKs and probe replies may part, then one a deadline after
-        the last while its resend is not acknowledged either (the new path
-        died as well, or the responder's ACKs went back a way that died
-        too, and it answers only what arrives), GO_BACK_TRIES in all. A QP
-        whose ACKs moved on, or that is gone, is watched no more."""
+        """GoBack for each watched QP whose ACKs have not moved for its
+        path's deadline (the first time less the margin by which ACKs and
+        probe replies may part) since the last progress and the last NAK:
+        its window went down with the path, and the responder's NAK too or
+        it would have gone back. ACKs still coming for what crossed before
+        the cut are progress, but not recovery: only ACKs for everything
+        sent before the path died end the watch. Again while the resend is
+        not acknowledged either (the new path died as well, or the
+        responder's ACKs went back a way that died too, and it answers only
+        what arrives), GO_BACK_TRIES in all; then the QP's own timer."""
         out = []
         margin_s = self.settings.probe_rtt_margin_ms / 1e3
         for key, sent in list(self._went_back.items()):
             q = qps.get(key)
-            if q is None or q.ack_wait_ns != sent.ack_wait_ns or not outstanding(q):
+            if q is None or not outstanding(q) or psn_reached(q.acked_psn, sent.until_psn):
                 del self._went_back[key]
                 continue
             vtep = self.vtep_by_index(q.vtep)
             wait_s = self._deadline(vtep, q.path) / 1e9 if vtep else margin_s
-            if now - sent.at < (wait_s - margin_s if sent.tries == 0 else wait_s):
+            quiet_since = max(q.ack_wait_ns / 1e9, sent.at)
+            if now - quiet_since < (wait_s - margin_s if sent.tries == 0 else wait_s):
                 continue
             if sent.tries >= GO_BACK_TRIES:
-                del self._went_back[key]       # its own timer is all that is left
+                del self._went_back[key]
                 continue
             sent.at, sent.tries = now, sent.tries + 1
             out.append(GoBack(key, q.acked_psn))
