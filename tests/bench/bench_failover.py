@@ -12,7 +12,9 @@ before the next. Modes:
   on data waiting 50 ms without ACK progress (what a remote VTEP that runs
   no agent gets);
 - liveness: qpagent end to end, liveness 10 ms x 3, the QPs' own signals
-  off (as by default): each mode measures one mechanism.
+  off (as by default), go-back NAKs on (as by default): each mode
+  measures one mechanism;
+- liveness-no-go-back: the same without go-back NAKs.
 
 Per cut: per-QP longest gap at the receiving host (median and max over the
 QPs hit), QPs hit, and the time until every live WAN link carries at most
@@ -50,6 +52,9 @@ MODES = {
     # before a cut at 20 ms were stalls (ACK progress paused past the
     # deadline on the busy lab host), and the two could not be told apart.
     "liveness": (LivenessSettings(enabled=True), RepairSettings(retransmit=False)),
+    # The same without go-back NAKs: what they add.
+    "liveness-no-go-back": (LivenessSettings(enabled=True),
+                            RepairSettings(retransmit=False, go_back=False)),
 }
 LIVENESS_DEADLINE_MS = 30
 
@@ -65,13 +70,13 @@ def set_mode(lab: Lab, mode: str, log) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    head = (f"{'mode':9s} {'delay':>5s} {'tier':12s} {'hit':>5s} {'gap med':>8s} {'gap max':>8s} "
+    head = (f"{'mode':19s} {'delay':>5s} {'tier':12s} {'hit':>5s} {'gap med':>8s} {'gap max':>8s} "
             f"{'target':>7s} {'balanced':>9s} {'to':>3s} {'nak':>5s} {'gb':>3s} {'err':>3s} {'false':>5s}  WAN QPs at 1 s")
     lines = [head, "-" * len(head)]
     for r in rows:
         def ms(v):
             return "-" if v is None else f"{v:.0f}"
-        lines.append(f"{r['mode']:9s} {r['delay_ms']:>5g} {r['tier']:12s} "
+        lines.append(f"{r['mode']:19s} {r['delay_ms']:>5g} {r['tier']:12s} "
                      f"{r['qps_hit']:>2d}/{r['qps']:<2d} {ms(r['gap_median_ms']):>8s} "
                      f"{ms(r['gap_max_ms']):>8s} {ms(r['target_ms']):>7s} "
                      f"{ms(r['balanced_after_ms']):>9s} {r.get('timeouts', 0):>3d} "
