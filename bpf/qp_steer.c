@@ -594,7 +594,7 @@ int qp_steer(struct __sk_buff *skb)
  * Only the common shape (IPv4 without options, nothing after the ICRC):
  * a QP whose ACKs look otherwise gets no go-back NAK. */
 static __always_inline void keep_ack_frame(struct __sk_buff *skb, const struct pkt_info *p,
-					   const struct qp_key *qp)
+					   struct qp_key *qp)
 {
 	struct ack_frame fresh = {};
 	struct ack_frame *f;

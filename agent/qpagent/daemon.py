@@ -48,8 +48,8 @@ log = logging.getLogger("qpagent")
 
 RECONCILE_EVERY_S = 1.0
 TOPOLOGY_EVERY_S = 5.0
-# QPs handed a go-back NAK are looked at this often until their ACKs move
-# on (Core.recheck_go_backs): a few lookups each time.
+# QPs watched for go-back NAKs are looked at this often until all they had
+# sent is acknowledged (Core.recheck_go_backs): a few lookups each time.
 GO_BACK_RECHECK_S = 0.01
 
 
@@ -162,11 +162,13 @@ class Agent:
 
     def _go_realtime(self, priority: int) -> None:
         """After the compile (clang at real-time priority would starve the
-        host), before any thread starts: they inherit it."""
+        host), before any thread starts: they inherit it. Processes we run
+        (vtysh, ip) do not."""
         if not priority:
             return
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
+                                  os.sched_param(priority))
             self._note("start", f"running at SCHED_FIFO priority {priority}")
         except OSError as exc:
             self._warn(f"agent.realtime_priority {priority}: {exc}; normal scheduling")

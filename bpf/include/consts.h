@@ -122,7 +122,7 @@ enum reply_event {
 
 /* The inner frame of an RC ACK as it reaches an uplink: Ethernet, IPv4
  * without options, UDP, BTH, AETH and ICRC. path_probe keeps the latest of
- * each QP (qp_ack_frame) for the agent's go-back NAK (qpagent.kick). */
+ * each QP (qp_ack_frame) for the agent's go-back NAK (qpagent.goback). */
 #define ACK_FRAME_LEN 62
 
 #define PSN_MASK     0xFFFFFF    /* BTH PSNs are 24 bits and wrap */

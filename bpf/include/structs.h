@@ -57,10 +57,10 @@ struct reply_key {
 };
 
 /* The responder's latest ACK that moved a QP on, as it came in (inner
- * Ethernet through ICRC, ACK_FRAME_LEN bytes). After a repair of a QP with
- * data outstanding the agent turns it into a NAK naming the oldest
- * unacknowledged PSN, so the requester goes back at once over the new
- * path instead of waiting for its ACK timer (qpagent.kick). */
+ * Ethernet through ICRC, ACK_FRAME_LEN bytes). When a QP left a dead path
+ * with data outstanding and its ACKs stop, the agent turns it into a NAK
+ * naming the oldest unacknowledged PSN, so the requester goes back at once
+ * over the new path instead of waiting for its ACK timer (qpagent.goback). */
 struct ack_frame {
 	__u8  bytes[ACK_FRAME_LEN];
 	__u8  pad[2];
