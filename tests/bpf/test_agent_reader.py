@@ -10,7 +10,7 @@ from conftest import TC_ACT_UNSPEC, XDP_PASS, expect
 from qpagent.contract import HOOK_NAMES, PARSE_OUTCOME_NAMES
 from qpagent.maps import BccTables
 from qpagent.portmath import hash_for_port
-from qpagent.tables import PathView, QpTables
+from qpagent.tables import PathView, QpTables, QpView
 from qt1_maps import path_ports, set_path, set_vtep
 from qt1_packets import arp, roce, tcp, vxlan
 
@@ -48,7 +48,11 @@ def test_qp_rows_carry_the_counters_the_agent_balances_by(steer):
     for _ in range(3):
         expect(steer, frame, TC_ACT_UNSPEC)
     [view] = QpTables(BccTables(steer=steer.bpf)).all_qps().values()
-    assert view._replace(last_ns=0) == (0, 0, 0, 32768, 3, 3 * len(frame), 0, 0, 0)
+    # PSN 1 sent three times: next PSN 2; no ACK seen, so none acknowledged
+    assert view._replace(last_ns=0) == QpView(vtep=0, path=0, slot=0, port=32768, packets=3,
+                                              bytes=3 * len(frame), moves=0, last_ns=0,
+                                              repaired_ns=0, next_psn=2, acked_psn=-1,
+                                              ack_wait_ns=0)
     assert view.last_ns > 0
 
 

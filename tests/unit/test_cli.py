@@ -66,6 +66,7 @@ TIME          KIND      REACTION  DETAIL
 Steer: hash_set 10  no_live_path 0  no_vtep 0  placed_dead 0  placed_new 5
 Pin: fib_failed 0  not_vxlan 6  on_fib_link 10  redirected 1  redirected_neigh 1
 Replies: ack 0  nak 0  unpaired 0
+Go-back NAKs: sent 0  no_ack_kept 0  not_an_ack 0  no_port 0  send_failed 0
 
 Parse outcomes
 INTERFACE  HOOK         ROCE  NOT_ROCE  NOT_IP  TRUNCATED  FRAGMENT  IPV6_EXT  BAD_BTH
