@@ -774,3 +774,25 @@ def test_with_go_back_off_nothing_is_watched():
     in_flight(world, "q1", waited_ms=0, repaired_ns=int(world.now * 1e9))
     silent(world, 2)
     assert world.core.sent_back() == []
+
+
+def test_a_qp_whose_acks_moved_on_since_its_last_nak_is_watched_afresh():
+    # A wait that used all its NAKs, then ACK progress (a later job on the
+    # same QP, or the resend got through in part), then another death.
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=60)
+    silent(world, 2)
+    for n in range(3):
+        recheck(world, after_ms=31 * n)
+    world.now += 1
+    in_flight(world, "q2", waited_ms=60, acked=15, sent=30)
+    silent(world, world.qps[b"q2"].path)
+    assert recheck(world) == [GoBack(b"q2", 15)]
+
+
+def test_a_watched_qp_that_sends_nothing_for_a_second_is_let_go():
+    world = four_paths_eight_qps()
+    in_flight(world, "q2", waited_ms=5, last_ns=int(world.now * 1e9))
+    silent(world, 2)
+    assert recheck(world, after_ms=1001) == []
+    assert world.core.sent_back() == []

@@ -516,9 +516,11 @@ class Core:
             return
         for key in left:
             q = qps[key]
-            if key in self._went_back or not outstanding(q) or \
-                    (repaired and q.ack_wait_ns > q.repaired_ns):
+            if not outstanding(q) or (repaired and q.ack_wait_ns > q.repaired_ns):
                 continue
+            sent = self._went_back.get(key)
+            if sent is not None and sent.tries and q.ack_wait_ns / 1e9 <= sent.at:
+                continue       # the same wait: its NAKs so far count
             self._went_back[key] = SentBack(q.next_psn)
 
     def sent_back(self) -> list[bytes]:
@@ -535,13 +537,18 @@ class Core:
         sent before the path died end the watch. Again while the resend is
         not acknowledged either (the new path died as well, or the
         responder's ACKs went back a way that died too, and it answers only
-        what arrives), GO_BACK_TRIES in all; then the QP's own timer."""
+        what arrives), GO_BACK_TRIES in all; then the QP's own timer. A QP
+        that sent nothing for qp_active_s is let go too (its job ended, or
+        its timer is all that is left): a later QP with the same key starts
+        afresh."""
         out = []
         margin_s = self.settings.probe_rtt_margin_ms / 1e3
+        idle_before = int((now - self.settings.qp_active_s) * 1e9)
         for key, sent in list(self._went_back.items()):
             q = qps.get(key)
-            if q is None or not outstanding(q) or psn_reached(q.acked_psn, sent.until_psn):
-                del self._went_back[key]
+            if q is None or not outstanding(q) or psn_reached(q.acked_psn, sent.until_psn) \
+                    or q.last_ns < idle_before:
+                del self._went_back[key]       # recovered, gone, or given up
                 continue
             vtep = self.vtep_by_index(q.vtep)
             wait_s = self._deadline(vtep, q.path) / 1e9 if vtep else margin_s
