@@ -308,15 +308,6 @@ static __always_inline void release_slot(const struct qp_state *qs)
 		__sync_fetch_and_add(&pe->qps, (__u32)-1);
 }
 
-/* The QP's PSN stream: a PSN at or below the highest one sent (24-bit
- * serial arithmetic: (next_psn - psn) mod 2^24 in 1..2^23) is a resend. */
-static __always_inline int psn_resent(const struct qp_state *qs, const struct pkt_info *p)
-{
-	__u32 behind = (qs->next_psn - p->psn) & PSN_MASK;
-
-	return p->psn_ok && qs->psn_valid && behind >= 1 && behind <= PSN_HALF;
-}
-
 /* a is ahead of b in 24-bit serial arithmetic. */
 static __always_inline int psn_ahead(__u32 a, __u32 b)
 {
@@ -331,15 +322,33 @@ static __always_inline int outstanding(const struct qp_state *qs)
 	return qs->ack_valid && qs->psn_valid && psn_ahead(qs->next_psn, qs->acked_psn);
 }
 
-/* next_psn = max(next_psn, psn + 1); a resend leaves it. The first send
- * with nothing outstanding starts the wait for its ACK. */
+/* A PSN at or below the highest one sent (24-bit serial arithmetic). */
+static __always_inline int psn_behind(const struct qp_state *qs, const struct pkt_info *p)
+{
+	return p->psn_ok && qs->psn_valid && psn_ahead(qs->next_psn, p->psn);
+}
+
+/* A resend: behind, with data outstanding or no ACK seen. Behind with
+ * everything acknowledged is no resend (a requester resends only what is
+ * unacknowledged) but a new QP with the same numbers, from its own start
+ * PSN: psn_advance starts its stream afresh. */
+static __always_inline int psn_resent(const struct qp_state *qs, const struct pkt_info *p)
+{
+	return psn_behind(qs, p) && !(qs->ack_valid && !outstanding(qs));
+}
+
+/* next_psn = max(next_psn, psn + 1), or the new stream's; a resend leaves
+ * it. The first send with nothing outstanding starts the wait for its ACK. */
 static __always_inline void psn_advance(struct qp_state *qs, const struct pkt_info *p,
 					__u64 now)
 {
 	if (!p->psn_ok || psn_resent(qs, p))
 		return;
-	if (qs->ack_valid && !outstanding(qs))
+	if (qs->ack_valid && !outstanding(qs)) {
 		qs->ack_wait_ns = now;
+		if (psn_behind(qs, p))
+			qs->ack_valid = 0;   /* a new stream: its ACKs start afresh */
+	}
 	qs->next_psn = (p->psn + 1) & PSN_MASK;
 	qs->psn_valid = 1;
 }

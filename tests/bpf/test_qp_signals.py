@@ -405,3 +405,29 @@ def test_an_ack_of_another_shape_is_recorded_but_not_kept(probe_and_steer):
     back_whole(probe, wire_ack(3, trailer=b"\0\0"))     # two bytes after the ICRC
     assert state(steer)["acked_psn"] == 4
     assert kept_ack(steer) is None
+
+
+# ---------------------------------------------------------------- a QP's numbers used again
+def test_a_new_qp_with_the_same_numbers_starts_its_stream_afresh(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, retransmit=True, holddown_ns=0)
+    sent(steer, range(1, 6))
+    back(probe, psn=5)                        # all acknowledged: the job ended
+    path = state(steer)["path"]
+    forward(steer, psn=1)                     # the next job's first PSN, below the last
+    st = state(steer)
+    assert (st["path"], st["next_psn"], st["ack_valid"], st["repairs"]) == (path, 2, 0, 0)
+    back(probe, psn=1)
+    st = state(steer)
+    assert (st["acked_psn"], st["ack_valid"], st["next_psn"]) == (2, 1, 2)
+    assert event_counts(steer, "repair_events") == {}
+
+
+def test_a_lower_psn_with_data_outstanding_is_a_resend(probe_and_steer):
+    probe, steer = probe_and_steer
+    configure(steer, retransmit=True, holddown_ns=0)
+    sent(steer, range(1, 6))
+    back(probe, psn=3)                        # 4 and 5 outstanding
+    forward(steer, psn=4)                     # go-back-N from 4
+    st = state(steer)
+    assert (st["repairs"], st["next_psn"], st["ack_valid"]) == (1, 6, 1)
