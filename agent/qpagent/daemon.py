@@ -241,7 +241,7 @@ class Agent:
         next_topology = time.monotonic() + TOPOLOGY_EVERY_S
         while not self._stop.is_set():
             due = min(next_reconcile, next_topology)
-            if self.core.sent_back():
+            if self.core.go_back_watched():
                 due = min(due, time.monotonic() + GO_BACK_RECHECK_S)
             timeout = max(0.0, due - time.monotonic())
             try:
@@ -255,10 +255,10 @@ class Agent:
                     break
             if batch:
                 self._react(batch)
-            if self.core.sent_back():
+            if self.core.go_back_watched():
                 with self._lock:
                     self._apply(self.core.recheck_go_backs(
-                        self.tables.qps(self.core.sent_back()), time.monotonic()))
+                        self.tables.qps(self.core.go_back_watched()), time.monotonic()))
             now = time.monotonic()
             if now >= next_topology:
                 with self._lock:

@@ -445,15 +445,19 @@ class RcPair:
         self._a.send(roce_frame(t.host_mac["A"], t.host_mac["B"], t.host_ip["A"],
                                 t.host_ip["B"], dqp=self.QP, psn=psn, udp_sport=self.SPORT))
 
+    def _frames(self, sock: socket.socket):
+        """(frame, decoded) for each frame the host's stack takes in, until closed."""
+        while not self._stop.is_set():
+            ready, _, _ = select.select([sock], [], [], 0.05)
+            if ready:
+                data, addr = sock.recvfrom(65535)
+                if addr[2] == PACKET_HOST:
+                    yield data, Ether(data)
+
     def _respond(self) -> None:
         t, msn = self.topo, 0
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._b], [], [], 0.05)
-            if not ready:
-                continue
-            data, addr = self._b.recvfrom(65535)
-            pkt = Ether(data)
-            if addr[2] != PACKET_HOST or BTH not in pkt or pkt[BTH].dqpn != self.QP:
+        for _, pkt in self._frames(self._b):
+            if BTH not in pkt or pkt[BTH].dqpn != self.QP:
                 continue
             msn += 1
             self._b.send(bytes(Ether(src=t.host_mac["B"], dst=t.host_mac["A"])
@@ -463,13 +467,8 @@ class RcPair:
                                / AETH(syndrome=AETH_ACK, msn=msn)))
 
     def _record(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._a], [], [], 0.05)
-            if not ready:
-                continue
-            data, addr = self._a.recvfrom(65535)
-            pkt = Ether(data)
-            if addr[2] == PACKET_HOST and AETH in pkt and pkt[BTH].dqpn == self.OWN_QP:
+        for data, pkt in self._frames(self._a):
+            if AETH in pkt and pkt[BTH].dqpn == self.OWN_QP:
                 self.replies.append((time.monotonic(), pkt[BTH].psn, pkt[AETH].syndrome, data))
 
     def acked(self) -> int:

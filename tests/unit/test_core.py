@@ -678,6 +678,13 @@ def recheck(world: World, after_ms: float = 0) -> list:
     return world.core.recheck_go_backs(world.qps, world.now + after_ms / 1e3)
 
 
+def q2_cut_off_and_sent_back(world: World) -> None:
+    """q2 had data unacknowledged for 60 ms when path 2 died: one NAK at once."""
+    in_flight(world, "q2", waited_ms=60)
+    silent(world, 2)
+    assert recheck(world) == [GoBack(b"q2", 10)]
+
+
 def test_a_qp_cut_off_with_its_path_is_sent_back_right_after_its_move():
     world = four_paths_eight_qps()
     in_flight(world, "q2", waited_ms=60)
@@ -702,9 +709,7 @@ def test_a_qp_that_got_acks_within_the_deadline_waits_for_the_rest_of_it():
 
 def test_acks_for_what_crossed_before_the_cut_are_progress_but_not_recovery():
     world = four_paths_eight_qps()
-    in_flight(world, "q2", waited_ms=60)
-    silent(world, 2)
-    assert recheck(world) == [GoBack(b"q2", 10)]
+    q2_cut_off_and_sent_back(world)
     in_flight(world, "q2", waited_ms=0, acked=15)      # still short of the 20 sent
     assert recheck(world, after_ms=29) == []
     assert recheck(world, after_ms=31) == [GoBack(b"q2", 15)]
@@ -716,7 +721,7 @@ def test_a_qp_whose_acks_cover_all_it_had_sent_is_let_be():
     silent(world, 2)
     in_flight(world, "q2", waited_ms=0, acked=20, sent=24)   # all 19 acknowledged, 4 new
     assert recheck(world, after_ms=100) == []
-    assert world.core.sent_back() == []
+    assert world.core.go_back_watched() == []
 
 
 def repaired_just_now(world: World, name: str, acked_since: bool = False) -> None:
@@ -731,7 +736,7 @@ def test_a_qp_the_data_plane_moved_off_the_silent_path_is_sent_back_if_no_ack_fo
     repaired_just_now(world, "q2")
     in_flight(world, "q5", waited_ms=60, repaired_ns=int(world.now * 1e9) - 5_000 * MS)
     silent(world, 2)
-    assert world.core.sent_back() == [b"q2"]          # q5's repair was long before
+    assert world.core.go_back_watched() == [b"q2"]          # q5's repair was long before
     assert recheck(world, after_ms=30 - MARGIN_MS - 1) == []
     assert recheck(world, after_ms=30 - MARGIN_MS + 1) == [GoBack(b"q2", 10)]
 
@@ -740,26 +745,22 @@ def test_a_repaired_qp_already_acknowledged_since_is_not_watched():
     world = four_paths_eight_qps()
     repaired_just_now(world, "q2", acked_since=True)
     silent(world, 2)
-    assert world.core.sent_back() == []
+    assert world.core.go_back_watched() == []
 
 
 def test_a_resend_not_acknowledged_a_deadline_later_is_sent_back_again_up_to_three_times():
     world = four_paths_eight_qps()
-    in_flight(world, "q2", waited_ms=60)
-    silent(world, 2)
-    assert recheck(world) == [GoBack(b"q2", 10)]
+    q2_cut_off_and_sent_back(world)
     assert recheck(world, after_ms=15) == []
     tries = [recheck(world, after_ms=30 * n + 1) for n in (1, 2, 3, 4)]
     assert GO_BACK_TRIES == 3
     assert tries == [[GoBack(b"q2", 10)], [GoBack(b"q2", 10)], [], []]
-    assert world.core.sent_back() == []               # its own timer is all that is left
+    assert world.core.go_back_watched() == []               # its own timer is all that is left
 
 
 def test_a_qp_already_watched_keeps_its_count_when_its_new_path_dies_too():
     world = four_paths_eight_qps()
-    in_flight(world, "q2", waited_ms=60)
-    silent(world, 2)
-    assert recheck(world) == [GoBack(b"q2", 10)]
+    q2_cut_off_and_sent_back(world)
     silent(world, world.qps[b"q2"].path)           # the resend's path dies as well
     assert recheck(world) == []
     assert recheck(world, after_ms=31) == [GoBack(b"q2", 10)]
@@ -773,16 +774,15 @@ def test_with_go_back_off_nothing_is_watched():
     in_flight(world, "q0", waited_ms=60)
     in_flight(world, "q1", waited_ms=0, repaired_ns=int(world.now * 1e9))
     silent(world, 2)
-    assert world.core.sent_back() == []
+    assert world.core.go_back_watched() == []
 
 
 def test_a_qp_whose_acks_moved_on_since_its_last_nak_is_watched_afresh():
     # A wait that used all its NAKs, then ACK progress (a later job on the
     # same QP, or the resend got through in part), then another death.
     world = four_paths_eight_qps()
-    in_flight(world, "q2", waited_ms=60)
-    silent(world, 2)
-    for n in range(3):
+    q2_cut_off_and_sent_back(world)
+    for n in (1, 2):
         recheck(world, after_ms=31 * n)
     world.now += 1
     in_flight(world, "q2", waited_ms=60, acked=15, sent=30)
@@ -795,4 +795,4 @@ def test_a_watched_qp_that_sends_nothing_for_a_second_is_let_go():
     in_flight(world, "q2", waited_ms=5, last_ns=int(world.now * 1e9))
     silent(world, 2)
     assert recheck(world, after_ms=1001) == []
-    assert world.core.sent_back() == []
+    assert world.core.go_back_watched() == []

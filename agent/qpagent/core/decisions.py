@@ -40,7 +40,7 @@ GO_BACK_TRIES = 3
 
 
 @dataclass
-class SentBack:
+class GoBackWatch:
     """A QP watched for go-back NAKs: what it had sent when its path died
     (next_psn, 24-bit), when the last NAK went (0: none yet), how many."""
     until_psn: int
@@ -130,7 +130,7 @@ class Core:
         # QPs per path as last seen (tick, moves): which paths are in use.
         self._in_use: dict[VtepKey, Counter] = {}
         self.repairs: Counter = Counter({c: 0 for c in AGENT_REPAIR_CAUSES})
-        self._went_back: dict[bytes, SentBack] = {}
+        self._go_back_watch: dict[bytes, GoBackWatch] = {}
 
     # ------------------------------------------------------------ inputs
     def paths_seen(self, event: PathsSeen, qps: Mapping[bytes, QpView], now: float) -> list:
@@ -253,8 +253,8 @@ class Core:
         cutoff = now - self.settings.hysteresis_s
         for key in [k for k, t in self._moved_at.items() if t < cutoff]:
             del self._moved_at[key]
-        for key in [k for k in self._went_back if k not in qps]:
-            del self._went_back[key]
+        for key in [k for k in self._go_back_watch if k not in qps]:
+            del self._go_back_watch[key]
         return out
 
     # ------------------------------------------------------------ queries
@@ -518,14 +518,14 @@ class Core:
             q = qps[key]
             if not outstanding(q) or (repaired and q.ack_wait_ns > q.repaired_ns):
                 continue
-            sent = self._went_back.get(key)
-            if sent is not None and sent.tries and q.ack_wait_ns / 1e9 <= sent.at:
+            watch = self._go_back_watch.get(key)
+            if watch is not None and watch.tries and q.ack_wait_ns / 1e9 <= watch.at:
                 continue       # the same wait: its NAKs so far count
-            self._went_back[key] = SentBack(q.next_psn)
+            self._go_back_watch[key] = GoBackWatch(q.next_psn)
 
-    def sent_back(self) -> list[bytes]:
+    def go_back_watched(self) -> list[bytes]:
         """QPs watched for go-back NAKs: recheck_go_backs wants them."""
-        return list(self._went_back)
+        return list(self._go_back_watch)
 
     def recheck_go_backs(self, qps: Mapping[bytes, QpView], now: float) -> list:
         """GoBack for each watched QP whose ACKs have not moved for its
@@ -544,21 +544,21 @@ class Core:
         out = []
         margin_s = self.settings.probe_rtt_margin_ms / 1e3
         idle_before = int((now - self.settings.qp_active_s) * 1e9)
-        for key, sent in list(self._went_back.items()):
+        for key, watch in list(self._go_back_watch.items()):
             q = qps.get(key)
-            if q is None or not outstanding(q) or psn_reached(q.acked_psn, sent.until_psn) \
+            if q is None or not outstanding(q) or psn_reached(q.acked_psn, watch.until_psn) \
                     or q.last_ns < idle_before:
-                del self._went_back[key]       # recovered, gone, or given up
+                del self._go_back_watch[key]       # recovered, gone, or given up
                 continue
             vtep = self.vtep_by_index(q.vtep)
             wait_s = self._deadline(vtep, q.path) / 1e9 if vtep else margin_s
-            quiet_since = max(q.ack_wait_ns / 1e9, sent.at)
-            if now - quiet_since < (wait_s - margin_s if sent.tries == 0 else wait_s):
+            quiet_since = max(q.ack_wait_ns / 1e9, watch.at)
+            if now - quiet_since < (wait_s - margin_s if watch.tries == 0 else wait_s):
                 continue
-            if sent.tries >= GO_BACK_TRIES:
-                del self._went_back[key]
+            if watch.tries >= GO_BACK_TRIES:
+                del self._go_back_watch[key]
                 continue
-            sent.at, sent.tries = now, sent.tries + 1
+            watch.at, watch.tries = now, watch.tries + 1
             out.append(GoBack(key, q.acked_psn))
         return out
 
