@@ -134,25 +134,33 @@ static __always_inline int path_usable(const struct path_entry *pe)
 	return pe && pe->alive && pe->n_ports > 0 && pe->n_ports <= PORTS_PER_PATH;
 }
 
-/* Is the agent's prober running? Silence means a dead path only while it
- * sends probes: it renews believe_until_ns every round. */
-static __always_inline int prober_running(__u64 now)
+/* How many unanswered requests make a path silent, while the agent's
+ * prober runs (it renews believe_until_ns every round); 0 when it does not:
+ * then silence kills no path. */
+static __always_inline __u32 silence_misses(__u64 now)
 {
 	__u32 zero = 0;
 	struct repair_config *rc = repair_config.lookup(&zero);   /* inlined */
 
-	return rc && now <= rc->believe_until_ns;
+	return rc && now <= rc->believe_until_ns ? rc->probe_misses : 0;
 }
 
-/* Probes answered within the deadline, or the path is not checked
- * (deadline 0: the agent has not armed it, e.g. a remote VTEP that runs no
- * agent and never answers), or nobody is probing (the agent stopped). */
+/* Armed, and `misses` requests in a row unanswered, the last of them for
+ * longer than the deadline (structs.h, path_health: silent_since_ns is set
+ * only then). A path the agent never armed (deadline 0: e.g. a remote VTEP
+ * that runs no agent and never answers) is never silent. */
+static __always_inline int path_silent(const struct path_health *h, __u64 now, __u32 misses)
+{
+	return misses && h->deadline_ns && h->silent_since_ns &&
+	       elapsed(now, h->silent_since_ns) > h->deadline_ns;
+}
+
+/* Not silent, or nobody is probing (the agent stopped). */
 static __always_inline int path_answering(__u32 idx, __u64 now)
 {
 	struct path_health *h = path_health.lookup(&idx);   /* array: inlined */
 
-	return !h || !h->deadline_ns || elapsed(now, h->last_reply_ns) <= h->deadline_ns ||
-	       !prober_running(now);
+	return !h || !path_silent(h, now, silence_misses(now));
 }
 
 /* Usable by the agent's table and answering its probes. */
@@ -210,7 +218,7 @@ _Static_assert(MAX_PATHS <= PREFER_VERIFIED_BIT, "a path's bit in prefs and path
 static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u32 prefs,
 					     __u64 now)
 {
-	__u32 believed = prober_running(now), fresh, unverified;
+	__u32 misses = silence_misses(now), fresh, unverified;
 	__u32 best_cost = 0xffffffff, cost;
 	int best = -1;
 
@@ -226,10 +234,10 @@ static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u32 pr
 		 * says), and verified: armed, answered within its deadline,
 		 * the prober running (seen alive moments ago, not merely
 		 * never checked). */
-		fresh = h->deadline_ns && elapsed(now, h->last_reply_ns) <= h->deadline_ns;
-		if (h->deadline_ns && !fresh && believed)
+		if (path_silent(h, now, misses))
 			continue;
-		unverified = (prefs >> PREFER_VERIFIED_BIT) & !(fresh & believed);
+		fresh = h->deadline_ns && elapsed(now, h->last_reply_ns) <= h->deadline_ns;
+		unverified = (prefs >> PREFER_VERIFIED_BIT) & !(fresh & (misses != 0));
 		cost = (((prefs >> i) & 1) << 31) | (unverified << 30) | (pe->qps & 0x3fffffff);
 		if (cost < best_cost) {
 			best_cost = cost;
@@ -657,6 +665,36 @@ static __always_inline void ack_seen(struct __sk_buff *skb, const struct pkt_inf
 	reply_count(REPLY_ACK);
 }
 
+/* Unanswered requests that make a path silent, for the bookkeeping of
+ * probe_sent and path_probe (at least one: an agent that has not said yet
+ * believes no silence anyway, silence_misses). */
+static __always_inline __u32 counted_misses(void)
+{
+	__u32 zero = 0;
+	struct repair_config *rc = repair_config.lookup(&zero);   /* inlined */
+
+	return rc && rc->probe_misses ? rc->probe_misses : 1;
+}
+
+/* A reply to request `seq` came back: what is still unanswered is what left
+ * after it; the path is silent since the misses-th of those left, if there
+ * are that many. A reply older than the newest one answered changes nothing. */
+static __always_inline void answered(struct path_health *h, __u32 seq)
+{
+	__u32 after = h->sent_seq - seq, misses = counted_misses();
+
+	if (h->replies && (__s32)(seq - h->last_seq) <= 0)
+		return;
+	h->last_seq = seq;
+	if (after == 0 || after > PROBE_SEQ_SPAN) {   /* none after it (or not ours) */
+		h->unanswered = 0;
+		h->silent_since_ns = 0;
+		return;
+	}
+	h->unanswered = after;
+	h->silent_since_ns = after >= misses ? h->sent_ns[(seq + misses) & (PROBE_RING - 1)] : 0;
+}
+
 /* A request or reply the shared parser saw as outer IPv4 VXLAN with
  * PROBE_VNI. */
 static __always_inline int probe_handle(struct __sk_buff *skb)
@@ -703,10 +741,54 @@ static __always_inline int probe_handle(struct __sk_buff *skb)
 	}
 	h->last_reply_ns = now;
 	h->rtt_ns = elapsed(now, f.msg->tx_ns);
-	h->last_seq = f.msg->seq;
+	answered(h, f.msg->seq);
 	__sync_fetch_and_add(&h->replies, 1);
 	probe_count(PROBE_REPLY_SEEN);
 	return TC_ACT_SHOT;
+}
+
+/* A request of ours leaves for the first time (path_pin may send it out of
+ * another uplink, past this hook once more with the same seq). A seq that
+ * does not follow the last one is a new prober (the agent restarted): what
+ * the old one sent is forgotten. */
+static __always_inline void request_left(struct path_health *h, __u32 seq, __u64 now)
+{
+	if (seq == h->sent_seq)
+		return;
+	if (seq != h->sent_seq + 1) {
+		h->last_seq = seq - 1;
+		h->unanswered = 0;
+		h->silent_since_ns = 0;
+	}
+	h->sent_ns[seq & (PROBE_RING - 1)] = now;
+	h->sent_seq = seq;
+	if (++h->unanswered == counted_misses())
+		h->silent_since_ns = now;
+}
+
+/* tc egress of each uplink, before path_pin: note when each liveness
+ * request actually leaves, so that silence is counted from there (a
+ * request the agent's prober meant to send but did not, held up on a busy
+ * host, makes no path look dead). Everything passes on, untouched. */
+int probe_sent(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct probe_frame f = {};
+	struct path_health *h;
+	__u32 vtep, path, idx;
+
+	if (!probe_request_leaving(data, data_end, &f))
+		return TC_PASS;
+	vtep = f.msg->vtep;
+	path = f.msg->path;
+	if (vtep >= MAX_VTEPS || path >= MAX_PATHS)
+		return TC_PASS;
+	idx = vtep * MAX_PATHS + path;
+	h = path_health.lookup(&idx);   /* array: inlined */
+	if (h)
+		request_left(h, f.msg->seq, bpf_ktime_get_ns());
+	return TC_PASS;
 }
 
 int path_probe(struct __sk_buff *skb)

@@ -28,6 +28,8 @@ PROGRAMS = {
     # In qp_steer's object: it writes path_health, which qp_steer reads, and
     # a BCC object is the unit that shares maps.
     "path_probe": ProgramSpec("qp_steer.c", "path_probe", "sched_cls"),
+    # Also qp_steer's: it notes in path_health when each request leaves.
+    "probe_sent": ProgramSpec("qp_steer.c", "probe_sent", "sched_cls"),
     "path_pin": ProgramSpec("path_pin.c", "path_pin", "sched_cls"),
     "flow_stats_tc": ProgramSpec("flow_stats.c", "flow_stats_tc", "sched_cls"),
     "flow_stats_xdp": ProgramSpec("flow_stats.c", "flow_stats_xdp", "xdp"),

@@ -219,7 +219,7 @@ class Agent:
             from qpagent.sources.liveness import LivenessSource
             live = self.cfg.liveness
             self._liveness = LivenessSource(self._queue, self.tables.health, live.interval_ms,
-                                            live.budget_pps, live.hold_down_ms,
+                                            live.budget_pps, live.hold_down_ms, live.misses,
                                             believe_until=self.tables.believe_probes_until)
             self._set_liveness_targets()
             self._services.append(self._liveness.start())

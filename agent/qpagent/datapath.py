@@ -4,6 +4,8 @@
     path_pin        tc clsact egress of each underlay uplink (after it)
     path_probe      tc clsact ingress of each underlay uplink (answers and
                     records liveness probes; qp_steer's object)
+    probe_sent      tc clsact egress of each underlay uplink, before path_pin
+                    (notes when each of our probes leaves; qp_steer's object)
     flow_stats_tc   tc clsact egress of each counted interface
     flow_stats_xdp  XDP of each counted interface (generic or native)
 
@@ -48,16 +50,18 @@ from qpagent.pins import PinError, PinStore, netns_cookie, source_digest, tidy_b
 LOCK_DIR = "/run/qpagent/locks"
 XDP_FLAGS = hooks.XDP_FLAGS
 
-# tc priority per program: lower runs first. On an uplink path_pin decides
-# where the packet leaves, and the counter sits behind it.
+# tc priority per program: lower runs first. On an uplink probe_sent notes
+# our probes first, path_pin decides where the packet leaves, and the
+# counter sits behind it.
 # A program that does not end the chain must return TC_ACT_UNSPEC (-1).
 TC_PRIO = {"qp_steer": 0x7f01, "path_pin": 0x7f01, "flow_stats_tc": 0x7f02,
-           "path_probe": 0x7f01}
+           "path_probe": 0x7f01, "probe_sent": 0x7f00}
 # Programs on tc ingress; every other tc program sits on egress.
 INGRESS_PROGRAMS = {"path_probe"}
 
 # Which compiled object (by source) each program comes from.
-_OBJECT_OF = {"qp_steer": "steer", "path_probe": "steer", "path_pin": "pin",
+_OBJECT_OF = {"qp_steer": "steer", "path_probe": "steer", "probe_sent": "steer",
+              "path_pin": "pin",
               "flow_stats_tc": "flows", "flow_stats_xdp": "flows"}
 _PROGRAMS_OF = {obj: sorted(p for p, o in _OBJECT_OF.items() if o == obj)
                 for obj in set(_OBJECT_OF.values())}
@@ -97,6 +101,7 @@ class DataPlane:
         # Wanted attachments, in attach order (which is also tc priority order).
         self._wanted: list[tuple[str, str]] = (
             [("qp_steer", dev) for dev in vxlan_devices]
+            + [("probe_sent", dev) for dev in uplinks]
             + [("path_pin", dev) for dev in uplinks]
             + [("path_probe", dev) for dev in uplinks]
             + [("flow_stats_tc", dev) for dev in count_tc]

@@ -68,7 +68,8 @@ def liveness_view(state: dict, health: dict, enabled: bool, suspects: set = froz
     """Each path of the status gains its liveness: health (up, down or
     unchecked: its VTEP never answered, or the path is not probed: idle),
     RTT (newest and smoothed), the deadline in force (none: not armed),
-    probes sent, replies and the loss ratio over the last second; and
+    probes sent, replies, those unanswered right now (sent since the newest
+    reply's) and the loss ratio over the last second; and
     whether the data plane holds it under suspicion (several QPs left it
     on their own signals: it takes no QP until a probe clears it)."""
     state["liveness"] = {"enabled": enabled}
@@ -81,6 +82,7 @@ def liveness_view(state: dict, health: dict, enabled: bool, suspects: set = froz
                          "deadline_ms": seen.get("deadline_ms"),
                          "probes_sent": seen.get("probes_sent", 0),
                          "replies": seen.get("replies", 0),
+                         "unanswered": seen.get("unanswered", 0),
                          "loss_ratio": seen.get("loss_ratio"),
                          "suspect": (vtep["index"], path["index"]) in suspects})
 

@@ -150,7 +150,8 @@ class QpTables:
             return out
         for vtep, path in paths:
             entry = self.path_health[self.path_health.Key(vtep * MAX_PATHS + path)]
-            out[(vtep, path)] = HealthReading(entry.replies, entry.last_reply_ns, entry.rtt_ns)
+            out[(vtep, path)] = HealthReading(entry.replies, entry.last_reply_ns, entry.rtt_ns,
+                                              entry.unanswered, entry.silent_since_ns)
         return out
 
     def suspects(self, paths, now_ns: int) -> set[tuple[int, int]]:
@@ -196,14 +197,16 @@ class QpTables:
         entry.stall_ns = stall_ns
         self.repair_config[key] = entry
 
-    def believe_probes_until(self, until_ns: int) -> None:
-        """The prober is running: probe silence kills paths until until_ns
-        (CLOCK_MONOTONIC). Renewed every round; 0 says nobody probes."""
+    def believe_probes_until(self, until_ns: int, misses: int = 3) -> None:
+        """The prober is running: until until_ns (CLOCK_MONOTONIC), a path
+        with `misses` requests unanswered for its deadline is dead. Renewed
+        every round; 0 says nobody probes."""
         if self.repair_config is None:
             return
         key = self.repair_config.Key(0)
         entry = self.repair_config[key]
         entry.believe_until_ns = until_ns
+        entry.probe_misses = misses
         self.repair_config[key] = entry
 
     # ---------------------------------------------------------------- QPs

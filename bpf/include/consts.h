@@ -79,6 +79,13 @@ enum pin_event {
  * path's data) with this VNI and a struct probe_msg as its payload. IPv4. */
 #define PROBE_VNI    0xFFFFFF    /* VXLAN VNI reserved for liveness probes: never a segment */
 #define PROBE_MAGIC  0x51504C56  /* "QPLV", network order on the wire */
+/* Send times kept per path (path_health.sent_ns): a power of two, more than
+ * a round trip's worth of requests (a reply older than that finds its slot
+ * rewritten by a later request, and silence is counted from that one). */
+#define PROBE_RING   32
+/* A reply this far behind the newest request is not to our requests (a
+ * prober before a restart numbered them): nothing counts as unanswered. */
+#define PROBE_SEQ_SPAN 4096
 
 enum probe_kind {
 	PROBE_REQUEST = 1,     /* sent by the agent; answered by the remote VTEP */

@@ -73,6 +73,25 @@ static __always_inline int probe_find(void *data, void *data_end, struct probe_f
 	return PROBE_FOUND_MALFORMED;
 }
 
+/* One of our own requests on its way out of an uplink (probe_sent): checked
+ * whole without the shared parser, since every data packet leaving the
+ * uplink comes this way too (and fails at the magic or the port). */
+static __always_inline int probe_request_leaving(void *data, void *data_end,
+						 struct probe_frame *f)
+{
+	__u8 *vx;
+
+	if (probe_find(data, data_end, f) != PROBE_FOUND_REQUEST)
+		return 0;
+	if (f->udp->dest != bpf_htons(VXLAN_UDP_PORT))
+		return 0;
+	vx = (void *)(f->udp + 1);
+	if ((void *)(vx + VXLAN_LEN) > data_end)
+		return 0;
+	return vx[4] == ((PROBE_VNI >> 16) & 0xff) && vx[5] == ((PROBE_VNI >> 8) & 0xff) &&
+	       vx[6] == (PROBE_VNI & 0xff);
+}
+
 /* RFC 1624 incremental update of a ones' complement checksum for one 16-bit
  * word changing from old to new: HC' = ~(~HC + ~m + m'). */
 static __always_inline __u16 csum_replace16(__u16 check, __u16 old, __u16 new)

@@ -98,13 +98,26 @@ struct probe_msg {
 	__u64 tx_ns;        /* sender's CLOCK_MONOTONIC ns at send, echoed as is */
 };
 
-/* Liveness of one end-to-end path: key = vtep * MAX_PATHS + path. */
+/* Liveness of one end-to-end path: key = vtep * MAX_PATHS + path.
+ *
+ * Silence is counted from the requests that actually left: probe_sent sees
+ * each one go out of the uplink and path_probe each reply come back, so a
+ * prober that stalls (no request sent) makes no path look silent. The
+ * path is dead once repair_config.probe_misses requests in a row are
+ * unanswered, the last of them for longer than deadline_ns (path_silent in
+ * qp_steer.c). */
 struct path_health {
-	__u64 deadline_ns;      /* agent: dead after this long without a reply; 0 = unchecked */
+	__u64 deadline_ns;      /* agent: how long a request may go unanswered; 0 = unchecked */
 	__u64 last_reply_ns;    /* path_probe: bpf_ktime_get_ns() of the newest reply */
 	__u64 rtt_ns;           /* path_probe: its round-trip time */
 	__u64 replies;          /* path_probe: replies recorded */
 	__u32 last_seq;         /* path_probe: seq of the newest reply */
+	__u32 sent_seq;         /* probe_sent: seq of the newest request that left
+				 * (the agent numbers each path's requests 1, 2, ...) */
+	__u32 unanswered;       /* requests left since the newest reply's */
+	__u32 pad;
+	__u64 silent_since_ns;  /* when the probe_misses-th of them left (0: fewer) */
+	__u64 sent_ns[PROBE_RING]; /* when request seq left, at seq % PROBE_RING */
 	/* Suspicion (qp_steer): QPs that left this path on their own signals
 	 * within SUSPECT_WINDOW_MS of the first; SUSPECT_LEAVERS of them make
 	 * it suspect: no QP is placed on it until a probe sent after that
@@ -119,13 +132,15 @@ struct repair_config {
 	__u64 holddown_ns;      /* a QP is repaired at most once per holddown_ns */
 	__u32 retransmit;       /* 1: a retransmission moves the QP; 0: off */
 	__u32 nak;              /* 1: a NAK moves the QP; 0: off */
-	__u64 believe_until_ns; /* the agent's prober renews this every round to
-				 * now + deadline; past it (no agent running, or a
-				 * stalled one) silence kills no path, so an agent
-				 * restart moves no QP */
+	__u64 believe_until_ns; /* the agent's prober renews this every round;
+				 * past it (no agent running) silence kills no
+				 * path, and a path that died while the agent was
+				 * away comes back with nobody to probe it */
 	__u64 stall_ns;         /* no ACK progress this long with data
 				 * outstanding moves the QP (0: off); a path
 				 * with a liveness deadline uses the larger */
+	__u32 probe_misses;     /* unanswered requests that make a path silent */
+	__u32 pad;
 };
 
 /* Flow counters: 5-tuple (+ VNI and dest QP where present) per interface

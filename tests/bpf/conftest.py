@@ -139,6 +139,12 @@ def probe_obj(steer_obj):
 
 
 @pytest.fixture(scope="session")
+def sent_obj(steer_obj):
+    """probe_sent, loaded from qp_steer's object: the two share its maps."""
+    return Program(steer_obj.bpf, "probe_sent")
+
+
+@pytest.fixture(scope="session")
 def pin_obj():
     bpf = _compile("path_pin.c")
     try:
@@ -167,6 +173,12 @@ def steer(steer_obj):
 def probe(probe_obj, steer):
     """path_probe with qp_steer's maps cleared (the `steer` fixture)."""
     yield probe_obj
+
+
+@pytest.fixture
+def sent(sent_obj, steer):
+    """probe_sent with qp_steer's maps cleared (the `steer` fixture)."""
+    yield sent_obj
 
 
 @pytest.fixture

@@ -63,6 +63,28 @@ def set_alive(prog, vtep, path, alive):
     table[key] = leaf
 
 
+MISSES = 3          # what the agent's prober writes by default (liveness.misses)
+
+
+def set_health(prog, vtep, path, deadline_ns, last_reply_ns, prober_running=True):
+    """path_health as the agent arms it (deadline) and the data plane fills
+    it: a reply at last_reply_ns, and since then enough requests gone
+    unanswered, the first of them leaving at once, that the path is dead as
+    soon as last_reply_ns is more than deadline_ns ago. The agent's prober
+    runs (it renews believe_until_ns and probe_misses), or not."""
+    table = prog.table("path_health")
+    key = table.Key(vtep * MAX_PATHS + path)
+    leaf = table[key]
+    leaf.deadline_ns, leaf.last_reply_ns = deadline_ns, last_reply_ns
+    leaf.unanswered, leaf.silent_since_ns = MISSES, last_reply_ns
+    table[key] = leaf
+    config = prog.table("repair_config")
+    entry = config[config.Key(0)]
+    entry.believe_until_ns = 2**63 if prober_running else 0
+    entry.probe_misses = MISSES
+    config[config.Key(0)] = entry
+
+
 def path_qps(prog, vtep, path):
     table = prog.table("path_table")
     return table[table.Key(vtep * MAX_PATHS + path)].qps

@@ -12,9 +12,10 @@ from scapy.all import IP, UDP, Ether, raw
 from conftest import TC_ACT_REDIRECT, TC_ACT_UNSPEC, event_counts, expect, parse_counts
 from qpagent import bpfsys, contract
 from qpagent.contract import MAX_PATHS, MAX_VTEPS
-from qt1_maps import (HOOK_PATH_PROBE, PARSE_ROCE, PROBE_ANSWERED, PROBE_MALFORMED,
+from qt1_maps import (HOOK_PATH_PROBE, PARSE_ROCE, PROBE_ANSWERED, PROBE_MALFORMED, REPAIR_LIVENESS,
                       PROBE_REPLY, PROBE_REPLY_SEEN, PROBE_REPLY_UNKNOWN, PROBE_REQUEST,
-                      STEER_HASH_SET, STEER_PLACED_NEW, qp_state, set_path, set_vtep)
+                      STEER_HASH_SET, STEER_PLACED_NEW, qp_state, set_health, set_path,
+                      set_vtep)
 from qt1_packets import HOST_B_MAC, probe_frame, probe_msg, roce, vxlan
 
 TC_ACT_SHOT = 2
@@ -31,19 +32,6 @@ def health(steer, vtep, path):
     table = steer.table("path_health")
     leaf = table[table.Key(vtep * MAX_PATHS + path)]
     return {name: getattr(leaf, name) for name, _ in leaf._fields_ if name != "pad"}
-
-
-def arm(steer, vtep, path, deadline_ns, last_reply_ns):
-    """What the agent writes: the deadline, here with a chosen last reply."""
-    table = steer.table("path_health")
-    key = table.Key(vtep * MAX_PATHS + path)
-    leaf = table[key]
-    leaf.deadline_ns, leaf.last_reply_ns = deadline_ns, last_reply_ns
-    table[key] = leaf
-    config = steer.table("repair_config")           # the agent's prober is running
-    entry = config[config.Key(0)]
-    entry.believe_until_ns = 2**63
-    config[config.Key(0)] = entry
 
 
 def test_a_request_leaves_again_as_its_exact_reply(probe):
@@ -136,7 +124,7 @@ def test_a_reply_brings_a_silent_path_back_for_qp_steer(probe, steer):
     set_path(steer, 2, 0, 2, PORT_RANGE)
     set_path(steer, 2, 1, 2, PORT_RANGE)
     long_ago = time.monotonic_ns() - 10_000_000_000
-    arm(steer, 2, 0, deadline_ns=1_000_000_000, last_reply_ns=long_ago)
+    set_health(steer, 2, 0, deadline_ns=1_000_000_000, last_reply_ns=long_ago)
     expect(steer, roce(0x31), TC_ACT_UNSPEC)
     assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x31)["path"] == 1
 
@@ -145,3 +133,163 @@ def test_a_reply_brings_a_silent_path_back_for_qp_steer(probe, steer):
     assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x32)["path"] == 0
     assert event_counts(steer, "steer_events") == {STEER_PLACED_NEW: 2, STEER_HASH_SET: 2}
     assert event_counts(steer, "repair_events") == {}   # no QP was on it
+
+
+# ------------------------------------------------- probe_sent: silence counted from what left
+
+RING = contract.CONSTANTS["PROBE_RING"]
+MS = 1_000_000
+
+
+def request(vtep=4, path=2, seq=7):
+    """One of our requests as it leaves an uplink (the remote VTEP is dst)."""
+    return probe_frame(probe_msg(PROBE_REQUEST, vtep=vtep, path=path, seq=seq),
+                       src="10.255.0.1", dst="10.255.0.2", ttl=64)
+
+
+def reply(vtep=4, path=2, seq=7, tx_ns=1):
+    return probe_frame(probe_msg(PROBE_REPLY, vtep=vtep, path=path, seq=seq, tx_ns=tx_ns))
+
+
+def silence(steer, vtep=4, path=2):
+    h = health(steer, vtep, path)
+    return {k: h[k] for k in ("sent_seq", "last_seq", "unanswered")} | \
+        {"silent": h["silent_since_ns"] != 0}
+
+
+def count_misses(steer, misses=3):
+    """What the agent's prober writes every round: how many unanswered
+    requests make a path silent."""
+    config = steer.table("repair_config")
+    entry = config[config.Key(0)]
+    entry.believe_until_ns, entry.probe_misses = 2**63, misses
+    config[config.Key(0)] = entry
+
+
+def test_a_request_leaving_is_noted_and_passes_untouched(sent, steer):
+    count_misses(steer)
+    before = time.monotonic_ns()
+    expect(sent, request(seq=100), TC_ACT_UNSPEC)      # unchanged, on to path_pin
+    after = time.monotonic_ns()
+    assert silence(steer) == {"sent_seq": 100, "last_seq": 99, "unanswered": 1, "silent": False}
+    assert before <= health(steer, 4, 2)["sent_ns"][100 % RING] <= after
+    # The third unanswered in a row: silent since it left.
+    expect(sent, request(seq=101), TC_ACT_UNSPEC)
+    expect(sent, request(seq=102), TC_ACT_UNSPEC)
+    h = health(steer, 4, 2)
+    assert silence(steer) == {"sent_seq": 102, "last_seq": 99, "unanswered": 3, "silent": True}
+    assert h["silent_since_ns"] == h["sent_ns"][102 % RING]
+    expect(sent, request(seq=103), TC_ACT_UNSPEC)
+    assert health(steer, 4, 2)["silent_since_ns"] == h["silent_since_ns"]
+
+
+def test_a_request_path_pin_sends_out_of_another_uplink_is_noted_once(sent, steer):
+    count_misses(steer)
+    expect(sent, request(seq=5), TC_ACT_UNSPEC)
+    expect(sent, request(seq=5), TC_ACT_UNSPEC)      # the same request, past a second uplink
+    assert silence(steer)["unanswered"] == 1
+
+
+def test_a_reply_leaves_unanswered_what_left_after_its_request(sent, probe, steer):
+    count_misses(steer)
+    for seq in range(10, 15):
+        expect(sent, request(seq=seq), TC_ACT_UNSPEC)
+    left_13 = health(steer, 4, 2)["sent_ns"][13 % RING]
+    expect(probe, reply(seq=10), TC_ACT_SHOT, ctx=ctx())
+    # 11 to 14 unanswered: silent since the third of them left.
+    assert silence(steer) == {"sent_seq": 14, "last_seq": 10, "unanswered": 4, "silent": True}
+    assert health(steer, 4, 2)["silent_since_ns"] == left_13
+    # A late reply to an older request changes nothing.
+    expect(probe, reply(seq=9), TC_ACT_SHOT, ctx=ctx())
+    assert silence(steer)["unanswered"] == 4
+    # Two unanswered are not silence; none after the newest.
+    expect(probe, reply(seq=12), TC_ACT_SHOT, ctx=ctx())
+    assert silence(steer) == {"sent_seq": 14, "last_seq": 12, "unanswered": 2, "silent": False}
+    expect(probe, reply(seq=14), TC_ACT_SHOT, ctx=ctx())
+    assert silence(steer) == {"sent_seq": 14, "last_seq": 14, "unanswered": 0, "silent": False}
+
+
+def test_a_new_prober_numbering_afresh_forgets_the_old_ones_requests(sent, probe, steer):
+    """An agent restarted numbers its requests from elsewhere: what the old
+    one sent and never saw answered is not held against the path."""
+    count_misses(steer)
+    for seq in (50, 51, 52, 53):
+        expect(sent, request(seq=seq), TC_ACT_UNSPEC)
+    expect(sent, request(seq=9000), TC_ACT_UNSPEC)
+    assert silence(steer) == {"sent_seq": 9000, "last_seq": 8999, "unanswered": 1, "silent": False}
+    expect(probe, reply(seq=9000), TC_ACT_SHOT, ctx=ctx())
+    assert silence(steer)["unanswered"] == 0
+
+
+@pytest.mark.parametrize("frame", [
+    reply(),                                                       # we answer theirs: a reply leaves
+    vxlan(roce(0x1234), src="10.255.0.1", dst="10.255.0.2"),       # data
+    probe_frame(probe_msg(PROBE_REQUEST), vni=10100),              # a request's shape on a segment
+    probe_frame(probe_msg(PROBE_REQUEST), dport=4790),
+    Ether(raw(request())[:-4]),                                    # cut short
+    request(vtep=MAX_VTEPS),
+], ids=["reply", "vxlan-data", "segment-vni", "not-4789", "cut-frame", "unknown-vtep"])
+def test_anything_else_leaving_passes_untouched_and_notes_nothing(sent, steer, frame):
+    expect(sent, frame, TC_ACT_UNSPEC)
+    assert all(health(steer, 4, 2)[k] == 0 for k in ("sent_seq", "unanswered", "silent_since_ns"))
+    assert all(health(steer, 2, 1)[k] == 0 for k in ("sent_seq", "unanswered", "silent_since_ns"))
+
+
+def arm(steer, vtep, path, deadline_ns):
+    """What the agent writes: the deadline, and (its prober running) the misses."""
+    table = steer.table("path_health")
+    key = table.Key(vtep * MAX_PATHS + path)
+    leaf = table[key]
+    leaf.deadline_ns = deadline_ns
+    table[key] = leaf
+    count_misses(steer)
+
+
+def place_on_path_0(steer):
+    set_vtep(steer, HOST_B_MAC, 2)
+    set_path(steer, 2, 0, 2, PORT_RANGE)
+    set_path(steer, 2, 1, 2, PORT_RANGE)
+    arm(steer, 2, 0, deadline_ns=30 * MS)
+    arm(steer, 2, 1, deadline_ns=30 * MS)
+    expect(steer, roce(0x31), TC_ACT_UNSPEC)
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x31)["path"] == 0
+
+
+def age_silence(steer, vtep, path, by_ns):
+    """Everything path_health noted (requests leaving, the last reply) by_ns
+    earlier than it happened."""
+    table = steer.table("path_health")
+    key = table.Key(vtep * MAX_PATHS + path)
+    leaf = table[key]
+    if leaf.silent_since_ns:
+        leaf.silent_since_ns -= by_ns
+    if leaf.last_reply_ns:
+        leaf.last_reply_ns -= by_ns
+    table[key] = leaf
+
+
+def test_requests_unanswered_past_the_deadline_move_the_qp_on_its_next_packet(sent, steer):
+    place_on_path_0(steer)
+    for seq in (1, 2, 3):
+        expect(sent, request(vtep=2, path=0, seq=seq), TC_ACT_UNSPEC)
+    expect(steer, roce(0x31), TC_ACT_UNSPEC)          # silent, but not for a deadline yet
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x31)["path"] == 0
+    age_silence(steer, 2, 0, 31 * MS)
+    expect(steer, roce(0x31), TC_ACT_UNSPEC)
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x31)["path"] == 1
+    assert event_counts(steer, "repair_events") == {REPAIR_LIVENESS: 1}
+
+
+def test_a_prober_that_stalled_kills_no_path_however_long_ago_the_last_reply(sent, probe, steer):
+    """A reply, two more requests, then the prober stalled for a second: two
+    unanswered (fewer than the misses) are no silence, and the path whose
+    last reply is a second old keeps its QP."""
+    place_on_path_0(steer)
+    expect(sent, request(vtep=2, path=0, seq=1), TC_ACT_UNSPEC)
+    expect(probe, reply(vtep=2, path=0, seq=1, tx_ns=time.monotonic_ns()), TC_ACT_SHOT, ctx=ctx())
+    for seq in (2, 3):
+        expect(sent, request(vtep=2, path=0, seq=seq), TC_ACT_UNSPEC)
+    age_silence(steer, 2, 0, 1000 * MS)
+    expect(steer, roce(0x31), TC_ACT_UNSPEC)
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x31)["path"] == 0
+    assert event_counts(steer, "repair_events") == {}

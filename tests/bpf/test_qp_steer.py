@@ -9,13 +9,12 @@ import pytest
 
 from conftest import TC_ACT_UNSPEC, event_counts, expect, parse_counts
 from qpagent import contract
-from qpagent.contract import MAX_PATHS
 from qpagent.portmath import hash_for_port, udp_flow_src_port
 from qt1_maps import (HOOK_QP_STEER, PARSE_NOT_ROCE, PARSE_ROCE, REPAIR_LIVENESS,
                       REPAIR_RETRANSMIT,
                       STEER_HASH_SET, STEER_NO_LIVE_PATH, STEER_NO_VTEP,
                       STEER_PLACED_DEAD, STEER_PLACED_NEW, bump_mac_gen,
-                      path_qps, qp_key, qp_state, set_alive, set_path, set_vtep)
+                      path_qps, qp_key, qp_state, set_alive, set_health, set_path, set_vtep)
 from qt1_packets import HOST_B_MAC, HOST_C_MAC, roce, tcp, udp
 
 PORT_RANGE = (32768, 60999)     # the driver's default: ip_local_port_range
@@ -242,20 +241,6 @@ def test_last_ns_follows_the_packets_to_one_tick(steer):
 
 
 # ------------------------------------------------------------ path liveness
-
-def set_health(steer, vtep, path, deadline_ns, last_reply_ns, prober_running=True):
-    """path_health as the agent arms it (deadline) and path_probe fills it,
-    with the agent's prober running (it renews believe_until_ns) or not."""
-    table = steer.table("path_health")
-    key = table.Key(vtep * MAX_PATHS + path)
-    leaf = table[key]
-    leaf.deadline_ns, leaf.last_reply_ns = deadline_ns, last_reply_ns
-    table[key] = leaf
-    config = steer.table("repair_config")
-    entry = config[config.Key(0)]
-    entry.believe_until_ns = 2**63 if prober_running else 0
-    config[config.Key(0)] = entry
-
 
 def test_a_path_past_its_liveness_deadline_sends_its_qps_elsewhere_on_their_next_packet(steer):
     setup_vtep(steer, n_paths=4, n_ports=4)

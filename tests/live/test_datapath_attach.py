@@ -97,14 +97,14 @@ def test_attach_then_detach_leaves_nothing(twovtep, pin_base):
         expected = {VXLAN_DEV: {"clsact": True, "egress": ["qp_steer"], "ingress": [],
                                 "xdp": []}}
         for up in twovtep.a.uplinks:
-            expected[up] = {"clsact": True, "egress": ["flow_stats_tc", "path_pin"],
+            expected[up] = {"clsact": True, "egress": ["flow_stats_tc", "path_pin", "probe_sent"],
                             "ingress": ["path_probe"],
                             "xdp": ["xdpgeneric"]}
         assert attached == expected
         rows = {(r["name"], r["interface"]): r for r in dp.programs()}
         assert set(rows) == {("qp_steer", VXLAN_DEV)} | {
             (prog, up) for up in twovtep.a.uplinks
-            for prog in ("path_pin", "path_probe", "flow_stats_tc", "flow_stats_xdp")}
+            for prog in ("probe_sent", "path_pin", "path_probe", "flow_stats_tc", "flow_stats_xdp")}
         assert all(r["prog_id"] > 0 and r["ifindex"] > 0 for r in rows.values())
         # The tables the agent and the metrics read are reachable.
         for obj, names in (("steer", ("qp_table", "mac_vtep", "path_table", "steer_events",
@@ -125,7 +125,7 @@ def test_preexisting_clsact_stays_our_filters_go(twovtep2, pin_base):
     sh(f"tc -n {ns} qdisc add dev up0 clsact")
     dp = dataplane(twovtep2, pin_base, vxlan_devices=[], uplinks=["up0"], count_xdp=[], count_tc=[])
     with dp:
-        assert hooks_state(ns, ["up0"])["up0"]["egress"] == ["path_pin"]
+        assert hooks_state(ns, ["up0"])["up0"]["egress"] == ["path_pin", "probe_sent"]
     assert hooks_state(ns, ["up0"]) == {"up0": {"clsact": True, "egress": [], "ingress": [], "xdp": []}}
 
 
@@ -138,9 +138,10 @@ def test_second_agent_on_the_same_interfaces_is_refused(twovtep2, pin_base):
             second.attach()
         # The refused one touched nothing: the first is whole.
         assert hooks_state(twovtep2.a.vtep_ns, ["up1"])["up1"]["egress"] == \
-            ["flow_stats_tc", "path_pin"]
+            ["flow_stats_tc", "path_pin", "probe_sent"]
     with second:  # free again once the first is gone
-        assert hooks_state(twovtep2.a.vtep_ns, ["up1"])["up1"]["egress"] == ["path_pin"]
+        assert hooks_state(twovtep2.a.vtep_ns, ["up1"])["up1"]["egress"] == \
+            ["path_pin", "probe_sent"]
 
 
 def test_missing_interface_is_named_and_nothing_is_left(twovtep2, pin_base):
@@ -176,8 +177,8 @@ def test_recreated_uplink_is_reattached_and_a_missing_one_reported(twovtep2, pin
         assert new_index != old_index
         assert dp.reattach_changed() == [f"up1 re-attached (ifindex None -> {new_index})"]
         assert hooks_state(a.vtep_ns, ["up1"])["up1"] == {
-            "clsact": True, "egress": ["flow_stats_tc", "path_pin"], "ingress": ["path_probe"],
-            "xdp": ["xdpgeneric"]}
+            "clsact": True, "egress": ["flow_stats_tc", "path_pin", "probe_sent"],
+            "ingress": ["path_probe"], "xdp": ["xdpgeneric"]}
         # Deleted and recreated between two checks: seen by the new ifindex.
         sh(f"ip -n {a.vtep_ns} link del up0")
         sh(f"ip -n {a.vtep_ns} link add up0 type veth peer name up0 netns {b.vtep_ns}")
@@ -248,7 +249,8 @@ def test_an_uplink_taken_out_of_the_config_loses_its_hooks_on_adoption(twovtep2,
     try:
         assert second.attach() == ADOPTED
         assert hooks_state(ns, ["up1"]) == {"up1": {"clsact": False, "egress": [], "ingress": [], "xdp": []}}
-        assert hooks_state(ns, ["up0"])["up0"]["egress"] == ["flow_stats_tc", "path_pin"]
+        assert hooks_state(ns, ["up0"])["up0"]["egress"] == \
+            ["flow_stats_tc", "path_pin", "probe_sent"]
     finally:
         second.purge()
 

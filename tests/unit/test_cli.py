@@ -28,6 +28,8 @@ qpagent 0.1.0 on qt2-b41b43-vtepA  pid 14639  up 7s  QPs 5
 Programs
 PROGRAM         HOOK         INTERFACE    ID  RUNS  NS/RUN
 qp_steer        tc egress    vxlan100   2539    10    2466
+probe_sent      tc egress    up0        2540    18     507
+probe_sent      tc egress    up1        2540    18     507
 path_pin        tc egress    up0        2537    18    1034
 path_pin        tc egress    up1        2537    18    1034
 path_probe      tc ingress   up0        2538     9     437

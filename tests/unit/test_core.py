@@ -542,15 +542,16 @@ def test_a_path_left_idle_is_disarmed_and_armed_again_once_in_use():
 def test_the_deadline_follows_the_smoothed_rtt_and_ignores_small_changes():
     world = four_paths_eight_qps()
     health(world, 0, True)
-    # 100 ms RTT, 12 ms of jitter margin: dead after 112 ms of silence.
+    # 100 ms RTT, 12 ms of jitter margin: a probe unanswered for 112 ms is lost.
     out = world.core.path_rtt(PathRttSeen(KEY, 0, 100 * MS, 12 * MS), world.qps, world.now)
     assert out == [WriteDeadline(0, 0, 112 * MS)]
     assert world.core.health_deadlines()[(KEY, 0)] == 112 * MS
     assert world.core.path_rtt(PathRttSeen(KEY, 0, 104 * MS, 12 * MS), world.qps,
                                world.now) == []
-    # A short path keeps interval x misses; the margin never goes below the setting's.
+    # A short path: its RTT and the margin, which never goes below the
+    # setting's (10 ms), nor the deadline below one probe period.
     assert world.core.path_rtt(PathRttSeen(KEY, 0, 2 * MS, 0), world.qps,
-                               world.now) == [WriteDeadline(0, 0, DEADLINE)]
+                               world.now) == [WriteDeadline(0, 0, 12 * MS)]
     world.core.path_rtt(PathRttSeen(KEY, 0, 25 * MS, 0), world.qps, world.now)
     assert world.core.health_deadlines()[(KEY, 0)] == 35 * MS
 

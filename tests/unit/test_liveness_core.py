@@ -34,17 +34,31 @@ def test_budget_sets_how_often_each_path_is_probed(paths, interval_ms, budget, p
     assert deadline_ns(paths, interval_ms, budget, 3) == 3 * period_ms * MS
 
 
-def reading(replies: int, last_ms: int | None) -> HealthReading:
-    return HealthReading(replies, 0 if last_ms is None else last_ms * MS, 2 * MS)
+MISSES = 3
+PERIOD_MS = 10
+
+
+def reading(replies: int, last_ms: int | None, now_ms: int, since_ms: int = 0) -> HealthReading:
+    """path_health as the data plane keeps it for a punctual prober: a
+    request leaves every PERIOD_MS (from since_ms, when the path was first
+    probed), and those that left after the last reply are unanswered."""
+    start = since_ms if last_ms is None else last_ms
+    first = -(-start // PERIOD_MS) * PERIOD_MS
+    unanswered = list(range(first, now_ms + 1, PERIOD_MS))
+    silent_since = unanswered[MISSES - 1] * MS if len(unanswered) >= MISSES else 0
+    return HealthReading(replies, 0 if last_ms is None else last_ms * MS, 2 * MS,
+                         len(unanswered), silent_since)
 
 
 def play(steps) -> list[tuple[int, int, bool]]:
     """steps: (now_ms, {path: (replies, last_reply_ms)}); the changes as
     (now_ms, path, healthy)."""
-    tracker = HealthTracker(HOLD_DOWN)
+    tracker = HealthTracker(HOLD_DOWN, MISSES)
+    since: dict[int, int] = {}
     out = []
     for now_ms, paths in steps:
-        readings = {(KEY, 0, p): reading(*r) for p, r in paths.items()}
+        readings = {(KEY, 0, p): reading(*r, now_ms, since.setdefault(p, now_ms))
+                    for p, r in paths.items()}
         for change in tracker.observe(readings, {KEY: DEADLINE}, now_ms * MS, now_ms / 1e3):
             assert isinstance(change, PathHealthChanged) and change.key == KEY
             out.append((now_ms, change.path_index, change.healthy))
@@ -60,34 +74,36 @@ def test_first_reply_arms_the_path_and_a_steady_path_stays_up():
     assert play(steps) == [(10, 0, True)]
 
 
-def test_no_reply_within_the_deadline_is_down_and_one_late_round_is_not():
+def test_misses_requests_unanswered_past_the_deadline_is_down_and_one_late_reply_is_not():
     steps = [(10, {0: (1, 9)}), (20, {0: (2, 19)}),
-             (45, {0: (2, 19)}),          # 26 ms since the last reply: still within 30
+             (45, {0: (2, 19)}),          # 3 unanswered, the third for 5 ms only
              (50, {0: (3, 49)}),
-             (75, {0: (3, 49)}), (81, {0: (3, 49)})]   # 32 ms: dead
-    assert play(steps) == [(10, 0, True), (81, 0, False)]
+             (75, {0: (3, 49)}),          # 50, 60 and 70 unanswered
+             (101, {0: (3, 49)})]         # the third (70 ms) for 31 ms: dead
+    assert play(steps) == [(10, 0, True), (101, 0, False)]
 
 
 def test_a_dead_path_is_back_only_after_answering_for_the_hold_down():
-    steps = [(10, {0: (1, 9)}), (50, {0: (1, 9)})]                      # down at 50
+    steps = [(10, {0: (1, 9)}), (70, {0: (1, 9)})]                      # down at 70
     steps += [(t, {0: (t // 10, t - 1)}) for t in range(100, 600, 10)]   # answers again
-    steps += [(700, {0: (60, 599)})]                                    # a miss: start over
+    steps += [(700, {0: (60, 599)})]                                    # misses: start over
     steps += [(t, {0: (t // 10, t - 1)}) for t in range(710, 1800, 10)]
-    assert play(steps) == [(10, 0, True), (50, 0, False), (1710, 0, True)]
+    assert play(steps) == [(10, 0, True), (70, 0, False), (1710, 0, True)]
 
 
 def test_a_path_that_never_answered_while_its_vtep_does_is_down_after_deadline_and_hold_down():
     steps = [(t, {0: (t // 10, t - 1), 1: (0, None)}) for t in range(10, 1100, 10)]
-    assert play(steps) == [(10, 0, True), (1050, 1, False)]
+    # Its third request left at 30 ms: dead 30 ms and a hold-down after that.
+    assert play(steps) == [(10, 0, True), (1070, 1, False)]
 
 
 def test_tracker_states_and_forgetting_a_path():
-    tracker = HealthTracker(HOLD_DOWN)
+    tracker = HealthTracker(HOLD_DOWN, MISSES)
     path = (KEY, 0, 0)
     assert tracker.state(path) == UNCHECKED
-    tracker.observe({path: reading(1, 10)}, {KEY: DEADLINE}, 10 * MS, 0.01)
+    tracker.observe({path: reading(1, 10, 10)}, {KEY: DEADLINE}, 10 * MS, 0.01)
     assert tracker.state(path) == UP
-    tracker.observe({path: reading(1, 10)}, {KEY: DEADLINE}, 100 * MS, 0.1)
+    tracker.observe({path: reading(1, 10, 100)}, {KEY: DEADLINE}, 100 * MS, 0.1)
     assert tracker.state(path) == DOWN
     tracker.observe({}, {}, 110 * MS, 0.11)
     assert tracker.state(path) == UNCHECKED
@@ -103,25 +119,27 @@ def test_a_path_is_armed_by_a_fresh_reply_only():
 def test_a_path_that_joins_the_probed_set_late_gets_a_whole_deadline():
     steps = [(t, {0: (t // 10, t - 1)}) for t in range(2000, 2500, 10)]
     steps += [(t, {0: (t // 10, t - 1), 1: (0, None)}) for t in range(2500, 3600, 10)]
-    assert play(steps) == [(2000, 0, True), (3540, 1, False)]
+    assert play(steps) == [(2000, 0, True), (3560, 1, False)]
 
 
-def test_silence_while_the_prober_itself_stalled_kills_no_path():
-    """A busy host delays the prober's rounds: replies stop because probes
-    did, and the path is judged again only a deadline after it resumed."""
-    tracker = HealthTracker(HOLD_DOWN)
+def test_a_prober_that_stalls_kills_no_path():
+    """A busy host held the prober up: what it did not send cannot go
+    unanswered. One request left before the stall and was lost; the two
+    that leave when it resumes are not lost yet, however old the last reply."""
+    tracker = HealthTracker(HOLD_DOWN, MISSES)
     path = (KEY, 0, 0)
-    tracker.observe({path: reading(1, 10)}, {KEY: DEADLINE}, 10 * MS, 0.01, probing_since=0)
-    # No round from 10 to 200 ms; the prober resumes at 200 ms.
-    assert tracker.observe({path: reading(1, 10)}, {KEY: DEADLINE}, 200 * MS, 0.2,
-                           probing_since=200 * MS) == []
-    assert tracker.observe({path: reading(2, 215)}, {KEY: DEADLINE}, 220 * MS, 0.22,
-                           probing_since=200 * MS) == []
+    tracker.observe({path: HealthReading(1, 10 * MS, 2 * MS)}, {KEY: DEADLINE}, 10 * MS, 0.01)
     assert tracker.state(path) == UP
-    # Probing again for longer than the deadline: silence counts once more.
-    out = tracker.observe({path: reading(2, 215)}, {KEY: DEADLINE}, 250 * MS, 0.25,
-                          probing_since=200 * MS)
-    assert [(c.path_index, c.healthy) for c in out] == [(0, False)]
+    # The request of 12 ms went unanswered; nothing else left until 200 ms.
+    stalled = HealthReading(1, 10 * MS, 2 * MS, unanswered=1)
+    assert tracker.observe({path: stalled}, {KEY: DEADLINE}, 200 * MS, 0.2) == []
+    # Requests at 200 and 210 ms: three unanswered, the third for 5 ms.
+    resumed = HealthReading(1, 10 * MS, 2 * MS, unanswered=3, silent_since_ns=210 * MS)
+    assert tracker.observe({path: resumed}, {KEY: DEADLINE}, 215 * MS, 0.215) == []
+    assert tracker.state(path) == UP
+    # Still unanswered 31 ms after the third left: that is the path's.
+    out = tracker.observe({path: resumed}, {KEY: DEADLINE}, 241 * MS, 0.241)
+    assert [(c.path_index, c.healthy, c.silent_ns) for c in out] == [(0, False, 31 * MS)]
 
 
 def test_every_path_silent_at_once_is_a_stall_not_a_failure():
@@ -133,11 +151,12 @@ def test_every_path_silent_at_once_is_a_stall_not_a_failure():
 
 
 def test_a_per_path_deadline_wins_over_the_vtep_one():
-    tracker = HealthTracker(HOLD_DOWN)
+    tracker = HealthTracker(HOLD_DOWN, MISSES)
     a, b = (KEY, 0, 0), (KEY, 0, 1)
     deadlines = {KEY: DEADLINE, (KEY, 1): 120 * MS}      # b crosses a 100 ms RTT WAN
-    tracker.observe({a: reading(1, 10), b: reading(1, 10)}, deadlines, 10 * MS, 0.01)
-    out = tracker.observe({a: reading(1, 10), b: reading(1, 10)}, deadlines, 100 * MS, 0.1)
+    tracker.observe({a: reading(1, 10, 10), b: reading(1, 10, 10)}, deadlines, 10 * MS, 0.01)
+    out = tracker.observe({a: reading(1, 10, 100), b: reading(1, 10, 100)}, deadlines,
+                          100 * MS, 0.1)
     assert [(c.path_index, c.healthy) for c in out] == [(0, False)]
     assert tracker.state(b) == UP
 

@@ -161,7 +161,7 @@ def test_program_series_in_base_units(exporter):
     samples = scrape(exporter(FixedAgent()))
     progs = {(("interface", p["interface"]), ("program", p["name"])): p
              for p in SNAPSHOT["programs"]}
-    assert {dict(k)["program"] for k in progs} == {"qp_steer", "path_pin", "path_probe",
+    assert {dict(k)["program"] for k in progs} == {"qp_steer", "path_pin", "path_probe", "probe_sent",
                                                     "flow_stats_tc", "flow_stats_xdp"}
     assert pick(samples, "qpagent_prog_runs_total") == {k: p["run_cnt"] for k, p in progs.items()}
     assert pick(samples, "qpagent_prog_run_time_seconds_total") == {

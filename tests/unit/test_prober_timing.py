@@ -1,10 +1,18 @@
-"""ProberTiming: a prober that falls behind never lets the data plane hold
-its own silence against a path."""
+"""The prober: how punctual it is (for the status), the lease it renews
+every round, and how it numbers each path's requests (the data plane counts
+the unanswered ones by these numbers)."""
 
-from qpagent.sources.liveness import ProberTiming
+import queue
+import time
+
+from scapy.layers.inet import IP
+from scapy.layers.vxlan import VXLAN
+
+from qpagent.contract import STRUCTS
+from qpagent.core.decisions import ProbeTarget
+from qpagent.sources.liveness import LivenessSource, ProberTiming
 
 MS = 1_000_000
-DEADLINES = [50 * MS, 80 * MS]
 
 
 def punctual(timing: ProberTiming, start: int, rounds: int, send: int = MS) -> int:
@@ -15,28 +23,12 @@ def punctual(timing: ProberTiming, start: int, rounds: int, send: int = MS) -> i
     return start
 
 
-def test_silence_is_believed_only_after_a_whole_deadline_of_punctual_rounds():
-    timing = ProberTiming(10)
-    start = punctual(timing, 1000 * MS, 8)            # 70 ms of rounds: not yet 80
-    assert timing.believe_until(start - 10 * MS, DEADLINES) is None
-    start = punctual(timing, start, 2)
-    # Half the tightest deadline past the round's start.
-    assert timing.believe_until(start - 10 * MS, DEADLINES) == start - 10 * MS + 25 * MS
-
-
 def test_a_round_whose_sends_take_longer_than_an_interval_is_a_stall():
-    """The round started on time, but its last probe left 45 ms late: that
-    path's replies will be 45 ms late too."""
+    """The round started on time, but its last probe left 45 ms late."""
     timing = ProberTiming(10)
     start = punctual(timing, 1000 * MS, 20)
-    assert timing.believe_until(start - 10 * MS, DEADLINES) is not None
     timing.round(start, start + 45 * MS)
-    assert timing.believe_until(start, DEADLINES) is None
-    assert timing.probing_since == start + 45 * MS
-    start = punctual(timing, start + 46 * MS, 8)
-    assert timing.believe_until(start - 10 * MS, DEADLINES) is None
-    start = punctual(timing, start, 2)
-    assert timing.believe_until(start - 10 * MS, DEADLINES) is not None
+    start = punctual(timing, start + 46 * MS, 2)
     # The round after it started 46 ms after it: late, a stall of its own.
     assert timing.snapshot()["stalls"] == 2
     assert timing.snapshot()["worst_send_ms"] == 45.0
@@ -46,10 +38,8 @@ def test_a_late_round_is_a_stall_and_is_counted():
     timing = ProberTiming(10)
     start = punctual(timing, 1000 * MS, 20)
     start += 30 * MS                                  # 40 ms since the last start
-    timing.round(start, start + MS)
-    assert timing.probing_since == start + MS
-    assert timing.believe_until(start, DEADLINES) is None
-    assert timing.snapshot() == {"rounds": 21, "probes_sent": 0, "late_rounds": 1, "stalls": 1,
+    timing.round(start, start + MS, probes=4)
+    assert timing.snapshot() == {"rounds": 21, "probes_sent": 4, "late_rounds": 1, "stalls": 1,
                                  "worst_round_gap_ms": 40.0, "worst_send_ms": 1.0}
 
 
@@ -59,10 +49,58 @@ def test_a_round_a_little_late_is_counted_but_is_no_stall():
     timing.round(start + 8 * MS, start + 9 * MS)     # 18 ms since the last start
     assert timing.snapshot()["late_rounds"] == 1
     assert timing.snapshot()["stalls"] == 0
-    assert timing.believe_until(start + 8 * MS, DEADLINES) is not None
 
 
-def test_nothing_is_believed_without_deadlines():
-    timing = ProberTiming(10)
-    start = punctual(timing, 1000 * MS, 20)
-    assert timing.believe_until(start, []) is None
+class SentFrames:
+    """Stands in for the raw socket: keeps what would have left."""
+
+    def __init__(self):
+        self.sent = []
+
+    def sendto(self, packet, _address):
+        self.sent.append(packet)
+
+
+def prober(misses=3):
+    leases = []
+    source = LivenessSource(queue.Queue(), lambda pairs: {}, interval_ms=10, budget_pps=1000,
+                            hold_down_ms=1000, misses=misses,
+                            believe_until=lambda until, m: leases.append((until, m)))
+    source._sock = SentFrames()
+    return source, leases
+
+
+def sent_seqs(source):
+    """(VTEP index, path index, seq) of every request sent so far."""
+    out = []
+    for packet in source._sock.sent:
+        msg = STRUCTS["probe_msg"].from_buffer_copy(bytes(IP(packet)[VXLAN].payload))
+        out.append((msg.vtep, msg.path, msg.seq))
+    return out
+
+
+def test_every_round_renews_the_lease_on_silence_with_the_misses():
+    source, leases = prober(misses=4)
+    before = time.monotonic_ns()
+    source._round()
+    source._round()
+    assert len(leases) == 2
+    assert all(until >= before + LivenessSource.LEASE_NS and m == 4 for until, m in leases)
+
+
+def test_each_paths_requests_are_numbered_in_order_from_the_clock():
+    """Numbered per path, one after the other, from the milliseconds since
+    boot: ahead of anything an earlier agent numbered."""
+    source, _ = prober()
+    target = ProbeTarget(("vxlan100", "10.0.0.2"), 3, "10.0.0.1", "10.0.0.2",
+                         ((0, 49152), (5, 49160)))
+    source.set_targets([target], {})
+    floor = time.monotonic_ns() // MS
+    for _ in range(3):
+        source._round()
+    seqs = sent_seqs(source)
+    path_0 = [s for v, p, s in seqs if (v, p) == (3, 0)]
+    path_5 = [s for v, p, s in seqs if (v, p) == (3, 5)]
+    assert len(path_0) == len(path_5) == 3
+    assert path_0[0] > floor and path_0 == list(range(path_0[0], path_0[0] + 3))
+    assert path_5 == list(range(path_5[0], path_5[0] + 3))

@@ -88,7 +88,7 @@ class Settings:
     probe_interval_ms: int = 10     # liveness: see qpagent.core.liveness
     probe_misses: int = 3
     probe_budget_pps: int = 1000
-    probe_rtt_margin_ms: int = 10   # deadline at least smoothed RTT + this
+    probe_rtt_margin_ms: int = 10   # a probe's deadline: at least smoothed RTT + this
     repair_holddown_ms: int = 100   # data-plane repair of one QP at most this often
     repair_retransmit: bool = True
     repair_nak: bool = False
@@ -205,7 +205,7 @@ class Core:
 
     def path_rtt(self, event: PathRttSeen, qps: Mapping[bytes, QpView], now: float) -> list:
         """A probed path's RTT moved: its deadline follows (see
-        liveness.rtt_deadline_ns)."""
+        liveness.reply_deadline_ns)."""
         vtep = self.vteps.get(event.key)
         if vtep is None or event.path_index not in vtep.paths:
             return []
@@ -317,20 +317,35 @@ class Core:
                 for t in self.liveness_targets() for i, _ in t.paths}
 
     def _deadline(self, vtep: VtepState, index: int) -> int:
-        """max(probe period x misses, smoothed RTT + margin): with more
-        paths than the budget probes each interval, each is probed less
-        often; a long or jittery path needs longer than a few intervals."""
+        """How long each probe of the path may go unanswered
+        (liveness.reply_deadline_ns): its smoothed RTT plus margin, at least
+        one probe period (with more paths than the budget probes each
+        interval, each is probed less often)."""
+        s = self.settings
+        period = liveness.probe_period_ns(len(self.probed_paths(vtep)), s.probe_interval_ms,
+                                          s.probe_budget_pps)
+        srtt, margin = self._path_rtt(vtep, index)
+        return liveness.reply_deadline_ns(period, s.probe_misses, srtt, margin)
+
+    def _ack_wait(self, vtep: VtepState, index: int) -> int:
+        """How long a QP on the path may see no ACK progress before it was
+        surely cut off: max(probe period x misses, smoothed RTT + margin),
+        as long as the path's probes may be silent before it is dead."""
         s = self.settings
         base = liveness.deadline_ns(len(self.probed_paths(vtep)), s.probe_interval_ms,
                                     s.probe_budget_pps, s.probe_misses)
-        # A path not sampled yet gets its VTEP's longest known RTT: its
-        # probes cross the same distance, and the base alone (a few
-        # intervals) can be shorter than one round trip on a WAN.
+        srtt, margin = self._path_rtt(vtep, index)
+        return liveness.rtt_deadline_ns(base, srtt, margin)
+
+    def _path_rtt(self, vtep: VtepState, index: int) -> tuple[int, int]:
+        """(smoothed RTT, margin) of the path; the margin at least
+        rtt_margin_ms. A path not sampled yet gets its VTEP's longest known
+        RTT: its probes cross the same distance, and a few intervals can be
+        shorter than one round trip on a WAN."""
         srtt, margin = self._rtt.get((vtep.key, index)) or max(
             (rtt for (key, _), rtt in self._rtt.items() if key == vtep.key),
             key=sum, default=(0, 0))
-        return liveness.rtt_deadline_ns(base, srtt,
-                                        max(margin, s.probe_rtt_margin_ms * 1_000_000))
+        return srtt, max(margin, self.settings.probe_rtt_margin_ms * 1_000_000)
 
     # ------------------------------------------------------------ restart
     def export_state(self) -> dict:
@@ -509,7 +524,7 @@ class Core:
         """QPs that left a dead path (moved by the agent, or repaired by the
         data plane since the path fell silent) with data outstanding: until
         all they had sent is acknowledged, recheck_go_backs hands the
-        requester a NAK whenever their ACKs stop moving for a deadline. A
+        requester a NAK whenever their ACKs stop moving for an ACK wait. A
         repair restarts the QP's wait (ack_wait_ns) and the QP keeps
         sending on the new path; one acknowledged since is left alone."""
         if not self.settings.go_back:
@@ -529,8 +544,8 @@ class Core:
 
     def recheck_go_backs(self, qps: Mapping[bytes, QpView], now: float) -> list:
         """GoBack for each watched QP whose ACKs have not moved for its
-        path's deadline (the first time less the margin by which ACKs and
-        probe replies may part) since the last progress and the last NAK:
+        path's ACK wait (_ack_wait; the first time less the margin by which
+        ACKs and probe replies may part) since the last progress and the last NAK:
         its window went down with the path, and the responder's NAK too or
         it would have gone back. ACKs still coming for what crossed before
         the cut are progress, but not recovery: only ACKs for everything
@@ -551,7 +566,7 @@ class Core:
                 del self._go_back_watch[key]       # recovered, gone, or given up
                 continue
             vtep = self.vtep_by_index(q.vtep)
-            wait_s = self._deadline(vtep, q.path) / 1e9 if vtep else margin_s
+            wait_s = self._ack_wait(vtep, q.path) / 1e9 if vtep else margin_s
             quiet_since = max(q.ack_wait_ns / 1e9, watch.at)
             if now - quiet_since < (wait_s - margin_s if watch.tries == 0 else wait_s):
                 continue

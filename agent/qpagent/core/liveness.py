@@ -7,11 +7,14 @@ A remote VTEP is checked only once it has answered a probe: one that runs
 no qpagent never answers, and its paths keep working on routing and BFD
 alone. Once it has answered, each of its paths is
     unchecked   until a fresh reply (then armed: healthy),
-    healthy     while a reply comes within the deadline,
-    dead        after the deadline without one (or, never answered, a
-                deadline and a hold-down after both its VTEP first
-                answered and it was first probed),
+    healthy     while it is not silent,
+    dead        once silent: `misses` requests in a row unanswered, the
+                last of them for longer than the deadline (or, never
+                answered, the deadline and a hold-down),
     healthy     again only after answering for hold_down without a miss.
+Silence is counted from the requests as they left the uplink (the data
+plane notes it, path_health): a prober held up on a busy host sends
+nothing, and what it did not send cannot go unanswered.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ def probe_period_ns(n_paths: int, interval_ms: int, budget_pps: int) -> int:
 
 def deadline_ns(n_paths: int, interval_ms: int, budget_pps: int, misses: int) -> int:
     return probe_period_ns(n_paths, interval_ms, budget_pps) * misses
+
+
+def reply_deadline_ns(period_ns: int, misses: int, srtt_ns: int, margin_ns: int) -> int:
+    """How long one request may go unanswered: the smoothed RTT plus margin,
+    at least one probe period. A path is dead once `misses` requests in a
+    row went unanswered that long (the data plane counts them). Without an
+    RTT sample yet, the period x misses (a few intervals)."""
+    return max(period_ns, srtt_ns + margin_ns) if srtt_ns else period_ns * misses
 
 
 def rtt_deadline_ns(base_ns: int, srtt_ns: int, margin_ns: int) -> int:
@@ -81,6 +92,15 @@ class HealthReading:
     replies: int = 0
     last_reply_ns: int = 0      # bpf_ktime_get_ns() (CLOCK_MONOTONIC)
     rtt_ns: int = 0
+    unanswered: int = 0         # requests left since the newest reply's
+    silent_since_ns: int = 0    # when the misses-th of them left (0: fewer)
+
+    def silent_for(self, now_ns: int, misses: int) -> int:
+        """How long the path has been silent: since the `misses`-th
+        unanswered request left; 0 while fewer are unanswered."""
+        if self.unanswered < misses or not self.silent_since_ns:
+            return 0
+        return max(0, now_ns - self.silent_since_ns)
 
 
 @dataclass
@@ -94,9 +114,9 @@ PathId = tuple[VtepKey, int, int]        # (VTEP key, VTEP index, path index)
 
 
 class HealthTracker:
-    def __init__(self, hold_down_ns: int):
+    def __init__(self, hold_down_ns: int, misses: int = 3):
         self.hold_down_ns = hold_down_ns
-        self._probing_since = 0
+        self.misses = misses
         self._paths: dict[PathId, _PathHealth] = {}
         self._answered_at: dict[VtepKey, int] = {}   # VTEP -> first reply seen
 
@@ -105,13 +125,10 @@ class HealthTracker:
         return found.state if found else UNCHECKED
 
     def observe(self, readings: dict[PathId, HealthReading], deadlines: dict,
-                now_ns: int, seen: float, probing_since: int = 0) -> list[PathHealthChanged]:
+                now_ns: int, seen: float) -> list[PathHealthChanged]:
         """One look at every probed path (paths not named are forgotten);
         deadlines per path ((VTEP key, path index)), else per VTEP key.
-        probing_since: when the prober last resumed after a stall of its
-        own (a busy host); silence before it is the prober's, not the
-        path's. Returns the changes."""
-        self._probing_since = probing_since
+        Returns the changes."""
         for gone in set(self._paths) - set(readings):
             del self._paths[gone]
         for key in set(self._answered_at) - {p[0] for p in readings}:
@@ -134,7 +151,7 @@ class HealthTracker:
             changed = self._step(health, reading, deadline,
                                  max(self._answered_at[key], health.probed_since), now_ns)
             if changed:
-                silent = now_ns - reading.last_reply_ns if reading.replies else 0
+                silent = reading.silent_for(now_ns, self.misses)
                 out.append(PathHealthChanged(key, path[2], health.state == UP,
                                              reading.rtt_ns, seen, silent, deadline))
         return out
@@ -149,15 +166,13 @@ class HealthTracker:
             if health is None or health.state != UP:
                 continue
             deadline = deadlines.get((path[0], path[2]), deadlines.get(path[0]))
-            fresh = reading.replies > 0 and now_ns - reading.last_reply_ns <= deadline
-            up.setdefault(path[0], []).append(fresh)
-        return {key for key, fresh in up.items() if len(fresh) >= 2 and not any(fresh)}
+            up.setdefault(path[0], []).append(reading.silent_for(now_ns, self.misses) > deadline)
+        return {key for key, silent in up.items() if len(silent) >= 2 and all(silent)}
 
     def _step(self, health: _PathHealth, reading: HealthReading, deadline: int,
               answered_at: int, now_ns: int) -> bool:
         fresh = reading.replies > 0 and now_ns - reading.last_reply_ns <= deadline
-        # Probing for less than a deadline since a stall: silence proves nothing.
-        excused = now_ns - self._probing_since <= deadline
+        silent = reading.silent_for(now_ns, self.misses)
         if health.state == UNCHECKED:
             # Fresh only: a path probed again after a pause still shows its
             # old replies, and arming it on those would kill it at once.
@@ -166,19 +181,22 @@ class HealthTracker:
                 return True
             # A deadline learnt from other paths' RTT may be too short for
             # this one's first reply: give it a hold-down more.
-            if now_ns - answered_at > deadline + self.hold_down_ns and not excused:
+            if (now_ns - answered_at > deadline + self.hold_down_ns
+                    and silent > deadline + self.hold_down_ns):
                 health.state = DOWN
                 return True
             return False
         if health.state == UP:
-            if not fresh and not excused:
+            if silent > deadline:
                 health.state, health.answering_since = DOWN, None
                 return True
             return False
-        # DOWN: back after answering hold_down without a miss.
+        # DOWN: back after answering hold_down without a miss (a prober
+        # that stalls sends nothing: no answer, but no miss either).
+        if silent > deadline:
+            health.answering_since = None
+            return False
         if not fresh:
-            if not excused:
-                health.answering_since = None
             return False
         if health.answering_since is None:
             health.answering_since = now_ns

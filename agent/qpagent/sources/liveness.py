@@ -63,6 +63,7 @@ class PathCounters:
     def __init__(self):
         self.sent = 0
         self.replies = 0
+        self.unanswered = 0
         self.rtt_ns = 0
         self.state = "unchecked"
         self.deadline_ns = 0
@@ -74,6 +75,7 @@ class PathCounters:
         if reading.replies > self.replies:    # a new reply: one RTT sample
             self.rtt.sample(reading.rtt_ns)
         self.replies, self.rtt_ns = reading.replies, reading.rtt_ns
+        self.unanswered = reading.unanswered
         self._history.append((now, self.sent, self.replies))
         while len(self._history) > 2 and now - self._history[1][0] >= LOSS_WINDOW_S:
             self._history.popleft()
@@ -101,20 +103,18 @@ def rtt_changes(key, index: int, counters: PathCounters) -> list[PathRttSeen]:
 
 
 class ProberTiming:
-    """How punctually the prober itself runs, and what that allows.
+    """How punctually the prober itself runs, for the status.
 
     A round that starts late, or whose sends take long (on a busy host this
-    thread waits for a CPU, or for the GIL), leaves the paths it probes
-    silent for as long, an RTT later. Such a round is a stall of ours:
-    silence is not held against a path until the prober has again run on
-    time for a whole deadline (probing_since), and only then is the data
-    plane told to believe silence (believe_until). Counters for the status."""
+    thread waits for a CPU, or for the GIL), sends its probes that much
+    later. That costs no path its life: silence is counted from the
+    requests as they left (the data plane notes it), so a stall only
+    delays what probes would have seen. Counted here to show how often."""
 
     LATE_NS = 5_000_000     # a round this much past its period counts as late
 
     def __init__(self, interval_ms: int):
         self.interval_ns = interval_ms * 1_000_000
-        self.probing_since = 0
         self.rounds = 0
         self.probes = 0           # sent, every path and VTEP
         self.late_rounds = 0
@@ -133,20 +133,7 @@ class ProberTiming:
         if gap is not None:
             self.worst_gap_ns = max(self.worst_gap_ns, gap)
             self.late_rounds += gap > self.interval_ns + self.LATE_NS
-        if gap is None or gap > 2 * self.interval_ns or sent - start > self.interval_ns:
-            self.stalls += gap is not None
-            self.probing_since = sent
-
-    def believe_until(self, start: int, deadlines) -> int | None:
-        """How long the data plane may take silence for a dead path, from
-        this round on: half the tightest deadline past the round's start,
-        once every path had a deadline to answer since we last stalled; a
-        prober that stalls then lapses before a path could look dead for
-        want of probes it never sent. None: not yet."""
-        deadlines = list(deadlines)
-        if not deadlines or start - self.probing_since < max(deadlines):
-            return None
-        return start + min(deadlines) // 2
+            self.stalls += gap > 2 * self.interval_ns or sent - start > self.interval_ns
 
     def snapshot(self) -> dict:
         return {"rounds": self.rounds, "probes_sent": self.probes,
@@ -159,23 +146,31 @@ class LivenessSource:
     """The prober and health reader thread. `read_health(pairs)` reads
     path_health for (vtep index, path) pairs (qpagent.tables.QpTables.health)."""
 
+    # Silence means a dead path only while we probe: each round tells the
+    # data plane so, this far ahead. An agent that stops sends no request
+    # that could go unanswered anyway; the lease lets a path that died
+    # while nobody probes it be used again.
+    LEASE_NS = 1_000_000_000
+
     def __init__(self, events: queue.Queue, read_health: Callable, interval_ms: int,
-                 budget_pps: int, hold_down_ms: int,
-                 believe_until: Callable[[int], None] = lambda _: None):
+                 budget_pps: int, hold_down_ms: int, misses: int = 3,
+                 believe_until: Callable[[int, int], None] = lambda _until, _misses: None):
         self.events = events
         self.read_health = read_health
-        # Silence means a dead path only while we probe: each round tells
-        # the data plane so, for one deadline ahead (an agent that stops or
-        # is killed then moves no QP).
         self.believe_until = believe_until
         self.interval_ms = interval_ms
+        self.misses = misses
         self.per_round = probes_per_round(interval_ms, budget_pps)
-        self.tracker = HealthTracker(hold_down_ms * 1_000_000)
+        self.tracker = HealthTracker(hold_down_ms * 1_000_000, misses)
         self._targets: list[ProbeTarget] = []
         self._deadlines: dict = {}
         self._counters: dict[tuple[int, int], PathCounters] = {}
         self._turn: dict = {}                 # VTEP key -> next path to probe (round-robin)
-        self._seq = 0
+        # Each path's requests are numbered in order (the data plane counts
+        # the unanswered ones by these numbers), from the milliseconds since
+        # boot: ahead of whatever an earlier agent got to, at 1000 a second
+        # to its at most 1000 / interval_ms.
+        self._seq: dict[tuple[int, int], int] = {}
         self.timing = ProberTiming(interval_ms)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -201,12 +196,14 @@ class LivenessSource:
             self._sock = None
 
     def snapshot(self) -> dict[tuple[int, int], dict]:
-        """Per (vtep index, path): health, rtt_ms, probes sent, replies, loss ratio."""
+        """Per (vtep index, path): health, rtt_ms, probes sent, replies,
+        requests unanswered now, loss ratio."""
         with self._lock:
             return {k: {"health": c.state, "rtt_ms": round(c.rtt_ns / 1e6, 3) if c.replies else None,
                         "srtt_ms": round(c.rtt.srtt_ns / 1e6, 3) if c.rtt.srtt_ns else None,
                         "deadline_ms": round(c.deadline_ns / 1e6, 3) if c.deadline_ns else None,
-                        "probes_sent": c.sent, "replies": c.replies, "loss_ratio": c.loss_ratio()}
+                        "probes_sent": c.sent, "replies": c.replies,
+                        "unanswered": c.unanswered, "loss_ratio": c.loss_ratio()}
                     for k, c in self._counters.items()}
 
     # ---------------------------------------------------------------- thread
@@ -230,14 +227,13 @@ class LivenessSource:
             wanted = {(t.vtep, index) for t in targets for index, _ in t.paths}
             for gone in set(self._counters) - wanted:
                 del self._counters[gone]
+                self._seq.pop(gone, None)
             for pair in wanted - set(self._counters):
                 self._counters[pair] = PathCounters()
         started = time.monotonic_ns()
+        self.believe_until(started + self.LEASE_NS, self.misses)
         probes = sum(self._send(target) for target in targets)
         self.timing.round(started, time.monotonic_ns(), probes)
-        until = self.timing.believe_until(started, deadlines.values())
-        if until is not None:
-            self.believe_until(until)
         # The clock before the maps: a thread held up in between (the GIL,
         # a busy host) then sees replies fresher, never older, than they are.
         now_ns = time.monotonic_ns()
@@ -245,7 +241,7 @@ class LivenessSource:
         now = now_ns / 1e9
         by_path = {(t.key, t.vtep, index): readings.get((t.vtep, index), HealthReading())
                    for t in targets for index, _ in t.paths}
-        changes = self.tracker.observe(by_path, deadlines, now_ns, now, self.timing.probing_since)
+        changes = self.tracker.observe(by_path, deadlines, now_ns, now)
         rtts = []
         with self._lock:
             for (key, vtep, index), reading in by_path.items():
@@ -266,9 +262,11 @@ class LivenessSource:
             paths = (paths + paths)[start:start + self.per_round]
             self._turn[target.key] = start + self.per_round
         for index, port in paths:
-            self._seq += 1
+            pair = (target.vtep, index)
+            seq = self._seq.get(pair, time.monotonic_ns() // 1_000_000) + 1 & 0xFFFFFFFF
+            self._seq[pair] = seq
             packet = probe_packet(target.local, target.address, port, target.vtep, index,
-                                  self._seq, time.monotonic_ns())
+                                  seq, time.monotonic_ns())
             try:
                 self._sock.sendto(packet, (target.address, 0))
             except OSError as exc:   # no route right now: the path will miss
