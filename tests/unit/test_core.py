@@ -453,6 +453,27 @@ def test_unhealthy_path_is_dead_and_its_orphans_move_with_reason_liveness():
     assert not world.core.vteps[KEY].paths[2].alive
 
 
+def test_paths_that_die_in_one_look_move_each_of_their_qps_once_onto_a_live_path():
+    """One look at a cut finds two paths dead: decided one at a time, the
+    first death's QPs could be moved onto the second dead path and moved
+    again; decided together each moves once, and only onto paths that live."""
+    world = four_paths_eight_qps()
+    for path in range(4):
+        health(world, path, True)
+    dead = [PathHealthChanged(KEY, p, False, 1_000_000, world.now, 40 * MS, 30 * MS)
+            for p in (1, 2)]
+    out = world._play(world.core.paths_health(dead, world.qps, world.now))
+    moves = [a for a in out if isinstance(a, MoveQp)]
+    assert sorted(m.qp for m in moves) == [b"q1", b"q2", b"q5", b"q6"]
+    assert all(m.reason == "liveness" for m in moves)
+    assert sorted(world.placement().values()) == [0, 0, 0, 0, 3, 3, 3, 3]
+    notes = [a.detail for a in out if isinstance(a, Note)]
+    assert [n for n in notes if "stopped answering probes for 40 ms (deadline 30 ms)" in n] == \
+        [f"VTEP {world.core.vteps[KEY].address} path {p} "
+         f"({world.core.vteps[KEY].paths[p].uplink}) stopped answering probes for 40 ms "
+         "(deadline 30 ms): dead" for p in (1, 2)]
+
+
 def test_qps_the_data_plane_already_moved_cost_no_further_move():
     world = four_paths_eight_qps()
     # The data plane moved q2 and q6 on their next packet, before the agent heard.

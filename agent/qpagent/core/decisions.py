@@ -165,16 +165,39 @@ class Core:
 
     def path_health(self, event: PathHealthChanged, qps: Mapping[bytes, QpView],
                     now: float) -> list:
-        """A probed path went unhealthy (dead like a BFD-down uplink; the
-        data plane has usually moved its QPs already) or healthy (armed on
-        its first reply; back, with the fewest moves, after the hold-down)."""
+        """One probed path's health changed (paths_health)."""
+        return self.paths_health([event], qps, now)
+
+    def paths_health(self, events: list[PathHealthChanged], qps: Mapping[bytes, QpView],
+                     now: float) -> list:
+        """Probed paths went unhealthy (dead like a BFD-down uplink; the
+        data plane has usually moved their QPs already) or healthy (armed on
+        the first reply; back, with the fewest moves, after the hold-down).
+        The changes of one look are decided together: the QPs of paths that
+        died at once move once, each onto a path none of them killed (one
+        look at a cut often finds most of a VTEP's paths dead)."""
+        out: list = []
+        changed: dict[str, set] = {"liveness": set(), "path_up": set()}
+        for event in events:
+            cause = self._path_health_changed(event, qps, now, out)
+            if cause is not None:
+                changed[cause].add(event.key)
+        for cause in ("liveness", "path_up"):
+            if changed[cause]:
+                out += self._apply(changed[cause], qps, cause, now)
+        return out
+
+    def _path_health_changed(self, event: PathHealthChanged, qps: Mapping[bytes, QpView],
+                             now: float, out: list) -> str | None:
+        """Book one path's change (out gains its notes and deadline);
+        returns "liveness" (it died) or "path_up" (it is back), or None when
+        nothing is to move."""
         vtep = self.vteps.get(event.key)
         path = vtep.paths.get(event.path_index) if vtep else None
         if path is None:
-            return []
+            return None
         ident = (event.key, path.identity)
         self._see_in_use(vtep, qps, now)
-        out: list = []
         if event.healthy:
             if (event.key, path.index) not in self._deadlines and \
                     path.index in self.probed_paths(vtep):
@@ -182,26 +205,24 @@ class Core:
                 self._deadlines[(event.key, path.index)] = wanted
                 out.append(WriteDeadline(vtep.index, path.index, wanted))
             if ident not in self.unhealthy:
-                return out
+                return None
             self.unhealthy.discard(ident)
-            cause = "path_up"
             out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
                                         f"({path.uplink}) answers again: back in use"))
-        else:
-            if ident in self.unhealthy:
-                return out
-            self.unhealthy.add(ident)
-            cause = "liveness"
-            silent = (f" for {event.silent_ns / 1e6:.0f} ms (deadline "
-                      f"{event.deadline_ns / 1e6:.0f} ms)" if event.silent_ns else "")
-            out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
-                                        f"({path.uplink}) stopped answering probes{silent}: dead"))
-            # QPs the data plane moved off it already, on their next packet
-            # (since its silence began): what they had in flight is lost too.
-            since = int(event.seen * 1e9) - (event.silent_ns or event.deadline_ns)
-            self._watch(qps, [k for k, q in qps.items()
-                              if q.vtep == vtep.index and q.repaired_ns >= since], repaired=True)
-        return out + self._apply({event.key}, qps, cause, now)
+            return "path_up"
+        if ident in self.unhealthy:
+            return None
+        self.unhealthy.add(ident)
+        silent = (f" for {event.silent_ns / 1e6:.0f} ms (deadline "
+                  f"{event.deadline_ns / 1e6:.0f} ms)" if event.silent_ns else "")
+        out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
+                                    f"({path.uplink}) stopped answering probes{silent}: dead"))
+        # QPs the data plane moved off it already, on their next packet
+        # (since its silence began): what they had in flight is lost too.
+        since = int(event.seen * 1e9) - (event.silent_ns or event.deadline_ns)
+        self._watch(qps, [k for k, q in qps.items()
+                          if q.vtep == vtep.index and q.repaired_ns >= since], repaired=True)
+        return "liveness"
 
     def path_rtt(self, event: PathRttSeen, qps: Mapping[bytes, QpView], now: float) -> list:
         """A probed path's RTT moved: its deadline follows (see

@@ -45,15 +45,17 @@ class Tick:
 
 @dataclass(frozen=True)
 class PathHealthChanged:
-    """A path of a remote VTEP that answers probes went unhealthy (no reply
-    within its deadline) or healthy (first reply, or answering for the
-    hold-down again). `seen` is time.monotonic() when the change was seen."""
+    """A path of a remote VTEP that answers probes went unhealthy (misses
+    requests in a row unanswered for their deadline) or healthy (first
+    reply, or answering for the hold-down again). `seen` is
+    time.monotonic() when the change was seen."""
     key: VtepKey
     path_index: int
     healthy: bool
     rtt_ns: int
     seen: float
-    silent_ns: int = 0      # unhealthy: how long since its last reply
+    silent_ns: int = 0      # unhealthy: how long its requests went unanswered
+                            # (since the misses-th of them left)
     deadline_ns: int = 0    # unhealthy: the deadline that silence passed
 
 
