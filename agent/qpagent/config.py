@@ -94,8 +94,8 @@ class LivenessSettings:
     (README, "Failures")."""
     enabled: bool = False
     interval_ms: int = 10          # each path in use (and its spare) probed this often
-    misses: int = 3                # dead after this many intervals without a reply...
-    rtt_margin_ms: int = 10        # ...or after its smoothed RTT plus this, if longer
+    misses: int = 3                # dead after this many requests in a row unanswered,
+    rtt_margin_ms: int = 10        # each for its smoothed RTT plus this (at least an interval)
     budget_pps: int = 1000         # probes per second per remote VTEP, at most
     hold_down_ms: int = 1000       # a dead path is back after answering this long
 
