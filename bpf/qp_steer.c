@@ -145,13 +145,15 @@ static __always_inline __u32 silence_misses(__u64 now)
 	return rc && now <= rc->believe_until_ns ? rc->probe_misses : 0;
 }
 
-/* Armed, and `misses` requests in a row unanswered, the last of them for
- * longer than the deadline (structs.h, path_health: silent_since_ns is set
- * only then). A path the agent never armed (deadline 0: e.g. a remote VTEP
- * that runs no agent and never answers) is never silent. */
-static __always_inline int path_silent(const struct path_health *h, __u64 now, __u32 misses)
+/* Armed, and repair_config.probe_misses requests in a row unanswered, the
+ * last of them for longer than the deadline (structs.h, path_health:
+ * silent_since_ns is set only then). A path the agent never armed
+ * (deadline 0: e.g. a remote VTEP that runs no agent and never answers) is
+ * never silent. Whether anyone is probing is the caller's to ask
+ * (silence_misses), once a path looks silent: not on every packet. */
+static __always_inline int path_silent(const struct path_health *h, __u64 now)
 {
-	return misses && h->deadline_ns && h->silent_since_ns &&
+	return h->deadline_ns && h->silent_since_ns &&
 	       elapsed(now, h->silent_since_ns) > h->deadline_ns;
 }
 
@@ -160,7 +162,7 @@ static __always_inline int path_answering(__u32 idx, __u64 now)
 {
 	struct path_health *h = path_health.lookup(&idx);   /* array: inlined */
 
-	return !h || !path_silent(h, now, silence_misses(now));
+	return !h || !path_silent(h, now) || !silence_misses(now);
 }
 
 /* Usable by the agent's table and answering its probes. */
@@ -234,7 +236,7 @@ static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u32 pr
 		 * says), and verified: armed, answered within its deadline,
 		 * the prober running (seen alive moments ago, not merely
 		 * never checked). */
-		if (path_silent(h, now, misses))
+		if (misses && path_silent(h, now))
 			continue;
 		fresh = h->deadline_ns && elapsed(now, h->last_reply_ns) <= h->deadline_ns;
 		unverified = (prefs >> PREFER_VERIFIED_BIT) & !(fresh & (misses != 0));

@@ -7,7 +7,8 @@ the program adds. qp_steer runs in its steady state (a QP already placed,
 its paths armed for liveness and answering, retransmission repair on: the
 frame repeats its PSN, so every run takes the resend check and stays within
 the hold-down, the dearest steady state); path_probe passes data arriving
-on an uplink and answers a probe request;
+on an uplink and answers a probe request; probe_sent passes data leaving
+an uplink and notes a request;
 path_pin runs in a throw-away namespace with two uplinks and an ECMP route,
 on a port the FIB keeps on its uplink and on one it moves.
 
@@ -240,6 +241,17 @@ def main(argv=None):
             request = probe_frame(probe_msg(CONSTANTS["PROBE_REQUEST"]))
             measure("path_probe_vxlan_data", probe.fd, pass_tc, bytes(outer))
             measure("path_probe_answer_request", probe.fd, pass_tc, bytes(request))
+        try:
+            sent = Loaded(steer_bpf, "probe_sent")
+        except Exception:       # an older qp_steer.c without probe_sent
+            sent = None
+        if sent is not None:
+            # Every data packet leaving an uplink passes it; a request (the
+            # same seq every run: noted once, then seen as a second pass).
+            leaving = probe_frame(probe_msg(CONSTANTS["PROBE_REQUEST"]),
+                                  src="10.255.0.1", dst="10.255.0.2")
+            measure("probe_sent_vxlan_data", sent.fd, pass_tc, bytes(outer))
+            measure("probe_sent_request", sent.fd, pass_tc, bytes(leaving))
     measure("flow_stats_tc_vxlan_roce", flows_tc.fd, pass_tc, bytes(outer))
     measure("flow_stats_xdp_vxlan_roce", flows_xdp.fd, pass_xdp, bytes(outer))
 
