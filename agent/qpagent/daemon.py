@@ -215,18 +215,19 @@ class Agent:
             poller = BfdPoller(self.cfg.frr.namespace or None, vtysh=self.cfg.frr.vtysh)
             self._services.append(BfdWatcher(poller, set(self.cfg.steer.uplinks), self._queue,
                                              self.cfg.agent.poll_interval).start())
-        if self.cfg.liveness.enabled:
-            from qpagent.sources.liveness import LivenessSource
-            live = self.cfg.liveness
-            self._liveness = LivenessSource(self._queue, self.tables.health, live.interval_ms,
-                                            live.budget_pps, live.hold_down_ms, live.misses,
-                                            believe_until=self.tables.believe_probes_until)
-            self._set_liveness_targets()
-            self._services.append(self._liveness.start())
         if self.cfg.steer.end_to_end:
             self._prober = Prober(self._discovery_args(), self._queue)
             self._prober.set_targets([Target.of(v) for v in self.core.probe_targets()])
             self._services.append(self._prober.start())
+        if self.cfg.liveness.enabled:
+            from qpagent.sources.liveness import LivenessSource
+            live = self.cfg.liveness
+            self._liveness = LivenessSource(
+                self._queue, self.tables.health, live.interval_ms, live.budget_pps,
+                live.hold_down_ms, live.misses, believe_until=self.tables.believe_probes_until,
+                answering_again=self._prober.soon if self._prober else lambda: None)
+            self._set_liveness_targets()
+            self._services.append(self._liveness.start())
 
     def _stop_services(self) -> None:
         self._stop.set()

@@ -1,6 +1,7 @@
 """The prober: how punctual it is (for the status), the lease it renews
-every round, and how it numbers each path's requests (the data plane counts
-the unanswered ones by these numbers)."""
+every round, how it numbers each path's requests (the data plane counts
+the unanswered ones by these numbers), and the TTL round it asks for when
+a dead path answers again."""
 
 import queue
 import time
@@ -10,6 +11,8 @@ from scapy.layers.vxlan import VXLAN
 
 from qpagent.contract import STRUCTS
 from qpagent.core.decisions import ProbeTarget
+from qpagent.core.liveness import HealthReading
+from qpagent.sources.discovery import Prober, Target
 from qpagent.sources.liveness import LivenessSource, ProberTiming
 
 MS = 1_000_000
@@ -104,3 +107,67 @@ def test_each_paths_requests_are_numbered_in_order_from_the_clock():
     assert len(path_0) == len(path_5) == 3
     assert path_0[0] > floor and path_0 == list(range(path_0[0], path_0[0] + 3))
     assert path_5 == list(range(path_5[0], path_5[0] + 3))
+
+
+class Traces:
+    """Stands in for the path discovery (and its FIB socket): counts rounds."""
+
+    def __init__(self):
+        self.rounds = 0
+
+    def discover(self, _target):
+        self.rounds += 1
+        return []
+
+    def take_warnings(self):
+        return []
+
+    def close(self):
+        pass
+
+
+def test_a_dead_path_answering_again_is_told_once():
+    """Once BGP routes around a failure, a dead path's probes answer
+    through links its identity does not name: its first fresh reply asks
+    for the hops to be traced again (Prober.soon), once."""
+    source, _ = prober()
+    asked = []
+    source.answering_again = lambda: asked.append(time.monotonic_ns())
+    key = ("vxlan100", "10.0.0.2")
+    source.set_targets([ProbeTarget(key, 3, "10.0.0.1", "10.0.0.2", ((0, 49152),))],
+                       {(key, 0): 30 * MS})
+    phase = {"now": "alive", "replies": 1}
+
+    def read_health(pairs):
+        now = time.monotonic_ns()
+        if phase["now"] == "dead":
+            reading = HealthReading(phase["replies"], now - 200 * MS, MS, unanswered=9,
+                                    silent_since_ns=now - 100 * MS)
+        else:
+            phase["replies"] += 1
+            reading = HealthReading(phase["replies"], now - MS, MS)
+        return {pair: reading for pair in pairs}
+
+    source.read_health = read_health
+    for now in ("alive", "dead", "dead", "back", "back", "back"):
+        phase["now"] = now
+        source._round()
+        if now == "dead":
+            assert source.tracker.state((key, 3, 0)) == "down" and asked == []
+    assert len(asked) == 1
+
+
+def test_the_hops_are_traced_again_when_asked_not_at_the_next_period():
+    events = queue.Queue()
+    tracer = Prober({"uplinks": ["eth1"], "source_ports": (49152, 65535), "ports_per_path": 4,
+                     "end_to_end": True, "fib": Traces()}, events, every_s=60)
+    tracer._discovery = Traces()
+    tracer.set_targets([Target(("vxlan100", "10.0.0.2"), "10.0.0.2", "10.0.0.1",
+                               (49152, 65535))])
+    tracer.start()
+    try:
+        tracer.soon()
+        first = events.get(timeout=5)          # a period is 60 s
+        assert first.paths.cause == "probe" and tracer._discovery.rounds == 1
+    finally:
+        tracer.stop()

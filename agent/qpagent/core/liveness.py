@@ -117,6 +117,7 @@ class HealthTracker:
     def __init__(self, hold_down_ns: int, misses: int = 3):
         self.hold_down_ns = hold_down_ns
         self.misses = misses
+        self.answering_again: list[PathId] = []   # dead paths with a first fresh reply
         self._paths: dict[PathId, _PathHealth] = {}
         self._answered_at: dict[VtepKey, int] = {}   # VTEP -> first reply seen
 
@@ -128,7 +129,8 @@ class HealthTracker:
                 now_ns: int, seen: float) -> list[PathHealthChanged]:
         """One look at every probed path (paths not named are forgotten);
         deadlines per path ((VTEP key, path index)), else per VTEP key.
-        Returns the changes."""
+        Returns the changes; a dead path's first fresh reply (its hold-down
+        starts) is added to answering_again."""
         for gone in set(self._paths) - set(readings):
             del self._paths[gone]
         for key in set(self._answered_at) - {p[0] for p in readings}:
@@ -148,8 +150,11 @@ class HealthTracker:
             if health is None:
                 health = self._paths[path] = _PathHealth(probed_since=now_ns)
             deadline = deadlines.get((key, path[2]), deadlines.get(key))
+            waiting = health.state == DOWN and health.answering_since is None
             changed = self._step(health, reading, deadline,
                                  max(self._answered_at[key], health.probed_since), now_ns)
+            if waiting and health.answering_since is not None:
+                self.answering_again.append(path)
             if changed:
                 silent = reading.silent_for(now_ns, self.misses)
                 out.append(PathHealthChanged(key, path[2], health.state == UP,

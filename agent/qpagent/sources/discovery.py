@@ -123,7 +123,10 @@ class PathDiscovery:
 
 class Prober:
     """Re-traces every remote VTEP's end-to-end paths every PROBE_EVERY_S in
-    its own thread (with its own FIB socket) and queues a ProbeRound."""
+    its own thread (with its own FIB socket) and queues a ProbeRound; or
+    sooner when asked (soon()), at most every SOON_EVERY_S."""
+
+    SOON_EVERY_S = 0.25
 
     def __init__(self, discovery_args: dict, events: queue.Queue, every_s: float = PROBE_EVERY_S):
         self._discovery = PathDiscovery(**discovery_args)
@@ -132,6 +135,7 @@ class Prober:
         self._targets: list[Target] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
 
     def set_targets(self, targets: list[Target]) -> None:
         with self._lock:
@@ -143,14 +147,28 @@ class Prober:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def soon(self) -> None:
+        """Trace again now, not at the next period: routing moved under the
+        paths (a dead path answers again, through links its identity does
+        not name, once BGP has routed around the failure)."""
+        self._wake.set()
 
     def _run(self) -> None:
         try:
-            while not self._stop.wait(self.every_s):
+            while True:
+                self._wake.wait(max(0.0, self.every_s - self.SOON_EVERY_S))
+                if self._stop.is_set():
+                    return
+                self._wake.clear()
                 with self._lock:
                     targets = list(self._targets)
                 found = {t.key: self._discovery.discover(t) for t in targets}
                 self.events.put(ProbeRound(PathsSeen(found, "probe"), time.monotonic(),
                                            tuple(self._discovery.take_warnings())))
+                # Asked again meanwhile: not before a little while.
+                if self._stop.wait(self.SOON_EVERY_S):
+                    return
         finally:
             self._discovery.close()

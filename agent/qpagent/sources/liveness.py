@@ -154,10 +154,14 @@ class LivenessSource:
 
     def __init__(self, events: queue.Queue, read_health: Callable, interval_ms: int,
                  budget_pps: int, hold_down_ms: int, misses: int = 3,
-                 believe_until: Callable[[int, int], None] = lambda _until, _misses: None):
+                 believe_until: Callable[[int, int], None] = lambda _until, _misses: None,
+                 answering_again: Callable[[], None] = lambda: None):
         self.events = events
         self.read_health = read_health
         self.believe_until = believe_until
+        # A dead path answers again: routing moved under it (or it healed).
+        # End to end, its hops are worth tracing again at once.
+        self.answering_again = answering_again
         self.interval_ms = interval_ms
         self.misses = misses
         self.per_round = probes_per_round(interval_ms, budget_pps)
@@ -242,6 +246,9 @@ class LivenessSource:
         by_path = {(t.key, t.vtep, index): readings.get((t.vtep, index), HealthReading())
                    for t in targets for index, _ in t.paths}
         changes = self.tracker.observe(by_path, deadlines, now_ns, now)
+        if self.tracker.answering_again:
+            self.tracker.answering_again.clear()
+            self.answering_again()
         rtts = []
         with self._lock:
             for (key, vtep, index), reading in by_path.items():
