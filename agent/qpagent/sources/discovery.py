@@ -9,6 +9,7 @@ return, or queue, PathsSeen values.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ from qpagent.fib import Fib, FibError
 from qpagent.paths import discover_paths
 from qpagent.sources.signals import ProbeRound
 
+log = logging.getLogger("qpagent")
 PROBE_EVERY_S = 2.0
 # Beyond the first hop a path splits again: ask the FIB for more ports per
 # first hop than one path keeps, so that every end-to-end path gets enough.
@@ -158,10 +160,12 @@ class Prober:
     def _run(self) -> None:
         try:
             while True:
-                self._wake.wait(max(0.0, self.every_s - self.SOON_EVERY_S))
+                asked = self._wake.wait(max(0.0, self.every_s - self.SOON_EVERY_S))
                 if self._stop.is_set():
                     return
                 self._wake.clear()
+                if asked:
+                    log.info("probe: tracing the paths again now (a dead path answers again)")
                 with self._lock:
                     targets = list(self._targets)
                 found = {t.key: self._discovery.discover(t) for t in targets}
