@@ -113,7 +113,7 @@ struct path_health {
 	__u64 replies;          /* path_probe: replies recorded */
 	__u32 last_seq;         /* path_probe: seq of the newest reply */
 	__u32 sent_seq;         /* probe_sent: seq of the newest request that left
-				 * (the agent numbers each path's requests 1, 2, ...) */
+				 * (the agent numbers each path's requests in order) */
 	__u32 unanswered;       /* requests left since the newest reply's */
 	__u32 pad;
 	__u64 silent_since_ns;  /* when the probe_misses-th of them left (0: fewer) */
