@@ -680,21 +680,38 @@ static __always_inline __u32 counted_misses(void)
 
 /* A reply to request `seq` came back: what is still unanswered is what left
  * after it; the path is silent since the misses-th of those left, if there
- * are that many. A reply older than the newest one answered changes nothing. */
-static __always_inline void answered(struct path_health *h, __u32 seq)
+ * are that many. A reply no newer than the newest one answered (the other
+ * copy, or a late one) changes nothing: returns 0. */
+static __always_inline int answered(struct path_health *h, __u32 seq)
 {
 	__u32 after = h->sent_seq - seq, misses = counted_misses();
 
 	if (h->replies && (__s32)(seq - h->last_seq) <= 0)
-		return;
+		return 0;
 	h->last_seq = seq;
 	if (after == 0 || after > PROBE_SEQ_SPAN) {   /* none after it (or not ours) */
 		h->unanswered = 0;
 		h->silent_since_ns = 0;
-		return;
+		return 1;
 	}
 	h->unanswered = after;
 	h->silent_since_ns = after >= misses ? h->sent_ns[(seq + misses) & (PROBE_RING - 1)] : 0;
+	return 1;
+}
+
+/* The second copy of a reply (consts.h, PROBE_REPLY_PORT_FLIP): the frame
+ * again (the clone sent before it left the pointers invalid), its source
+ * port flipped, out of the same uplink. */
+static __always_inline int answer_again(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct probe_frame f = {};
+
+	if (probe_find(data, data_end, &f) != PROBE_FOUND_REPLY)
+		return TC_ACT_SHOT;
+	f.udp->source ^= bpf_htons(PROBE_REPLY_PORT_FLIP);
+	return bpf_redirect(skb->ifindex, 0);
 }
 
 /* A request or reply the shared parser saw as outer IPv4 VXLAN with
@@ -712,10 +729,12 @@ static __always_inline int probe_handle(struct __sk_buff *skb)
 	found = probe_find(data, data_end, &f);
 	if (found == PROBE_FOUND_REQUEST) {
 		/* We are the remote VTEP: answer in place, out of the uplink
-		 * it came in on. Hosts never see it. */
+		 * it came in on, in two copies that the way back hashes apart.
+		 * Hosts never see it. */
 		probe_make_reply(&f);
 		probe_count(PROBE_ANSWERED);
-		return bpf_redirect(skb->ifindex, 0);
+		bpf_clone_redirect(skb, skb->ifindex, 0);
+		return answer_again(skb);
 	}
 	if (found != PROBE_FOUND_REPLY) {
 		probe_count(PROBE_MALFORMED);
@@ -741,9 +760,12 @@ static __always_inline int probe_handle(struct __sk_buff *skb)
 		h->suspect_ns = 0;
 		h->leavers = 0;
 	}
+	if (!answered(h, f.msg->seq)) {
+		probe_count(PROBE_REPLY_AGAIN);
+		return TC_ACT_SHOT;
+	}
 	h->last_reply_ns = now;
 	h->rtt_ns = elapsed(now, f.msg->tx_ns);
-	answered(h, f.msg->seq);
 	__sync_fetch_and_add(&h->replies, 1);
 	probe_count(PROBE_REPLY_SEEN);
 	return TC_ACT_SHOT;

@@ -98,8 +98,16 @@ enum probe_event {
 	PROBE_REPLY_SEEN,      /* a reply recorded in path_health                */
 	PROBE_REPLY_UNKNOWN,   /* a reply for a vtep/path out of range           */
 	PROBE_MALFORMED,       /* PROBE_VNI but not a whole probe_msg: passed    */
+	PROBE_REPLY_AGAIN,     /* the other copy of a reply already recorded     */
 	PROBE_EVENTS,
 };
+
+/* A request is answered twice, out of the uplink it came in on: once from
+ * its own source port, once from that port with these bits flipped (below
+ * 0x4000: an ephemeral port stays one). The routers on the way back hash
+ * the two apart, so a path whose way back died with another path's way
+ * out is not taken for dead while the other copy gets through. */
+#define PROBE_REPLY_PORT_FLIP 0x2A5
 
 /* Why the data plane moved a QP (repair_events indexes, qp_state.last_cause). */
 enum repair_cause {

@@ -4,12 +4,15 @@ path_health, and qp_steer (the same object, the same maps) takes a path whose
 answers stopped out of use. No probe ever reaches a host: a request leaves
 again as its reply, a reply is consumed."""
 
+import contextlib
+import socket
 import time
 
 import pytest
 from scapy.all import IP, UDP, Ether, raw
 
-from conftest import TC_ACT_REDIRECT, TC_ACT_UNSPEC, event_counts, expect, parse_counts
+from conftest import (TC_ACT_REDIRECT, TC_ACT_UNSPEC, assert_frame, event_counts, expect,
+                      parse_counts)
 from qpagent import bpfsys, contract
 from qpagent.contract import MAX_PATHS, MAX_VTEPS
 from qt1_maps import (HOOK_PATH_PROBE, PARSE_ROCE, PROBE_ANSWERED, PROBE_MALFORMED, REPAIR_LIVENESS,
@@ -21,6 +24,10 @@ from qt1_packets import HOST_B_MAC, probe_frame, probe_msg, roce, vxlan
 TC_ACT_SHOT = 2
 UPLINK = 1                     # the device the test run hands the packet in on (lo)
 PROBE_VNI = contract.CONSTANTS["PROBE_VNI"]
+PORT_FLIP = contract.CONSTANTS["PROBE_REPLY_PORT_FLIP"]
+PROBE_REPLY_AGAIN = dict(contract.ENUMS["probe_event"].members)["PROBE_REPLY_AGAIN"]
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
 PORT_RANGE = (32768, 60999)
 
 
@@ -31,20 +38,49 @@ def ctx():
 def health(steer, vtep, path):
     table = steer.table("path_health")
     leaf = table[table.Key(vtep * MAX_PATHS + path)]
-    return {name: getattr(leaf, name) for name, _ in leaf._fields_ if name != "pad"}
+    return {name: (list(value) if name == "sent_ns" else value)
+            for name, value in ((n, getattr(leaf, n)) for n, _ in leaf._fields_) if name != "pad"}
 
 
-def test_a_request_leaves_again_as_its_exact_reply(probe):
+@contextlib.contextmanager
+def frames_leaving_lo():
+    """Frames the kernel sends out of lo meanwhile (a clone the program
+    redirects there), as a list filled on exit."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.bind(("lo", 0))
+    sock.setblocking(False)
+    seen = []
+    try:
+        yield seen
+        while True:
+            try:
+                frame, addr = sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            if addr[2] == PACKET_OUTGOING:
+                seen.append(frame)
+    finally:
+        sock.close()
+
+
+def test_a_request_leaves_again_as_its_exact_reply_in_two_copies(probe):
     request = probe_frame(probe_msg(PROBE_REQUEST, vtep=9, path=3, seq=41, tx_ns=987_654_321))
-    # Addresses swapped back towards the sender, the ports kept (still
-    # VXLAN on the way back); the message echoed but for its kind; TTL 64
-    # with the IP checksum to match; UDP checksum 0.
-    reply = Ether(raw(Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02")
-                      / IP(src="10.255.0.1", dst="10.255.0.2", ttl=64, id=0x4242)
-                      / UDP(sport=50123, dport=4789, chksum=0)
-                      / raw(request[UDP].payload)[:8]
-                      / probe_msg(PROBE_REPLY, vtep=9, path=3, seq=41, tx_ns=987_654_321)))
-    expect(probe, request, TC_ACT_REDIRECT, reply, ctx=ctx())
+
+    def reply(sport):
+        # Addresses swapped back towards the sender, the destination port
+        # kept (still VXLAN on the way back); the message echoed but for
+        # its kind; TTL 64 with the IP checksum to match; UDP checksum 0.
+        return Ether(raw(Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02")
+                         / IP(src="10.255.0.1", dst="10.255.0.2", ttl=64, id=0x4242)
+                         / UDP(sport=sport, dport=4789, chksum=0)
+                         / raw(request[UDP].payload)[:8]
+                         / probe_msg(PROBE_REPLY, vtep=9, path=3, seq=41, tx_ns=987_654_321)))
+    with frames_leaving_lo() as clones:
+        # The copy the program hands back (redirected out of the uplink):
+        # its source port flipped, so the way back hashes it elsewhere.
+        expect(probe, request, TC_ACT_REDIRECT, reply(50123 ^ PORT_FLIP), ctx=ctx())
+    # The other copy, cloned out of the same uplink: the request's own port.
+    assert_frame(next(f for f in clones if f[12:14] == b"\x08\x00"), bytes(reply(50123)))
     assert event_counts(probe, "probe_events") == {PROBE_ANSWERED: 1}
     assert parse_counts(probe, UPLINK, HOOK_PATH_PROBE) != {}
     # The answering side keeps no state: nothing recorded as a reply.
@@ -60,6 +96,7 @@ def test_a_request_whose_ip_header_has_options_is_answered_with_a_valid_checksum
     reply.src, reply.dst = request.dst, request.src
     reply[IP].src, reply[IP].dst, reply[IP].ttl = request[IP].dst, request[IP].src, 64
     del reply[IP].chksum                                 # Scapy computes it afresh
+    reply[UDP].sport ^= PORT_FLIP                        # the copy handed back
     reply = Ether(raw(reply)[:-32] + probe_msg(PROBE_REPLY))
     expect(probe, request, TC_ACT_REDIRECT, reply, ctx=ctx())
 
@@ -81,6 +118,12 @@ def test_a_reply_is_recorded_in_path_health_and_consumed(probe):
     assert (h2["replies"], h2["last_seq"]) == (2, 78)
     assert h2["last_reply_ns"] >= h["last_reply_ns"]
     assert event_counts(probe, "probe_events") == {PROBE_REPLY_SEEN: 2}
+    # The other copy of 78 (the remote answers twice): consumed, counted
+    # apart, and nothing recorded again.
+    expect(probe, probe_frame(probe_msg(PROBE_REPLY, vtep=4, path=2, seq=78, tx_ns=sent),
+                              sport=50123 ^ PORT_FLIP), TC_ACT_SHOT, ctx=ctx())
+    assert health(probe, 4, 2) == h2
+    assert event_counts(probe, "probe_events") == {PROBE_REPLY_SEEN: 2, PROBE_REPLY_AGAIN: 1}
 
 
 @pytest.mark.parametrize("vtep,path", [(MAX_VTEPS, 0), (0, MAX_PATHS), (0xFFFFFFFF, 0xFFFFFFFF)])
