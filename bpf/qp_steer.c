@@ -233,12 +233,13 @@ static __always_inline int least_loaded_path(__u32 vtep, __u32 exclude, __u32 pr
 		if (i == exclude || !path_usable(pe) || !h || suspect(h, now))
 			continue;
 		/* One read of its health: answering (as path_answering
-		 * says), and verified: armed, answered within its deadline,
-		 * the prober running (seen alive moments ago, not merely
-		 * never checked). */
+		 * says), and verified: armed, one of its last `misses`
+		 * requests answered, the prober running (seen alive moments
+		 * ago, not merely never checked; a deadline can be shorter
+		 * than the probe period, so not "a reply within it"). */
 		if (misses && path_silent(h, now))
 			continue;
-		fresh = h->deadline_ns && elapsed(now, h->last_reply_ns) <= h->deadline_ns;
+		fresh = h->deadline_ns && !h->silent_since_ns;   /* fewer unanswered */
 		unverified = (prefs >> PREFER_VERIFIED_BIT) & !(fresh & (misses != 0));
 		cost = (((prefs >> i) & 1) << 31) | (unverified << 30) | (pe->qps & 0x3fffffff);
 		if (cost < best_cost) {

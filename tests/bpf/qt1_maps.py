@@ -2,6 +2,7 @@
 
 import ctypes
 import ipaddress
+import time
 
 from qpagent.contract import ENUMS, MAX_PATHS
 from qpagent.portmath import hash_for_port
@@ -68,15 +69,17 @@ MISSES = 3          # what the agent's prober writes by default (liveness.misses
 
 def set_health(prog, vtep, path, deadline_ns, last_reply_ns, prober_running=True):
     """path_health as the agent arms it (deadline) and the data plane fills
-    it: a reply at last_reply_ns, and since then enough requests gone
-    unanswered, the first of them leaving at once, that the path is dead as
-    soon as last_reply_ns is more than deadline_ns ago. The agent's prober
-    runs (it renews believe_until_ns and probe_misses), or not."""
+    it: a reply at last_reply_ns; if that is more than deadline_ns ago, as
+    many requests gone unanswered since, the last of them leaving right
+    after it, as make the path dead. The agent's prober runs (it renews
+    believe_until_ns and probe_misses), or not."""
     table = prog.table("path_health")
     key = table.Key(vtep * MAX_PATHS + path)
     leaf = table[key]
     leaf.deadline_ns, leaf.last_reply_ns = deadline_ns, last_reply_ns
-    leaf.unanswered, leaf.silent_since_ns = MISSES, last_reply_ns
+    leaf.replies = 1 if last_reply_ns else 0
+    silent = time.monotonic_ns() - last_reply_ns > deadline_ns
+    leaf.unanswered, leaf.silent_since_ns = (MISSES, last_reply_ns) if silent else (0, 0)
     table[key] = leaf
     config = prog.table("repair_config")
     entry = config[config.Key(0)]

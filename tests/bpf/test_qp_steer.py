@@ -9,6 +9,7 @@ import pytest
 
 from conftest import TC_ACT_UNSPEC, event_counts, expect, parse_counts
 from qpagent import contract
+from qpagent.contract import MAX_PATHS
 from qpagent.portmath import hash_for_port, udp_flow_src_port
 from qt1_maps import (HOOK_QP_STEER, PARSE_NOT_ROCE, PARSE_ROCE, REPAIR_LIVENESS,
                       REPAIR_RETRANSMIT,
@@ -302,6 +303,28 @@ def test_a_qp_leaving_a_dead_path_prefers_a_path_that_answers_probes(steer):
     assert [path_qps(steer, VTEP, p) for p in range(4)] == [0, 1, 2, 2]
     send(steer, roce(0x31FF))
     assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x31FF)["path"] == 1
+
+
+def test_a_path_answering_most_of_its_last_requests_counts_as_answering(steer):
+    """A deadline can be shorter than the probe period (a short RTT, a 10 ms
+    margin): a path whose last reply is older than its deadline, with one
+    request out, still answers probes, and a QP leaving a dead path prefers
+    it to an unprobed one."""
+    setup_vtep(steer, n_paths=3, n_ports=4)
+    now = time.monotonic_ns()
+    qps = [0x3200 + q for q in range(4)]      # paths 0, 1, 2, 0: 1 and 2 tie
+    for q in qps:
+        send(steer, roce(q))
+    assert [qp_state(steer, "10.0.1.1", "10.0.2.1", q)["path"] for q in qps] == [0, 1, 2, 0]
+    set_health(steer, VTEP, 0, deadline_ns=10_000_000, last_reply_ns=now - 1_000_000_000)
+    set_health(steer, VTEP, 2, deadline_ns=10_000_000, last_reply_ns=now)
+    table = steer.table("path_health")
+    key = table.Key(VTEP * MAX_PATHS + 2)
+    leaf = table[key]
+    leaf.last_reply_ns, leaf.unanswered = now - 15_000_000, 1   # 15 ms ago, one out
+    table[key] = leaf
+    send(steer, roce(0x3200, psn=2))
+    assert qp_state(steer, "10.0.1.1", "10.0.2.1", 0x3200)["path"] == 2
 
 
 def test_with_no_prober_running_a_silent_path_keeps_its_qps(steer):
