@@ -419,7 +419,7 @@ MS = 1_000_000
 
 def health(world: World, path: int, healthy: bool) -> list:
     event = PathHealthChanged(KEY, path, healthy, 1_000_000, world.now)
-    return world._play(world.core.path_health(event, world.qps, world.now))
+    return world._play(world.core.paths_health([event], world.qps, world.now))
 
 
 def four_paths_eight_qps() -> World:
@@ -692,7 +692,7 @@ def in_flight(world: World, name: str, waited_ms: float, acked: int = 10, sent: 
 
 def silent(world: World, path: int, silent_ms: int = 50) -> list:
     event = PathHealthChanged(KEY, path, False, 0, world.now, silent_ms * MS, 40 * MS)
-    return world._play(world.core.path_health(event, world.qps, world.now))
+    return world._play(world.core.paths_health([event], world.qps, world.now))
 
 
 def recheck(world: World, after_ms: float = 0) -> list:

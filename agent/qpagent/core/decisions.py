@@ -163,11 +163,6 @@ class Core:
             return []
         return self._apply(set(self.vteps), qps, "bfd", now)
 
-    def path_health(self, event: PathHealthChanged, qps: Mapping[bytes, QpView],
-                    now: float) -> list:
-        """One probed path's health changed (paths_health)."""
-        return self.paths_health([event], qps, now)
-
     def paths_health(self, events: list[PathHealthChanged], qps: Mapping[bytes, QpView],
                      now: float) -> list:
         """Probed paths went unhealthy (dead like a BFD-down uplink; the
