@@ -240,9 +240,11 @@ class BfdWatch(Periodic):
                 peers = json.loads(out or "[]")
             except (subprocess.TimeoutExpired, ValueError, OSError):
                 continue
+            if not isinstance(peers, list):     # a busy or restarting bfdd: no sample
+                continue
             now = time.time()
             for p in peers:
-                peer = p.get("peer")
+                peer = p.get("peer") if isinstance(p, dict) else None
                 if peer not in self.peers:
                     continue
                 key = (ns, peer)
@@ -257,7 +259,11 @@ class BfdWatch(Periodic):
         self.poll()
 
     def stop(self) -> list[dict]:
+        """Stops polling after one last look, so a state that still holds
+        (a peer down until the link is restored) is seen even when every
+        poll during the failure was lost to a loaded host."""
         self._join()
+        self.poll()
         return self.transitions
 
 

@@ -233,10 +233,10 @@ def run_scenario(lab: Lab, sc: Scenario, st: Settings, baseline_routes: dict,
         samples = counters.stop()
         seen = sniffer.stop()
         cpu_busy = cpu.stop()
+        transitions = bfd.stop() if bfd else []     # before the restore: its last look sees the cut
         if failure:
             lab.restore(failure["link"])
             failure["t_restore"] = time.time()
-        transitions = bfd.stop() if bfd else []
     statuses = {}
     if sc.mode != "kernel":
         for leaf in lab.leaves():
