@@ -246,7 +246,7 @@ class _Prober:
 
 def trace_ports(local_ip: str, remote_ip: str, ports: Iterable[int], dport: int = VXLAN_PORT,
                 max_ttl: int = 8, timeout_s: float = 0.3, netns: str | None = None,
-                retries: int = 2) -> Traces:
+                retries: int = 2, expect_depth: int = 0) -> Traces:
     """For every port, the hop addresses a UDP packet local_ip:port ->
     remote_ip:dport crosses (time-exceeded sources for TTL 1..n, in order).
 
@@ -257,6 +257,13 @@ def trace_ports(local_ip: str, remote_ip: str, ports: Iterable[int], dport: int 
     times the slowest reply seen. A hop silent throughout shows as SILENT_HOP
     when a farther one answered; a port nothing answered gets ().
     Ports that cannot be bound are left out and listed in `.skipped`.
+
+    expect_depth (0: unknown): the paths are known to be this many hops
+    deep. Then only TTLs up to one past it are sent, and the first round
+    ends once every port has all of them answered instead of waiting out
+    the silence past the end (the remote VTEP sends no time-exceeded): a
+    round then takes a round trip, not timeout_s. A path that grew deeper
+    shows as deep as it answered in time; the next full round sees it whole.
     """
     local_ip = _ipv4(local_ip, "local address")
     remote_ip = _ipv4(remote_ip, "remote address")
@@ -264,16 +271,21 @@ def trace_ports(local_ip: str, remote_ip: str, ports: Iterable[int], dport: int 
     _check_int(dport, 1, 65535, "destination port")
     _check_int(max_ttl, 1, _MAX_TTL, "max_ttl")
     _check_int(retries, 0, 10, "retries")
+    _check_int(expect_depth, 0, _MAX_TTL - 1, "expect_depth")
+    if expect_depth:
+        max_ttl = min(max_ttl, expect_depth + 1)
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise ProbeError(f"timeout_s must be a positive number of seconds: {timeout_s!r}")
     try:
         with netnsutil.enter(netns):
-            return _trace(local_ip, remote_ip, ports, dport, max_ttl, float(timeout_s), retries)
+            return _trace(local_ip, remote_ip, ports, dport, max_ttl, float(timeout_s), retries,
+                          expect_depth)
     except netnsutil.NetnsError as exc:
         raise ProbeError(str(exc)) from None
 
 
-def _trace(local_ip, remote_ip, ports, dport, max_ttl, timeout_s, retries) -> Traces:
+def _trace(local_ip, remote_ip, ports, dport, max_ttl, timeout_s, retries,
+           expect_depth=0) -> Traces:
     started = time.monotonic()
     traces = Traces()
     prober = _Prober(local_ip, remote_ip, dport, max_ttl)
@@ -284,7 +296,8 @@ def _trace(local_ip, remote_ip, ports, dport, max_ttl, timeout_s, retries) -> Tr
             _check_route(local_ip, remote_ip, ports[0], dport)
         everything = [(p, t) for t in range(1, max_ttl + 1) for p in list(prober.socks)]
         sent_at = prober.send(everything, traces)
-        prober.collect(sent_at, sent_at + timeout_s, lambda: not prober.unanswered(max_ttl))
+        whole = expect_depth or max_ttl
+        prober.collect(sent_at, sent_at + timeout_s, lambda: not prober.unanswered(whole))
         for _ in range(retries):
             missing = prober.unanswered(prober.deepest())
             if not missing:

@@ -55,8 +55,9 @@ class World:
            last_ns: int = NOW_NS) -> None:
         self.qps[name.encode()] = QpView(0, path, slot, port, 10, nbytes, 0, last_ns)
 
-    def paths(self, *found: Found, cause="route_del", fdb=None) -> list:
-        out = self.core.paths_seen(PathsSeen({KEY: list(found)}, cause, fdb), self.qps, self.now)
+    def paths(self, *found: Found, cause="route_del", fdb=None, started=None) -> list:
+        out = self.core.paths_seen(PathsSeen({KEY: list(found)}, cause, fdb, started),
+                                   self.qps, self.now)
         return self._play(out)
 
     def bfd(self, *down: str) -> list:
@@ -325,7 +326,75 @@ def test_a_wan_link_that_dies_and_heals_carries_its_share_again():
         for path in (0, 4):
             health(world, path, True)
         world.tick()
+    # and a TTL round begun since traces it over its own hops again
+    world.paths(*paths, cause="probe", started=world.now)
+    world.tick()
     assert per_wan_link() == ["1", "2", "3", "4"]
+
+
+def test_a_dead_path_answering_across_another_wan_link_is_not_taken_back():
+    """Seen in the lab: once BGP routed around a cut WAN link, the dead
+    paths answered again through the surviving link of their border, and
+    came back under their old hops: the agent balanced onto a WAN link that
+    was gone, and the surviving one carried 4 QPs of 8. A path answering
+    again is back only when a TTL round begun after its death traces it
+    over its own hops; one traced onto other hops is gone. The layout of
+    the test above: 8 paths, 2 per WAN link, one QP each."""
+    world = World(end_to_end=True)
+    layout = [("eth1", 1, 1), ("eth1", 1, 2), ("eth1", 2, 3), ("eth1", 2, 4),
+              ("eth2", 3, 1), ("eth2", 3, 2), ("eth2", 4, 3), ("eth2", 4, 4)]
+    paths = [e2e(up, [49152 + 8 * i], f"10.1.0.{spine}", f"10.8.0.{w}", "10.9.0.1")
+             for i, (up, spine, w) in enumerate(layout)]
+    world.paths(*paths, cause="start", fdb=FDB)
+    for path in range(8):
+        world.qp(f"q{path}", path, 49152 + 8 * path)
+        health(world, path, True)
+    vtep = world.core.vteps[KEY]
+
+    def per_wan_link():
+        wan = [vtep.paths[p].hops[1] for p in world.placement().values()]
+        return {w: wan.count(w) for w in sorted(set(wan))}
+    died = world.now
+    for path in (0, 4):                           # WAN link 1 is cut
+        health(world, path, False)
+    world.tick()
+    assert max(per_wan_link().values()) == 3 and "10.8.0.1" not in per_wan_link()
+    world.now += 1.5
+    for path in (0, 4):                           # both answer again, across WAN link 2
+        out = health(world, path, True)
+        assert [a for a in out if isinstance(a, MoveQp)] == []
+        assert any("once a TTL round traces it over its own hops" in a.detail
+                   for a in out if isinstance(a, Note))
+    world.tick()
+    assert not vtep.paths[0].alive and not vtep.paths[4].alive
+    # A round begun before the deaths says nothing new about them.
+    world.paths(*paths, cause="probe", started=died - 0.1)
+    assert not vtep.paths[0].alive and not vtep.paths[4].alive
+    # The round begun since traces their ports over WAN link 2: they are
+    # gone, and their ports serve the paths that cross WAN link 2.
+    now_on = [e2e("eth1", [49160, 49152], "10.1.0.1", "10.8.0.2", "10.9.0.1"),
+              e2e("eth2", [49192, 49184], "10.1.0.3", "10.8.0.2", "10.9.0.1")]
+    world.paths(now_on[0], *paths[2:4], now_on[1], *paths[6:], cause="probe", started=world.now)
+    world.tick()
+    assert not vtep.paths[0].alive and not vtep.paths[4].alive
+    assert not world.core.path_unhealthy(KEY, 0) and not world.core.path_unhealthy(KEY, 4)
+    assert vtep.paths[1].ports == [49160, 49152] and vtep.paths[5].ports == [49192, 49184]
+    assert sorted(per_wan_link().values()) == [2, 3, 3]
+
+
+def test_a_dead_path_traced_over_its_own_hops_again_is_back():
+    world = four_paths_eight_qps_e2e()
+    health(world, 2, False)
+    world.now += 1.5
+    health(world, 2, True)
+    assert not world.core.vteps[KEY].paths[2].alive
+    out = world.paths(*E2E_PATHS, cause="probe", started=world.now)
+    assert world.core.vteps[KEY].paths[2].alive
+    assert sorted((m.path, m.reason) for m in out if isinstance(m, MoveQp)) == \
+        [(2, "path_up"), (2, "path_up")]
+    assert any("answers again over its own hops: back in use" in a.detail
+               for a in out if isinstance(a, Note))
+    assert sorted(world.placement().values()) == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 # ---------------------------------------------------------------- idle QPs
@@ -427,6 +496,20 @@ def four_paths_eight_qps() -> World:
     world.paths(PATH_A, PATH_B, PATH_C, PATH_D, cause="start", fdb=FDB)
     for i, (path, base) in enumerate([(0, 49152), (1, 49160), (2, 49170), (3, 49180)] * 2):
         world.qp(f"q{i}", path, base + i // 4, i // 4)
+    return world
+
+
+E2E_PATHS = [e2e(f"eth{1 + i % 2}", [49152 + 8 * i, 49153 + 8 * i], f"10.1.0.{i}", "10.9.0.1")
+             for i in range(4)]
+
+
+def four_paths_eight_qps_e2e() -> World:
+    world = World(end_to_end=True)
+    world.paths(*E2E_PATHS, cause="start", fdb=FDB)
+    for i in range(8):
+        world.qp(f"q{i}", i % 4, 49152 + 8 * (i % 4) + i // 4, i // 4)
+    for path in range(4):
+        health(world, path, True)
     return world
 
 

@@ -162,6 +162,15 @@ def test_a_remote_that_answers_ends_the_trace_early(lab):
     assert traces.elapsed_s < 1.0
 
 
+def test_a_known_depth_ends_the_trace_once_every_hop_answered(lab):
+    # The remote VTEP sends nothing (its VXLAN device takes the probe), so
+    # without a known depth a round waits out timeout_s for silence past it.
+    traces = trace_ports(LOCAL, REMOTE, PORTS[:32], timeout_s=5.0, expect_depth=2,
+                         netns=lab["a"])
+    assert dict(traces) == fib_traces(lab, PORTS[:32])
+    assert traces.elapsed_s < 2.5, "the round waited for the timeout"
+
+
 def test_silent_routers_give_short_then_empty_traces(lab):
     ports = PORTS[:16]
     # Take away the routers' way back: their time-exceeded can no longer reach us.
@@ -249,6 +258,7 @@ def test_bad_input_gets_a_clear_message(lab, args, message):
     ({"dport": "4789"}, "destination port must be an integer in 1..65535: '4789'"),
     ({"max_ttl": 0}, "max_ttl must be an integer in 1..64: 0"),
     ({"timeout_s": -1}, "timeout_s must be a positive number of seconds: -1"),
+    ({"expect_depth": -1}, "expect_depth must be an integer in 0..63: -1"),
 ])
 def test_bad_options_get_a_clear_message(kwargs, message):
     with pytest.raises(ProbeError) as caught:

@@ -124,6 +124,12 @@ class Core:
         self._qp_seen: dict[bytes, tuple[int, int]] = {}
         # Paths without probe replies, by identity: dead like a BFD-down uplink.
         self.unhealthy: set[tuple[VtepKey, tuple]] = set()
+        # Of those, the ones answering again, by when they died: end to end,
+        # a path that answers again may answer across other links (routing
+        # moved under its ports), so it is back only once a TTL round that
+        # began after its death traces it over its own hops again.
+        self._untraced: dict[tuple[VtepKey, tuple], float] = {}
+        self._died_at: dict[tuple[VtepKey, tuple], float] = {}
         self._deadlines: dict[tuple[VtepKey, int], int] = {}   # armed paths
         # Per probed path: smoothed RTT and jitter margin, from the prober.
         self._rtt: dict[tuple[VtepKey, int], tuple[int, int]] = {}
@@ -147,12 +153,36 @@ class Core:
                 if event.cause == "probe":
                     if not pathtable.trustworthy(vtep, found):
                         continue
+                    traced = {f.identity for f in found}
                     found = pathtable.carry_over(self._found.get(key, []), found)
+                    out += self._traced_again(key, traced, {f.identity for f in found},
+                                              event.started)
             else:
                 continue
             self._found[key] = found
             touched.add(key)
         out += self._apply(touched, qps, event.cause, now, force_write=event.cause == "start")
+        return out
+
+    def _traced_again(self, key: VtepKey, traced: set, kept: set,
+                      started: float | None) -> list:
+        """A probe round's word on the dead paths of one VTEP: one that
+        answers again and was traced over its own hops by a round begun
+        after its death is back; one the round traced nowhere near its
+        hops (none of its ports kept) is gone, and so is its ill health."""
+        out = []
+        for ident in [i for i in self.unhealthy if i[0] == key]:
+            if ident[1] not in kept:
+                self.unhealthy.discard(ident)
+                self._untraced.pop(ident, None)
+                self._died_at.pop(ident, None)
+            elif ident in self._untraced and ident[1] in traced and started is not None \
+                    and started >= self._died_at.get(ident, 0.0):
+                self.unhealthy.discard(ident)
+                del self._untraced[ident]
+                self._died_at.pop(ident, None)
+                out.append(Note("liveness", f"a path of VTEP {self.vteps[key].address} "
+                                            f"answers again over its own hops: back in use"))
         return out
 
     def bfd_seen(self, event: BfdSeen, qps: Mapping[bytes, QpView], now: float) -> list:
@@ -201,13 +231,23 @@ class Core:
                 out.append(WriteDeadline(vtep.index, path.index, wanted))
             if ident not in self.unhealthy:
                 return None
+            if self.settings.end_to_end and path.hops:
+                if ident not in self._untraced:
+                    self._untraced[ident] = event.seen
+                    out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
+                                                f"({path.uplink}) answers again: back in use "
+                                                f"once a TTL round traces it over its own hops"))
+                return None
             self.unhealthy.discard(ident)
             out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
                                         f"({path.uplink}) answers again: back in use"))
             return "path_up"
         if ident in self.unhealthy:
+            if self._untraced.pop(ident, None) is not None:
+                self._died_at[ident] = event.seen     # died again before a trace
             return None
         self.unhealthy.add(ident)
+        self._died_at[ident] = event.seen
         silent = (f" for {event.silent_ns / 1e6:.0f} ms (deadline "
                   f"{event.deadline_ns / 1e6:.0f} ms)" if event.silent_ns else "")
         out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "

@@ -25,6 +25,7 @@ class PathsSeen:
     paths: dict[VtepKey, list[Found]]
     cause: str
     fdb: FdbSeen | None = None
+    started: float | None = None    # time.monotonic() when the look began
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,10 @@ PROBE_EVERY_S = 2.0
 # Beyond the first hop a path splits again: ask the FIB for more ports per
 # first hop than one path keeps, so that every end-to-end path gets enough.
 E2E_PORTS_FACTOR = 4
+# A quick round (a dead path answers again) traces half as many: each
+# router then answers every TTL that reaches it within its ICMP burst
+# (Linux: 50), so no retry round is needed for most.
+QUICK_PORTS_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,12 @@ class Target:
     address: str
     local: str
     port_range: tuple[int, int]
+    depth: int = 0       # hops of its live paths as last traced (0: unknown)
 
     @classmethod
     def of(cls, vtep: VtepState) -> "Target":
-        return cls(vtep.key, vtep.address, vtep.local, vtep.port_range)
+        depth = max((len(p.hops) for p in vtep.paths.values() if p.alive), default=0)
+        return cls(vtep.key, vtep.address, vtep.local, vtep.port_range, depth)
 
 
 class PathDiscovery:
@@ -63,15 +69,18 @@ class PathDiscovery:
         hi = min(self.source_ports[1], port_range[1] - 1)
         return list(range(lo, hi + 1)) if lo <= hi else []
 
-    def discover(self, target: Target) -> list[Found]:
+    def discover(self, target: Target, quick: bool = False) -> list[Found]:
         """Every path to one VTEP, numbered so that the first QPs of an idle
         VTEP take disjoint links (placement.diverse_order). An empty list
-        means no path at all (no route): every path is dead."""
+        means no path at all (no route): every path is dead. `quick` (end
+        to end): fewer ports, and no waiting for silence past the depth
+        the paths had (see trace_ports' expect_depth)."""
         per_path = self.ports_per_path
+        factor = QUICK_PORTS_FACTOR if quick else E2E_PORTS_FACTOR
         try:
             first = discover_paths(target.local, target.address,
                                    self.candidate_ports(target.port_range), self.uplinks,
-                                   ports_per_path=(min(64, per_path * E2E_PORTS_FACTOR)
+                                   ports_per_path=(min(64, per_path * factor)
                                                    if self.end_to_end else per_path),
                                    fib=self.fib)
         except FibError as exc:
@@ -79,7 +88,7 @@ class PathDiscovery:
             return []
         found = [Found(p.ifindex, p.ifname, p.gateway, (), tuple(p.ports)) for p in first]
         if self.end_to_end:
-            found = self._split_by_hops(target, found) or [
+            found = self._split_by_hops(target, found, target.depth if quick else 0) or [
                 Found(f.ifindex, f.ifname, f.gateway, (), f.ports[:per_path]) for f in found]
         else:
             found = [Found(f.ifindex, f.ifname, f.gateway, (), f.ports[:per_path]) for f in found]
@@ -102,11 +111,12 @@ class PathDiscovery:
             return (route.oif_name, route.gateway) if link_up[route.oif] else None
         return pathtable.still_on_first_hop(vtep, first_hop_of)
 
-    def _split_by_hops(self, target: Target, first: list[Found]) -> list[Found]:
+    def _split_by_hops(self, target: Target, first: list[Found],
+                       expect_depth: int = 0) -> list[Found]:
         from qpagent.probe import ProbeError, trace_ports
         ports = [port for p in first for port in p.ports]
         try:
-            traces = trace_ports(target.local, target.address, ports)
+            traces = trace_ports(target.local, target.address, ports, expect_depth=expect_depth)
         except ProbeError as exc:
             self._warn(f"end-to-end probes to {target.address}: {exc}")
             return []
@@ -138,6 +148,7 @@ class Prober:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._soon: set[VtepKey] = set()      # VTEPs asked for (soon())
 
     def set_targets(self, targets: list[Target]) -> None:
         with self._lock:
@@ -151,10 +162,13 @@ class Prober:
         self._stop.set()
         self._wake.set()
 
-    def soon(self) -> None:
-        """Trace again now, not at the next period: routing moved under the
-        paths (a dead path answers again, through links its identity does
-        not name, once BGP has routed around the failure)."""
+    def soon(self, keys: set[VtepKey]) -> None:
+        """Trace these VTEPs' paths again now (a quick round), not at the
+        next period: routing moved under the paths (a dead path answers
+        again, through links its identity does not name, once BGP has
+        routed around the failure; or the failure healed)."""
+        with self._lock:
+            self._soon |= set(keys)
         self._wake.set()
 
     def _run(self) -> None:
@@ -164,12 +178,17 @@ class Prober:
                 if self._stop.is_set():
                     return
                 self._wake.clear()
-                if asked:
-                    log.info("probe: tracing the paths again now (a dead path answers again)")
                 with self._lock:
                     targets = list(self._targets)
-                found = {t.key: self._discovery.discover(t) for t in targets}
-                self.events.put(ProbeRound(PathsSeen(found, "probe"), time.monotonic(),
+                    soon, self._soon = self._soon, set()
+                if asked:
+                    targets = [t for t in targets if t.key in soon]
+                    log.info("probe: tracing the paths to %s again now (a dead path answers again)",
+                             ", ".join(t.address for t in targets) or "no VTEP probed")
+                started = time.monotonic()
+                found = {t.key: self._discovery.discover(t, quick=asked) for t in targets}
+                self.events.put(ProbeRound(PathsSeen(found, "probe", started=started),
+                                           time.monotonic(),
                                            tuple(self._discovery.take_warnings())))
                 # Asked again meanwhile: not before a little while.
                 if self._stop.wait(self.SOON_EVERY_S):

@@ -155,7 +155,7 @@ class LivenessSource:
     def __init__(self, events: queue.Queue, read_health: Callable, interval_ms: int,
                  budget_pps: int, hold_down_ms: int, misses: int = 3,
                  believe_until: Callable[[int, int], None] = lambda _until, _misses: None,
-                 answering_again: Callable[[], None] = lambda: None):
+                 answering_again: Callable[[set], None] = lambda _keys: None):
         self.events = events
         self.read_health = read_health
         self.believe_until = believe_until
@@ -247,8 +247,9 @@ class LivenessSource:
                    for t in targets for index, _ in t.paths}
         changes = self.tracker.observe(by_path, deadlines, now_ns, now)
         if self.tracker.answering_again:
+            keys = {path[0] for path in self.tracker.answering_again}
             self.tracker.answering_again.clear()
-            self.answering_again()
+            self.answering_again(keys)
         rtts = []
         with self._lock:
             for (key, vtep, index), reading in by_path.items():
