@@ -289,6 +289,7 @@ class Agent:
                     for text in item.warnings:
                         self._warn(text)
                     moves = self._decide(self.core.paths_seen, item.paths)
+                    self._set_probe_targets()      # the paths' depth and ports may have changed
                     if moves:
                         self._note("probe", f"end-to-end paths changed: {moves} QP moves")
                 elif isinstance(item, PathRttSeen):
@@ -357,12 +358,15 @@ class Agent:
             self._warn(text)
         moves = self._decide(self.core.paths_seen, PathsSeen(paths, cause, fdb))
         self._keep_gateways_resolved(force=full)
-        if self._prober is not None:
-            self._prober.set_targets([Target.of(v) for v in self.core.probe_targets()])
+        self._set_probe_targets()
         self._set_liveness_targets()
         if seen is not None:
             self._timed(seen, cause, moves, kind="route")
         return moves
+
+    def _set_probe_targets(self) -> None:
+        if self._prober is not None:
+            self._prober.set_targets([Target.of(v) for v in self.core.probe_targets()])
 
     def _set_liveness_targets(self) -> None:
         if self._liveness is not None:

@@ -177,3 +177,19 @@ def test_the_hops_are_traced_again_when_asked_not_at_the_next_period():
         assert first.paths.started >= before
     finally:
         tracer.stop()
+
+
+def test_a_quick_round_knows_the_depth_and_a_port_of_every_path():
+    """What a quick round needs of a VTEP: how deep its live paths are (to
+    stop at the last hop instead of waiting out the silence) and the first
+    port of every path in the table, dead ones too (traced first, each path
+    is seen where its ports go now)."""
+    from qpagent.core.model import PathState, VtepState
+    vtep = VtepState(3, "vxlan100", "10.0.0.2", "10.0.0.1", (49152, 65535), {
+        0: PathState(0, 11, "eth1", "10.1.0.1", [49160, 49161], ("10.1.0.1", "10.2.0.1", "10.3.0.1")),
+        2: PathState(2, 12, "eth2", "10.1.0.3", [49170], ("10.1.0.3", "10.2.0.3", "10.3.0.1"),
+                     alive=False),
+        5: PathState(5, 12, "eth2", "10.1.0.3", [], ("10.1.0.3",)),
+    })
+    target = Target.of(vtep)
+    assert (target.depth, target.known_ports) == (3, (49160, 49170))

@@ -59,9 +59,11 @@ def carry_over(previous: list[Found], found: list[Found], per_path: int = PORTS_
     not answer every TTL leave ports, even whole paths, out of a round, and
     that says nothing about them. So a path keeps its identity, and with it
     its index and health, unless the round traced its ports onto another
-    path: a path of the previous round (as deep) not found again stays,
-    with the ports not traced elsewhere; a path found again keeps its ports first
-    (the QPs' slots and the probe port stay) and gains the new ones."""
+    path: a path of the previous round (as deep) not found again stays
+    while none of its ports was traced elsewhere (one that was says routing
+    moved under the path: where its other ports go is unknown); a path
+    found again keeps its ports first (the QPs' slots and the probe port
+    stay) and gains the new ones, less any traced elsewhere."""
     elsewhere: dict[int, tuple] = {}
     for f in found:
         for port in f.ports:
@@ -81,9 +83,8 @@ def carry_over(previous: list[Found], found: list[Found], per_path: int = PORTS_
     for old in previous:
         if old.identity in seen or len(old.hops) != depth:
             continue      # found again, or from a view of another depth (no hops yet)
-        kept = tuple(p for p in old.ports if p not in elsewhere)
-        if kept:
-            out.append(Found(old.ifindex, old.ifname, old.gateway, old.hops, kept))
+        if not any(p in elsewhere for p in old.ports):
+            out.append(old)
     return out
 
 

@@ -43,11 +43,15 @@ class Target:
     local: str
     port_range: tuple[int, int]
     depth: int = 0       # hops of its live paths as last traced (0: unknown)
+    # The first port of each path in the table: a quick round traces these
+    # first, so that each path is seen where its ports go now.
+    known_ports: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, vtep: VtepState) -> "Target":
         depth = max((len(p.hops) for p in vtep.paths.values() if p.alive), default=0)
-        return cls(vtep.key, vtep.address, vtep.local, vtep.port_range, depth)
+        known = tuple(p.ports[0] for _, p in sorted(vtep.paths.items()) if p.ports)
+        return cls(vtep.key, vtep.address, vtep.local, vtep.port_range, depth, known)
 
 
 class PathDiscovery:
@@ -77,9 +81,12 @@ class PathDiscovery:
         the paths had (see trace_ports' expect_depth)."""
         per_path = self.ports_per_path
         factor = QUICK_PORTS_FACTOR if quick else E2E_PORTS_FACTOR
+        candidates = self.candidate_ports(target.port_range)
+        if quick:
+            first_known = set(target.known_ports)
+            candidates = list(target.known_ports) + [p for p in candidates if p not in first_known]
         try:
-            first = discover_paths(target.local, target.address,
-                                   self.candidate_ports(target.port_range), self.uplinks,
+            first = discover_paths(target.local, target.address, candidates, self.uplinks,
                                    ports_per_path=(min(64, per_path * factor)
                                                    if self.end_to_end else per_path),
                                    fib=self.fib)
