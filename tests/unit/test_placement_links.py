@@ -109,3 +109,38 @@ def test_any_single_link_failure_keeps_uplinks_even_and_settles(cut):
         # Single moves can stall one QP short of even on larger K (28 QPs:
         # WAN links 6/8/8/6); every size the lab runs comes back exact.
         assert busiest_wan <= math.ceil(k / 4) + (0 if k <= 16 else 1), (k, wan_load(after))
+
+
+WAN_CAPACITY = {link: 5.0 for link in WAN}
+
+
+@pytest.mark.parametrize("cut", [link for link in ALL_LINKS if link[0] == "s"], ids=str)
+@pytest.mark.parametrize("k", [4, 6, 8, 12, 16])
+def test_a_spine_border_cut_keeps_the_wan_links_even_when_they_are_the_bottleneck(cut, k):
+    """Seen in the lab: after a spine-border cut, one spine reaches only
+    one border, and evening every link alike (that border link at 4 of 8
+    QPs) left the WAN links 3/2/2/1. With the WAN links named as the
+    bottleneck (configured capacities) they come first: 2/2/2/2."""
+    everything = list(LINKS)
+    live = [p for p in everything if cut not in LINKS[p]]
+    start = fill_by_data_plane(k, everything)
+    during = apply(start, rebalance(start, live, links=LINKS, bottlenecks=WAN_CAPACITY))
+    assert all(p in live for p in during.values())
+    assert max(wan_load(during).values()) == math.ceil(k / 4), wan_load(during)
+    assert rebalance(during, live, links=LINKS, bottlenecks=WAN_CAPACITY) == []
+
+
+def test_without_bottlenecks_named_every_link_counts_alike():
+    # The same cut, no capacities: the border link the cut leaves alone
+    # counts as much as a WAN link (the placement the lab showed).
+    everything = list(LINKS)
+    cut = "s2-b1"
+    live = [p for p in everything if cut not in LINKS[p]]
+    start = fill_by_data_plane(8, everything)
+    alike = apply(start, rebalance(start, live, links=LINKS))
+    wan_first = apply(start, rebalance(start, live, links=LINKS, bottlenecks=WAN_CAPACITY))
+    assert sorted(wan_load(alike).values()) == [1, 2, 2, 3]
+    assert sorted(wan_load(wan_first).values()) == [2, 2, 2, 2]
+    # and the uplinks stay even either way
+    assert sorted(tier(alike, lambda a: a == "first").values()) == [4, 4]
+    assert sorted(tier(wan_first, lambda a: a == "first").values()) == [4, 4]

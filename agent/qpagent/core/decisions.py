@@ -544,7 +544,8 @@ class Core:
         links = ({i: path_links(*vtep.paths[i].identity) for i in live}
                  if self.settings.end_to_end else None)
         moves = rebalance(assignment, live, {k: q.bytes for k, q in qps.items()}, recent,
-                          weights=weights, links=links)
+                          weights=weights, links=links,
+                          bottlenecks=self._bottlenecks(links))
         moved = {m.qp for m in moves}
         # Ports in use per path, so a moved QP gets a port of its own.
         taken: dict[int, set[int]] = {}
@@ -573,6 +574,20 @@ class Core:
             out += self._write_paths(vtep, qps)
         self._in_use[vtep.key] = Counter(q.path for q in qps.values())
         self._watch(before, [k for k in orphans if k in moved], repaired=False)
+        return out
+
+    def _bottlenecks(self, links: Mapping[int, tuple] | None) -> dict:
+        """The links of these paths with a configured capacity (an uplink
+        by name, a hop by address): balanced before the others."""
+        caps = self.settings.capacities
+        if not caps or not links:
+            return {}
+        out = {}
+        for path_links_ in links.values():
+            for link in path_links_:
+                name = link[1] if isinstance(link, tuple) and link[0] == "first" else link
+                if isinstance(name, str) and name in caps:
+                    out[link] = caps[name]
         return out
 
     # ------------------------------------------------------------ go-back NAKs

@@ -92,7 +92,8 @@ def rebalance(assignment: Mapping[QpId, int | None],
               recently_moved: Iterable[QpId] = (),
               path_bytes: Mapping[int, int] | None = None,
               weights: Mapping[int, float] | None = None,
-              links: Mapping[int, Iterable] | None = None) -> list[Move]:
+              links: Mapping[int, Iterable] | None = None,
+              bottlenecks: Mapping | None = None) -> list[Move]:
     """Moves that make `assignment` exactly balanced over `live_paths`
     (in proportion to `weights`, when given).
 
@@ -103,6 +104,10 @@ def rebalance(assignment: Mapping[QpId, int | None],
     weights: path -> bottleneck capacity (any unit); missing means equal.
     links: path -> the links it crosses (path_links); None: every path is
     a link of its own, and balance per path is balance per link.
+    bottlenecks: link -> capacity, for the links known to bound (configured
+    capacities, such as WAN links): these are balanced first, against
+    their own capacity, and the other links only among placements equal
+    on them.
     """
     live = sorted(set(live_paths))
     if not live:
@@ -140,7 +145,7 @@ def rebalance(assignment: Mapping[QpId, int | None],
 
     load = {p: sum(qp_bytes.get(qp, 0) for qp in members[p]) + path_bytes.get(p, 0)
             for p in live}
-    spread = _LinkSpread(live, links, w)
+    spread = _LinkSpread(live, links, w, bottlenecks)
     for p in live:
         spread.add(p, len(members[p]))
     # Heaviest first, each onto the path with room whose links are least
@@ -174,17 +179,24 @@ class _LinkSpread:
     """QPs per link, each against the link's capacity. Links are taken as
     equal unless paths carry weights: then a link is taken to carry as
     much as the widest live path through it (a path's weight is its
-    bottleneck). The count is raw, not per path offered: a link left with
-    fewer live paths after a failure is no smaller for it."""
+    bottleneck). Links named in `bottlenecks` carry their own capacity and
+    come first: a placement is more even when they are, whatever the rest
+    (the WAN links, not the fabric links that lead to them: after a
+    spine-border cut, evening the WAN links loads one border link more).
+    The count is raw, not per path offered: a link left with fewer live
+    paths after a failure is no smaller for it."""
 
     def __init__(self, live: list[int], links: Mapping[int, Iterable] | None,
-                 w: Mapping[int, float]):
+                 w: Mapping[int, float], bottlenecks: Mapping | None = None):
         self.links = {p: (("path", p),) + (tuple(links[p]) if links is not None and p in links else ())
                       for p in live}
         self.capacity: dict = {}
         for p in live:
             for link in self.links[p]:
                 self.capacity[link] = max(self.capacity.get(link, 0.0), w[p])
+        self.first = {link for link in self.capacity if bottlenecks and link in bottlenecks}
+        for link in self.first:
+            self.capacity[link] = float(bottlenecks[link])
         self.count = {link: 0 for link in self.capacity}
 
     def add(self, path: int, n: int) -> None:
@@ -192,13 +204,18 @@ class _LinkSpread:
             self.count[link] += n
 
     def after_one_more(self, path: int) -> tuple:
-        """The path's links, most loaded first, with one more QP on it."""
-        return _descending((self.count[l] + 1) / self.capacity[l] for l in self.links[path])
+        """The path's links, most loaded first (bottlenecks before the
+        rest), with one more QP on it."""
+        return self._tiers({l: self.count[l] + 1 for l in self.links[path]})
 
     def score(self) -> tuple:
-        """Every link's load, most loaded first: lower (compared from the
-        busiest link down) is more even."""
-        return _descending(c / self.capacity[l] for l, c in self.count.items())
+        """Every link's load, most loaded first (bottlenecks before the
+        rest): lower (compared from the busiest link down) is more even."""
+        return self._tiers(self.count)
+
+    def _tiers(self, counts: Mapping) -> tuple:
+        return (_descending(c / self.capacity[l] for l, c in counts.items() if l in self.first),
+                _descending(c / self.capacity[l] for l, c in counts.items() if l not in self.first))
 
 
 def _descending(loads: Iterable[float]) -> tuple:
