@@ -313,6 +313,9 @@ class Agent:
             kinds = Counter(e.kind for e in routes)
             cause = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in kinds.items())
             moves = self._topology(cause, seen=min(e.seen for e in routes), full=False)
+            if self._prober is not None and self.cfg.steer.end_to_end:
+                # Routing moved: the hops past the first may have too.
+                self._prober.soon(self.core.present, f"routes changed ({cause})")
             # After the maps are right: a recreated interface needs its programs back.
             if any(k.startswith("link") for k in kinds):
                 for line in self.dp.reattach_changed():

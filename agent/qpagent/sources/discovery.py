@@ -156,6 +156,7 @@ class Prober:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._soon: set[VtepKey] = set()      # VTEPs asked for (soon())
+        self._why = ""
 
     def set_targets(self, targets: list[Target]) -> None:
         with self._lock:
@@ -169,13 +170,15 @@ class Prober:
         self._stop.set()
         self._wake.set()
 
-    def soon(self, keys: set[VtepKey]) -> None:
+    def soon(self, keys: set[VtepKey], why: str = "a dead path answers again") -> None:
         """Trace these VTEPs' paths again now (a quick round), not at the
         next period: routing moved under the paths (a dead path answers
         again, through links its identity does not name, once BGP has
-        routed around the failure; or the failure healed)."""
+        routed around the failure; or the failure healed; or the routes
+        changed)."""
         with self._lock:
             self._soon |= set(keys)
+            self._why = why
         self._wake.set()
 
     def _run(self) -> None:
@@ -187,11 +190,11 @@ class Prober:
                 self._wake.clear()
                 with self._lock:
                     targets = list(self._targets)
-                    soon, self._soon = self._soon, set()
+                    soon, self._soon, why = self._soon, set(), self._why
                 if asked:
                     targets = [t for t in targets if t.key in soon]
-                    log.info("probe: tracing the paths to %s again now (a dead path answers again)",
-                             ", ".join(t.address for t in targets) or "no VTEP probed")
+                    log.info("probe: tracing the paths to %s again now (%s)",
+                             ", ".join(t.address for t in targets) or "no VTEP probed", why)
                 started = time.monotonic()
                 found = {t.key: self._discovery.discover(t, quick=asked) for t in targets}
                 self.events.put(ProbeRound(PathsSeen(found, "probe", started=started),
