@@ -67,7 +67,8 @@ class SteerSettings:
     end_to_end: bool = False    # group ports by every hop (TTL probes), not the first
     # Bottleneck capacities in Mbit/s, by uplink name or hop address (a first-hop
     # gateway or, end to end, a router's address on the path): placement puts
-    # QPs on paths in proportion to the smallest capacity each path crosses.
+    # QPs on paths in proportion to the smallest capacity each path crosses,
+    # and evens out the links named here before the others.
     capacities: dict[str, float] = field(default_factory=dict)
 
 

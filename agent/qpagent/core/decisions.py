@@ -168,8 +168,8 @@ class Core:
                       started: float | None) -> list:
         """A probe round's word on the dead paths of one VTEP: one that
         answers again and was traced over its own hops by a round begun
-        after its death is back; one the round traced nowhere near its
-        hops (none of its ports kept) is gone, and so is its ill health."""
+        after its death is back; one the round no longer keeps (a port of
+        it was traced onto other hops) is gone, and so is its ill health."""
         out = []
         for ident in [i for i in self.unhealthy if i[0] == key]:
             if ident[1] not in kept:

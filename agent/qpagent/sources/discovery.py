@@ -28,9 +28,9 @@ PROBE_EVERY_S = 2.0
 # Beyond the first hop a path splits again: ask the FIB for more ports per
 # first hop than one path keeps, so that every end-to-end path gets enough.
 E2E_PORTS_FACTOR = 4
-# A quick round (a dead path answers again) traces half as many: each
-# router then answers every TTL that reaches it within its ICMP burst
-# (Linux: 50), so no retry round is needed for most.
+# A quick round (a dead path answers again, routes changed) traces half as
+# many: each router then answers every TTL that reaches it within its ICMP
+# burst (Linux: 50), so no retry round is needed for most.
 QUICK_PORTS_FACTOR = 2
 
 
