@@ -147,14 +147,16 @@ static __always_inline __u32 silence_misses(__u64 now)
 
 /* Armed, and repair_config.probe_misses requests in a row unanswered, the
  * last of them for longer than the deadline (structs.h, path_health:
- * silent_since_ns is set only then). A path the agent never armed
- * (deadline 0: e.g. a remote VTEP that runs no agent and never answers) is
- * never silent. Whether anyone is probing is the caller's to ask
- * (silence_misses), once a path looks silent: not on every packet. */
+ * silent_since_ns is set only then), and no ACK of its QPs' data for as
+ * long. A path the agent never armed (deadline 0: e.g. a remote VTEP that
+ * runs no agent and never answers) is never silent. Whether anyone is
+ * probing is the caller's to ask (silence_misses), once a path looks
+ * silent: not on every packet. */
 static __always_inline int path_silent(const struct path_health *h, __u64 now)
 {
 	return h->deadline_ns && h->silent_since_ns &&
-	       elapsed(now, h->silent_since_ns) > h->deadline_ns;
+	       elapsed(now, h->silent_since_ns) > h->deadline_ns &&
+	       elapsed(now, h->acked_ns) > h->deadline_ns;
 }
 
 /* Not silent, or nobody is probing (the agent stopped). */
@@ -626,6 +628,20 @@ static __always_inline void keep_ack_frame(struct __sk_buff *skb, const struct p
 		bpf_skb_load_bytes(skb, p->inner_off, f->bytes, ACK_FRAME_LEN);
 }
 
+/* A QP's ACK moved on: the path it sends on delivers (path_silent). */
+static __always_inline void path_delivered(__u32 vtep, __u32 path, __u64 now)
+{
+	struct path_health *h;
+	__u32 idx;
+
+	if (vtep >= MAX_VTEPS || path >= MAX_PATHS)
+		return;
+	idx = vtep * MAX_PATHS + path;
+	h = path_health.lookup(&idx);   /* array: inlined */
+	if (h)
+		h->acked_ns = now;
+}
+
 /* An ACK or NAK coming back for a QP we steer: record it on the QP (found
  * through qp_reply) for qp_signal. Only ACKs and sequence-error NAKs tell
  * of the path; an RNR NAK or another NAK code is the responder's matter. */
@@ -664,6 +680,7 @@ static __always_inline void ack_seen(struct __sk_buff *skb, const struct pkt_inf
 		qs->ack_wait_ns = now;
 		qs->ack_valid = 1;
 		keep_ack_frame(skb, p, fwd);
+		path_delivered(qs->vtep, qs->path, now);
 	}
 	reply_count(REPLY_ACK);
 }

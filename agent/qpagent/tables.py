@@ -151,7 +151,8 @@ class QpTables:
         for vtep, path in paths:
             entry = self.path_health[self.path_health.Key(vtep * MAX_PATHS + path)]
             out[(vtep, path)] = HealthReading(entry.replies, entry.last_reply_ns, entry.rtt_ns,
-                                              entry.unanswered, entry.silent_since_ns)
+                                              entry.unanswered, entry.silent_since_ns,
+                                              entry.acked_ns)
         return out
 
     def suspects(self, paths, now_ns: int) -> set[tuple[int, int]]:

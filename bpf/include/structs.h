@@ -125,6 +125,11 @@ struct path_health {
 	__u32 leavers;
 	__u64 leave_ns;         /* the first of those leavers */
 	__u64 suspect_ns;       /* suspect since (0: not) */
+	/* path_probe: the newest ACK that moved a QP of this path on. Data
+	 * acknowledged is data the path delivered: behind a deep queue the
+	 * probes wait as long as the data, and a path whose QPs' ACKs keep
+	 * coming is slow, not dead (path_silent). */
+	__u64 acked_ns;
 };
 
 /* How qp_steer repairs QPs from their own signals; one entry, the agent's. */

@@ -18,8 +18,9 @@ from scapy.layers.l2 import Ether
 from conftest import TC_ACT_UNSPEC, event_counts, expect
 from qpagent import bpfsys, contract
 from qpagent.contract import MAX_PATHS
-from qt1_maps import (PROBE_REPLY, REPAIR_NAK, REPAIR_STALL, REPLY_ACK, REPLY_NAK,
-                      REPLY_UNPAIRED, qp_key, qp_state, set_alive, set_path, set_vtep)
+from qt1_maps import (PROBE_REPLY, REPAIR_LIVENESS, REPAIR_NAK, REPAIR_STALL, REPLY_ACK,
+                      REPLY_NAK, REPLY_UNPAIRED, qp_key, qp_state, set_alive, set_path, set_vtep)
+from qt1_maps import set_health as set_health_silent
 from qt1_packets import (AETH_NAK_PSN_SEQ, AETH_RNR_NAK, HOST_A_MAC, HOST_B_MAC, probe_frame, probe_msg,
                          roce, roce_ack, vxlan)
 
@@ -431,3 +432,51 @@ def test_a_lower_psn_with_data_outstanding_is_a_resend(probe_and_steer):
     forward(steer, psn=4)                     # go-back-N from 4
     st = state(steer)
     assert (st["repairs"], st["next_psn"], st["ack_valid"]) == (1, 6, 1)
+
+
+# ------------------------------------------------------------ ACKs as signs of life
+
+def test_an_ack_moving_a_qp_on_notes_that_its_path_delivers(probe_and_steer):
+    probe, steer = probe_and_steer
+    sent(steer, range(1, 6))
+    before = time.monotonic_ns()
+    back(probe, psn=3)
+    delivered = health(steer, 0)["acked_ns"]
+    assert before <= delivered <= time.monotonic_ns()
+    back(probe, psn=2)                        # an older ACK is no news
+    back(probe, 3, syndrome=AETH_NAK_PSN_SEQ)  # nor is a NAK
+    assert health(steer, 0)["acked_ns"] == delivered
+    assert health(steer, 1)["acked_ns"] == 0  # the other path delivered nothing
+
+
+def silent_by_probes(steer, path):
+    """Armed, its requests unanswered past the deadline (as qt1_maps.set_health)."""
+    set_health_silent(steer, VTEP, path, deadline_ns=30 * MS,
+                      last_reply_ns=time.monotonic_ns() - 1000 * MS)
+
+
+def test_a_path_whose_acks_keep_coming_is_not_dead_however_late_its_probes(probe_and_steer):
+    """Behind a deep queue (the lab's WAN links buffer 400 ms) the probes
+    wait as long as the data: a path whose QPs' data is acknowledged within
+    its deadline is slow, not dead, and keeps its QPs."""
+    probe, steer = probe_and_steer
+    sent(steer, range(1, 6))
+    set_health_silent(steer, VTEP, 1, deadline_ns=10_000 * MS, last_reply_ns=time.monotonic_ns())
+    silent_by_probes(steer, 0)
+    back(probe, psn=3)                        # data delivered just now
+    forward(steer, 6)
+    assert state(steer)["path"] == 0
+    assert event_counts(steer, "repair_events") == {}
+
+
+def test_acks_older_than_the_deadline_do_not_keep_a_silent_path_alive(probe_and_steer):
+    probe, steer = probe_and_steer
+    sent(steer, range(1, 6))
+    set_health_silent(steer, VTEP, 1, deadline_ns=10_000 * MS, last_reply_ns=time.monotonic_ns())
+    back(probe, psn=3)
+    silent_by_probes(steer, 0)
+    # 30 ms plus qp_steer's clock tick (clock.h) ago
+    set_health(steer, 0, acked_ns=health(steer, 0)["acked_ns"] - 50 * MS)
+    forward(steer, 6)
+    assert state(steer)["path"] == 1
+    assert event_counts(steer, "repair_events") == {REPAIR_LIVENESS: 1}

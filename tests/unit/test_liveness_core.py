@@ -142,6 +142,23 @@ def test_a_prober_that_stalls_kills_no_path():
     assert [(c.path_index, c.healthy, c.silent_ns) for c in out] == [(0, False, 31 * MS)]
 
 
+def test_a_path_whose_data_is_acknowledged_is_slow_not_dead():
+    """Behind a deep queue the probes wait as long as the data: while the
+    QPs' data on a path is acknowledged within its deadline, unanswered
+    requests do not kill it; once the ACKs stop too, they do (as
+    qp_steer's path_silent)."""
+    tracker = HealthTracker(HOLD_DOWN, MISSES)
+    path = (KEY, 0, 0)
+    tracker.observe({path: HealthReading(1, 10 * MS, 2 * MS)}, {KEY: DEADLINE}, 10 * MS, 0.01)
+    queued = HealthReading(1, 10 * MS, 2 * MS, unanswered=5, silent_since_ns=40 * MS,
+                           acked_ns=300 * MS)
+    assert tracker.observe({path: queued}, {KEY: DEADLINE}, 310 * MS, 0.31) == []
+    assert tracker.state(path) == UP
+    out = tracker.observe({path: queued}, {KEY: DEADLINE}, 300 * MS + DEADLINE + MS, 0.4)
+    assert [(c.path_index, c.healthy, c.silent_ns) for c in out] == \
+        [(0, False, DEADLINE + MS)]
+
+
 def test_every_path_silent_at_once_is_a_stall_not_a_failure():
     steps = [(t, {0: (t // 10, t - 1), 1: (t // 10, t - 1)}) for t in range(10, 100, 10)]
     steps += [(t, {0: (9, 89), 1: (9, 89)}) for t in range(100, 200, 10)]   # both silent

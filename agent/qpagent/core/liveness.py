@@ -94,13 +94,17 @@ class HealthReading:
     rtt_ns: int = 0
     unanswered: int = 0         # requests left since the newest reply's
     silent_since_ns: int = 0    # when the misses-th of them left (0: fewer)
+    acked_ns: int = 0           # the newest ACK that moved a QP of the path on
 
     def silent_for(self, now_ns: int, misses: int) -> int:
         """How long the path has been silent: since the `misses`-th
-        unanswered request left; 0 while fewer are unanswered."""
+        unanswered request left, or since its QPs' data was last
+        acknowledged if that is later (behind a deep queue the probes wait
+        as long as the data: a path that delivers is slow, not dead); 0
+        while fewer are unanswered. As qp_steer's path_silent has it."""
         if self.unanswered < misses or not self.silent_since_ns:
             return 0
-        return max(0, now_ns - self.silent_since_ns)
+        return max(0, now_ns - max(self.silent_since_ns, self.acked_ns))
 
 
 @dataclass
