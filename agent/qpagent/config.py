@@ -99,6 +99,7 @@ class LivenessSettings:
     rtt_margin_ms: int = 10        # each for its smoothed RTT plus this (at least an interval)
     budget_pps: int = 1000         # probes per second per remote VTEP, at most
     hold_down_ms: int = 1000       # a dead path is back after answering this long
+    dscp: int = 48                 # probes marked CS6, network control (as BFD)
 
 
 @dataclass(frozen=True)
@@ -505,6 +506,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, bool]]] = {
         "rtt_margin_ms": (_integer(0, 60_000), False),
         "budget_pps": (_integer(1, 1_000_000), False),
         "hold_down_ms": (_integer(0, 3_600_000), False),
+        "dscp": (_integer(0, 63), False),
     },
     "repair": {
         "retransmit": (_boolean, False),

@@ -225,7 +225,8 @@ class Agent:
             self._liveness = LivenessSource(
                 self._queue, self.tables.health, live.interval_ms, live.budget_pps,
                 live.hold_down_ms, live.misses, believe_until=self.tables.believe_probes_until,
-                answering_again=self._prober.soon if self._prober else lambda _keys: None)
+                answering_again=self._prober.soon if self._prober else lambda _keys: None,
+                dscp=live.dscp)
             self._set_liveness_targets()
             self._services.append(self._liveness.start())
 

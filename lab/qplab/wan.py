@@ -3,7 +3,9 @@
 A WAN link is router A <-> WAN box <-> router B: two veth pairs meeting in a
 small namespace. The box runs the user-space delay line (qplab.delayline),
 which adds delay, jitter and loss and can blackhole the link (this kernel has
-no netem); rate is a tbf on each router's egress into the box.
+no netem); rate is a tbf on each router's egress into the box, in an htb
+class beside a class that takes network control (DSCP CS6: BFD, and
+qpagent's liveness probes) first, as WAN routers queue it.
 """
 from __future__ import annotations
 
@@ -68,15 +70,37 @@ def tbf_args(rate_mbit: float, buffer_ms: float = DEFAULT_BUFFER_MS) -> list[str
     return ["tbf", "rate", f"{rate_mbit:g}mbit", "burst", str(burst), "latency", f"{buffer_ms:g}ms"]
 
 
+# DSCP CS6 (network control) in the IPv4 TOS byte, and the mask of its DSCP bits.
+NETWORK_CONTROL_TOS, DSCP_MASK = 0xC0, 0xFC
+
+
+def rate_qdisc_lines(dev: str, rate_mbit: float, buffer_ms: float = DEFAULT_BUFFER_MS) -> list[str]:
+    """`tc -batch` lines for one egress, all within the link's rate: htb
+    class 1:10 takes network control first (BFD would otherwise flap, and
+    liveness probes look dead, behind buffer_ms of queued data), class
+    1:20 everything else through the tbf and its buffer. (This kernel has
+    neither prio nor ets.)"""
+    kbit = max(int(rate_mbit * 1000), 1)
+    control = max(kbit // 10, 100)
+    return [f"qdisc add dev {dev} root handle 1: htb default 20",
+            f"class add dev {dev} parent 1: classid 1:1 htb rate {kbit}kbit ceil {kbit}kbit",
+            f"class add dev {dev} parent 1:1 classid 1:10 htb rate {control}kbit "
+            f"ceil {kbit}kbit prio 0",
+            f"class add dev {dev} parent 1:1 classid 1:20 htb rate {max(kbit - control, 1)}kbit "
+            f"ceil {kbit}kbit prio 1",
+            f"qdisc add dev {dev} parent 1:20 handle 20: {' '.join(tbf_args(rate_mbit, buffer_ms))}",
+            f"filter add dev {dev} parent 1: protocol ip prio 1 u32 "
+            f"match ip tos {NETWORK_CONTROL_TOS:#x} {DSCP_MASK:#x} flowid 1:10"]
+
+
 def set_rate(w: WanState, ctx: LabContext, rate_mbit: float,
              buffer_ms: float = DEFAULT_BUFFER_MS) -> None:
     """Both routers' egress into the box; rate 0 removes the limit."""
     for node, dev in ((w.a, w.a_if), (w.b, w.b_if)):
+        netns.run(["tc", "-n", ctx.ns(node), "qdisc", "del", "dev", dev, "root"], check=False)
         if rate_mbit and rate_mbit > 0:
-            netns.run(["tc", "-n", ctx.ns(node), "qdisc", "replace", "dev", dev, "root"]
-                      + tbf_args(rate_mbit, buffer_ms))
-        else:
-            netns.run(["tc", "-n", ctx.ns(node), "qdisc", "del", "dev", dev, "root"], check=False)
+            netns.run(["tc", "-n", ctx.ns(node), "-batch", "-"],
+                      input="\n".join(rate_qdisc_lines(dev, rate_mbit, buffer_ms)) + "\n")
 
 
 def parse_settings(pairs: list[str]) -> dict:

@@ -100,9 +100,10 @@ def probe_msg(kind, vtep=2, path=1, seq=7, tx_ns=123_456_789):
 
 
 def probe_frame(payload, src="10.255.0.2", dst="10.255.0.1", sport=50123, dport=4789,
-          smac="02:00:00:00:01:02", dmac="02:00:00:00:01:01", ttl=61, vni=0xFFFFFF):
+          smac="02:00:00:00:01:02", dmac="02:00:00:00:01:01", ttl=61, vni=0xFFFFFF, tos=0):
     """A liveness probe as it arrives on an uplink: outer IPv4 VXLAN with the
     probe VNI, `payload` (a probe_msg, or anything) after the VXLAN header."""
-    ip = IPv6(src=src, dst=dst, hlim=ttl) if ":" in src else IP(src=src, dst=dst, ttl=ttl, id=0x4242)
+    ip = (IPv6(src=src, dst=dst, hlim=ttl) if ":" in src
+          else IP(src=src, dst=dst, ttl=ttl, id=0x4242, tos=tos))
     return Ether(raw(Ether(src=smac, dst=dmac) / ip / UDP(sport=sport, dport=dport, chksum=0)
                      / VXLAN(vni=vni, flags=0x08) / payload))

@@ -87,6 +87,23 @@ def test_a_request_leaves_again_as_its_exact_reply_in_two_copies(probe):
     assert health(probe, 9, 3)["replies"] == 0
 
 
+def test_a_reply_keeps_the_requests_dscp(probe):
+    """The agent marks its probes network control (liveness.dscp, CS6): both
+    copies of the reply go back marked, so routers queue them as the
+    request was queued."""
+    request = probe_frame(probe_msg(PROBE_REQUEST, vtep=9, path=3, seq=41, tx_ns=1), tos=0xC0)
+
+    def reply(sport):
+        return Ether(raw(Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02")
+                         / IP(src="10.255.0.1", dst="10.255.0.2", ttl=64, id=0x4242, tos=0xC0)
+                         / UDP(sport=sport, dport=4789, chksum=0)
+                         / raw(request[UDP].payload)[:8]
+                         / probe_msg(PROBE_REPLY, vtep=9, path=3, seq=41, tx_ns=1)))
+    with frames_leaving_lo() as clones:
+        expect(probe, request, TC_ACT_REDIRECT, reply(50123 ^ PORT_FLIP), ctx=ctx())
+    assert_frame(next(f for f in clones if f[12:14] == b"\x08\x00"), bytes(reply(50123)))
+
+
 def test_a_request_whose_ip_header_has_options_is_answered_with_a_valid_checksum(probe):
     request = probe_frame(probe_msg(PROBE_REQUEST), ttl=3)
     request[IP].options = b"\x01\x01\x01\x00"          # NOP NOP NOP EOL

@@ -49,6 +49,7 @@ interval_ms = 20
 misses = 5
 budget_pps = 400
 hold_down_ms = 2500
+dscp = 46
 
 [repair]
 retransmit = false
@@ -108,7 +109,7 @@ def test_full_file_is_read_whole(tmp_path):
         "frr": {"enabled": True, "namespace": "leaf1", "vtysh": "/usr/bin/vtysh"},
         "liveness": {"enabled": False, "interval_ms": 20, "misses": 5, "rtt_margin_ms": 10,
                      "budget_pps": 400,
-                     "hold_down_ms": 2500},
+                     "hold_down_ms": 2500, "dscp": 46},
         "repair": {"retransmit": False, "nak": True, "stall_ms": 80, "holddown_ms": 250,
                    "go_back": True},
     }
@@ -158,6 +159,7 @@ def test_liveness_and_repair_defaults():
     ("liveness", "misses", "0", "expected an integer 1..100, got 0"),
     ("liveness", "budget_pps", "-1", "expected an integer 1..1000000, got -1"),
     ("liveness", "hold_down_ms", '"1s"', "expected an integer 0..3600000, got string '1s'"),
+    ("liveness", "dscp", "64", "expected an integer 0..63, got 64"),
     ("liveness", "enabled", '"yes"', "expected true or false, got string 'yes'"),
     ("repair", "retransmit", "1", "expected true or false, got integer 1"),
     ("repair", "holddown_ms", "-5", "expected an integer 0..3600000, got -5"),

@@ -208,10 +208,11 @@ def test_the_prober_tells_the_core_of_rtt_changes_worth_a_new_deadline():
 
 
 def test_probe_packet_is_vxlan_with_the_paths_5_tuple_and_a_whole_probe_msg():
-    raw = probe_packet("10.0.0.1", "10.0.0.2", 49160, vtep=3, path=5, seq=7, tx_ns=123456789)
+    raw = probe_packet("10.0.0.1", "10.0.0.2", 49160, vtep=3, path=5, seq=7, tx_ns=123456789,
+                       dscp=48)
     pkt = IP(raw)
-    assert (pkt[IP].src, pkt[IP].dst, pkt[IP].ttl, pkt[IP].len) == \
-        ("10.0.0.1", "10.0.0.2", 64, len(raw))
+    assert (pkt[IP].src, pkt[IP].dst, pkt[IP].ttl, pkt[IP].len, pkt[IP].tos) == \
+        ("10.0.0.1", "10.0.0.2", 64, len(raw), 0xC0)
     assert (pkt[UDP].sport, pkt[UDP].dport, pkt[UDP].chksum, pkt[UDP].len) == \
         (49160, 4789, 0, len(raw) - 20)
     assert (pkt[VXLAN].flags, pkt[VXLAN].vni) == (0x08, PROBE_VNI)

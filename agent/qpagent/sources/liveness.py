@@ -40,9 +40,12 @@ LOSS_WINDOW_S = 1.0      # probe loss is reported over the last second
 
 
 def probe_packet(local: str, remote: str, sport: int, vtep: int, path: int, seq: int,
-                 tx_ns: int) -> bytes:
+                 tx_ns: int, dscp: int = 0) -> bytes:
     """IPv4 + UDP + VXLAN + probe_msg. The kernel fills the IP id and
-    checksum (IP_HDRINCL); the UDP checksum is 0, as VXLAN senders leave it."""
+    checksum (IP_HDRINCL); the UDP checksum is 0, as VXLAN senders leave it.
+    `dscp` marks it (the reply keeps it): ECMP hashes no DSCP, so the probe
+    still takes the data's path, but a router that queues network control
+    apart (as for BFD) does not hold it behind the data."""
     msg = PROBE_MSG()
     msg.magic = socket.htonl(PROBE_MAGIC)
     msg.kind = PROBE_REQUEST
@@ -51,7 +54,7 @@ def probe_packet(local: str, remote: str, sport: int, vtep: int, path: int, seq:
     payload = vxlan + bytes(msg)
     udp = struct.pack("!HHHH", sport, VXLAN_UDP_PORT, 8 + len(payload), 0)
     total = 20 + len(udp) + len(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, socket.IPPROTO_UDP, 0,
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, dscp << 2, total, 0, 0, 64, socket.IPPROTO_UDP, 0,
                      socket.inet_aton(local), socket.inet_aton(remote))
     return ip + udp + payload
 
@@ -155,8 +158,10 @@ class LivenessSource:
     def __init__(self, events: queue.Queue, read_health: Callable, interval_ms: int,
                  budget_pps: int, hold_down_ms: int, misses: int = 3,
                  believe_until: Callable[[int, int], None] = lambda _until, _misses: None,
-                 answering_again: Callable[[set], None] = lambda _keys: None):
+                 answering_again: Callable[[set], None] = lambda _keys: None,
+                 dscp: int = 0):
         self.events = events
+        self.dscp = dscp
         self.read_health = read_health
         self.believe_until = believe_until
         # A dead path answers again: routing moved under it (or it healed).
@@ -274,7 +279,7 @@ class LivenessSource:
             seq = self._seq.get(pair, time.monotonic_ns() // 1_000_000) + 1 & 0xFFFFFFFF
             self._seq[pair] = seq
             packet = probe_packet(target.local, target.address, port, target.vtep, index,
-                                  seq, time.monotonic_ns())
+                                  seq, time.monotonic_ns(), self.dscp)
             try:
                 self._sock.sendto(packet, (target.address, 0))
             except OSError as exc:   # no route right now: the path will miss
