@@ -264,6 +264,7 @@ misses = 3
 rtt_margin_ms = 10
 budget_pps = 1000
 hold_down_ms = 1000
+dscp = 48
 
 [repair]
 retransmit = false

@@ -107,7 +107,7 @@ def test_agent_config_is_accepted_by_qpagent(plan, tmp_path):
         "frr": {"enabled": True, "namespace": "qpl-dc2-leaf2", "vtysh": "vtysh"},
         "liveness": {"enabled": False, "interval_ms": 10, "misses": 3, "rtt_margin_ms": 10,
                      "budget_pps": 1000,
-                     "hold_down_ms": 1000},
+                     "hold_down_ms": 1000, "dscp": 48},
         "repair": {"retransmit": False, "nak": False, "stall_ms": 0, "holddown_ms": 100,
                    "go_back": True}}
     # and the agent's own command accepts the file
