@@ -89,10 +89,10 @@ class FrrSettings:
 @dataclass(frozen=True)
 class LivenessSettings:
     """End-to-end path liveness: probes answered by the remote VTEP's data plane,
-    on the paths in use and their spares. Off by default: it repairs a
-    two-VTEP cut in 16-31 ms, but in the full lab, on a busy two-core host,
-    it still declared paths dead with nothing failed and did not beat BFD
-    (README, "Failures")."""
+    on the paths in use and their spares. Off by default: in the full lab
+    it repairs before BFD and keeps the WAN links even, but on a two-core
+    host its probing (a Python prober at 100 probes a second per path)
+    takes the CPU a ring AllReduce needs (README, "Failures")."""
     enabled: bool = False
     interval_ms: int = 10          # each path in use (and its spare) probed this often
     misses: int = 3                # dead after this many requests in a row unanswered,
