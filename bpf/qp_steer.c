@@ -185,16 +185,22 @@ static __always_inline int suspect(const struct path_health *h, __u64 now)
 	return h->suspect_ns && elapsed(now, h->suspect_ns) <= SUSPECT_HOLD_MS * 1000000ULL;
 }
 
-/* A QP left this path on its own signal: one more leaver in the window. */
-static __always_inline void note_leaver(__u32 vtep, __u32 path, __u64 now)
+/* The liveness of one path, or NULL when the indexes are out of range. */
+static __always_inline struct path_health *health_of(__u32 vtep, __u32 path)
 {
-	struct path_health *h;
 	__u32 idx;
 
 	if (vtep >= MAX_VTEPS || path >= MAX_PATHS)
-		return;
+		return NULL;
 	idx = vtep * MAX_PATHS + path;
-	h = path_health.lookup(&idx);   /* array: inlined */
+	return path_health.lookup(&idx);     /* array: inlined, no call */
+}
+
+/* A QP left this path on its own signal: one more leaver in the window. */
+static __always_inline void note_leaver(__u32 vtep, __u32 path, __u64 now)
+{
+	struct path_health *h = health_of(vtep, path);
+
 	if (!h)
 		return;
 	if (!h->leavers || elapsed(now, h->leave_ns) > SUSPECT_WINDOW_MS * 1000000ULL) {
@@ -631,13 +637,8 @@ static __always_inline void keep_ack_frame(struct __sk_buff *skb, const struct p
 /* A QP's ACK moved on: the path it sends on delivers (path_silent). */
 static __always_inline void path_delivered(__u32 vtep, __u32 path, __u64 now)
 {
-	struct path_health *h;
-	__u32 idx;
+	struct path_health *h = health_of(vtep, path);
 
-	if (vtep >= MAX_VTEPS || path >= MAX_PATHS)
-		return;
-	idx = vtep * MAX_PATHS + path;
-	h = path_health.lookup(&idx);   /* array: inlined */
 	if (h)
 		h->acked_ns = now;
 }
@@ -740,7 +741,6 @@ static __always_inline int probe_handle(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct probe_frame f = {};
 	struct path_health *h;
-	__u32 vtep, path, idx;
 	__u64 now;
 	int found;
 
@@ -758,14 +758,7 @@ static __always_inline int probe_handle(struct __sk_buff *skb)
 		probe_count(PROBE_MALFORMED);
 		return TC_PASS;
 	}
-	vtep = f.msg->vtep;
-	path = f.msg->path;
-	if (vtep >= MAX_VTEPS || path >= MAX_PATHS) {
-		probe_count(PROBE_REPLY_UNKNOWN);
-		return TC_ACT_SHOT;
-	}
-	idx = vtep * MAX_PATHS + path;
-	h = path_health.lookup(&idx);
+	h = health_of(f.msg->vtep, f.msg->path);
 	if (!h) {
 		probe_count(PROBE_REPLY_UNKNOWN);
 		return TC_ACT_SHOT;
@@ -818,16 +811,10 @@ int probe_sent(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct probe_frame f = {};
 	struct path_health *h;
-	__u32 vtep, path, idx;
 
 	if (!probe_request_leaving(data, data_end, &f))
 		return TC_PASS;
-	vtep = f.msg->vtep;
-	path = f.msg->path;
-	if (vtep >= MAX_VTEPS || path >= MAX_PATHS)
-		return TC_PASS;
-	idx = vtep * MAX_PATHS + path;
-	h = path_health.lookup(&idx);   /* array: inlined */
+	h = health_of(f.msg->vtep, f.msg->path);
 	if (h)
 		request_left(h, f.msg->seq, bpf_ktime_get_ns());
 	return TC_PASS;
