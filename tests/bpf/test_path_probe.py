@@ -63,24 +63,29 @@ def frames_leaving_lo():
         sock.close()
 
 
-def test_a_request_leaves_again_as_its_exact_reply_in_two_copies(probe):
-    request = probe_frame(probe_msg(PROBE_REQUEST, vtep=9, path=3, seq=41, tx_ns=987_654_321))
+def answered_twice(probe, tx_ns, tos=0):
+    """A request (vtep 9, path 3, seq 41) in; both copies of its reply out,
+    compared whole: addresses swapped back towards the sender, the
+    destination port kept (still VXLAN on the way back), the message echoed
+    but for its kind, TTL 64 with the IP checksum to match, UDP checksum 0,
+    the DSCP kept. The copy the program hands back (redirected out of the
+    uplink) has its source port flipped, so the way back hashes it
+    elsewhere; the other, cloned out of the same uplink, the request's own."""
+    request = probe_frame(probe_msg(PROBE_REQUEST, vtep=9, path=3, seq=41, tx_ns=tx_ns), tos=tos)
 
     def reply(sport):
-        # Addresses swapped back towards the sender, the destination port
-        # kept (still VXLAN on the way back); the message echoed but for
-        # its kind; TTL 64 with the IP checksum to match; UDP checksum 0.
         return Ether(raw(Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02")
-                         / IP(src="10.255.0.1", dst="10.255.0.2", ttl=64, id=0x4242)
+                         / IP(src="10.255.0.1", dst="10.255.0.2", ttl=64, id=0x4242, tos=tos)
                          / UDP(sport=sport, dport=4789, chksum=0)
                          / raw(request[UDP].payload)[:8]
-                         / probe_msg(PROBE_REPLY, vtep=9, path=3, seq=41, tx_ns=987_654_321)))
+                         / probe_msg(PROBE_REPLY, vtep=9, path=3, seq=41, tx_ns=tx_ns)))
     with frames_leaving_lo() as clones:
-        # The copy the program hands back (redirected out of the uplink):
-        # its source port flipped, so the way back hashes it elsewhere.
         expect(probe, request, TC_ACT_REDIRECT, reply(50123 ^ PORT_FLIP), ctx=ctx())
-    # The other copy, cloned out of the same uplink: the request's own port.
     assert_frame(next(f for f in clones if f[12:14] == b"\x08\x00"), bytes(reply(50123)))
+
+
+def test_a_request_leaves_again_as_its_exact_reply_in_two_copies(probe):
+    answered_twice(probe, tx_ns=987_654_321)
     assert event_counts(probe, "probe_events") == {PROBE_ANSWERED: 1}
     assert parse_counts(probe, UPLINK, HOOK_PATH_PROBE) != {}
     # The answering side keeps no state: nothing recorded as a reply.
@@ -91,17 +96,7 @@ def test_a_reply_keeps_the_requests_dscp(probe):
     """The agent marks its probes network control (liveness.dscp, CS6): both
     copies of the reply go back marked, so routers queue them as the
     request was queued."""
-    request = probe_frame(probe_msg(PROBE_REQUEST, vtep=9, path=3, seq=41, tx_ns=1), tos=0xC0)
-
-    def reply(sport):
-        return Ether(raw(Ether(src="02:00:00:00:01:01", dst="02:00:00:00:01:02")
-                         / IP(src="10.255.0.1", dst="10.255.0.2", ttl=64, id=0x4242, tos=0xC0)
-                         / UDP(sport=sport, dport=4789, chksum=0)
-                         / raw(request[UDP].payload)[:8]
-                         / probe_msg(PROBE_REPLY, vtep=9, path=3, seq=41, tx_ns=1)))
-    with frames_leaving_lo() as clones:
-        expect(probe, request, TC_ACT_REDIRECT, reply(50123 ^ PORT_FLIP), ctx=ctx())
-    assert_frame(next(f for f in clones if f[12:14] == b"\x08\x00"), bytes(reply(50123)))
+    answered_twice(probe, tx_ns=1, tos=0xC0)
 
 
 def test_a_request_whose_ip_header_has_options_is_answered_with_a_valid_checksum(probe):
