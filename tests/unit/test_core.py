@@ -301,18 +301,24 @@ def test_more_paths_than_the_table_holds_is_a_warning_not_a_crash():
     assert len(world.core.vteps[KEY].paths) == MAX_PATHS
 
 
-def test_a_wan_link_that_dies_and_heals_carries_its_share_again():
-    """The fault the sweep found: after a silent WAN cut and its restore,
-    QPs sat on distinct paths that shared WAN links and never moved back.
-    Two uplinks x two spines each, every spine to two of four WAN links
-    (a WAN link: the hop pair border 10.8.0.w -> remote 10.9.0.1):
-    8 paths, each WAN link on 2 of them; 4 QPs."""
+def two_paths_per_wan_link() -> tuple[World, list[Found]]:
+    """Two uplinks x two spines each, every spine to two of four WAN links
+    (a WAN link: the hop pair border 10.8.0.w -> remote 10.9.0.1): 8 paths,
+    each WAN link on 2 of them, WAN link w on paths w-1 and w+3."""
     world = World(end_to_end=True)
     layout = [("eth1", 1, 1), ("eth1", 1, 2), ("eth1", 2, 3), ("eth1", 2, 4),
               ("eth2", 3, 1), ("eth2", 3, 2), ("eth2", 4, 3), ("eth2", 4, 4)]
     paths = [e2e(up, [49152 + 8 * i], f"10.1.0.{spine}", f"10.8.0.{w}", "10.9.0.1")
              for i, (up, spine, w) in enumerate(layout)]
     world.paths(*paths, cause="start", fdb=FDB)
+    return world, paths
+
+
+def test_a_wan_link_that_dies_and_heals_carries_its_share_again():
+    """The fault the sweep found: after a silent WAN cut and its restore,
+    QPs sat on distinct paths that shared WAN links and never moved back.
+    4 QPs on 8 paths, 2 per WAN link."""
+    world, paths = two_paths_per_wan_link()
     for i, path in enumerate([0, 2, 5, 7]):       # WAN links 1, 3, 2, 4
         world.qp(f"q{i}", path, 49152 + 8 * path)
 
@@ -340,14 +346,9 @@ def test_a_dead_path_answering_across_another_wan_link_is_not_taken_back():
     came back under their old hops: the agent balanced onto a WAN link that
     was gone, and the surviving one carried 4 QPs of 8. A path answering
     again is back only when a TTL round begun after its death traces it
-    over its own hops; one traced onto other hops is gone. The layout of
-    the test above: 8 paths, 2 per WAN link, one QP each."""
-    world = World(end_to_end=True)
-    layout = [("eth1", 1, 1), ("eth1", 1, 2), ("eth1", 2, 3), ("eth1", 2, 4),
-              ("eth2", 3, 1), ("eth2", 3, 2), ("eth2", 4, 3), ("eth2", 4, 4)]
-    paths = [e2e(up, [49152 + 8 * i], f"10.1.0.{spine}", f"10.8.0.{w}", "10.9.0.1")
-             for i, (up, spine, w) in enumerate(layout)]
-    world.paths(*paths, cause="start", fdb=FDB)
+    over its own hops; one traced onto other hops is gone. 8 paths, 2 per
+    WAN link, one QP each."""
+    world, paths = two_paths_per_wan_link()
     for path in range(8):
         world.qp(f"q{path}", path, 49152 + 8 * path)
         health(world, path, True)
