@@ -124,11 +124,11 @@ class Core:
         self._qp_seen: dict[bytes, tuple[int, int]] = {}
         # Paths without probe replies, by identity: dead like a BFD-down uplink.
         self.unhealthy: set[tuple[VtepKey, tuple]] = set()
-        # Of those, the ones answering again, by when they died: end to end,
-        # a path that answers again may answer across other links (routing
-        # moved under its ports), so it is back only once a TTL round that
-        # began after its death traces it over its own hops again.
-        self._untraced: dict[tuple[VtepKey, tuple], float] = {}
+        # Of those, the ones answering again: end to end, a path that
+        # answers again may answer across other links (routing moved under
+        # its ports), so it is back only once a TTL round that began after
+        # its death (_died_at) traces it over its own hops again.
+        self._untraced: set[tuple[VtepKey, tuple]] = set()
         self._died_at: dict[tuple[VtepKey, tuple], float] = {}
         self._deadlines: dict[tuple[VtepKey, int], int] = {}   # armed paths
         # Per probed path: smoothed RTT and jitter margin, from the prober.
@@ -174,12 +174,12 @@ class Core:
         for ident in [i for i in self.unhealthy if i[0] == key]:
             if ident[1] not in kept:
                 self.unhealthy.discard(ident)
-                self._untraced.pop(ident, None)
+                self._untraced.discard(ident)
                 self._died_at.pop(ident, None)
             elif ident in self._untraced and ident[1] in traced and started is not None \
                     and started >= self._died_at.get(ident, 0.0):
                 self.unhealthy.discard(ident)
-                del self._untraced[ident]
+                self._untraced.discard(ident)
                 self._died_at.pop(ident, None)
                 out.append(Note("liveness", f"a path of VTEP {self.vteps[key].address} "
                                             f"answers again over its own hops: back in use"))
@@ -233,7 +233,7 @@ class Core:
                 return None
             if self.settings.end_to_end and path.hops:
                 if ident not in self._untraced:
-                    self._untraced[ident] = event.seen
+                    self._untraced.add(ident)
                     out.append(Note("liveness", f"VTEP {vtep.address} path {path.index} "
                                                 f"({path.uplink}) answers again: back in use "
                                                 f"once a TTL round traces it over its own hops"))
@@ -243,7 +243,8 @@ class Core:
                                         f"({path.uplink}) answers again: back in use"))
             return "path_up"
         if ident in self.unhealthy:
-            if self._untraced.pop(ident, None) is not None:
+            if ident in self._untraced:
+                self._untraced.discard(ident)
                 self._died_at[ident] = event.seen     # died again before a trace
             return None
         self.unhealthy.add(ident)
