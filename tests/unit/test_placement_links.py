@@ -7,7 +7,7 @@ import math
 import pytest
 
 from placement_moves import apply, fill_by_data_plane
-from qpagent.core.placement import diverse_order, path_links, rebalance
+from qpagent.core.placement import bottleneck_links, diverse_order, path_links, rebalance
 
 # The default lab seen from dc1-leaf1: spine x border x remote border x
 # remote spine, so 16 paths over 4 WAN links. Routers answer TTL probes
@@ -144,3 +144,12 @@ def test_without_bottlenecks_named_every_link_counts_alike():
     # and the uplinks stay even either way
     assert sorted(tier(alike, lambda a: a == "first").values()) == [4, 4]
     assert sorted(tier(wan_first, lambda a: a == "first").values()) == [4, 4]
+
+
+def test_bottleneck_links_are_named_as_path_weights_names_them():
+    links = {0: path_links("eth1", "10.0.0.1", ("10.1.0.1", "10.8.0.1")),
+             1: path_links("eth2", "10.0.0.3", ("10.1.0.3", "10.8.0.2"))}
+    named = bottleneck_links(links, {"eth1": 100.0, "10.0.0.3": 40.0, "10.8.0.2": 5.0, "x": 1.0})
+    assert named == {("first", "eth1", "10.0.0.1"): 100.0, ("first", "eth2", "10.0.0.3"): 40.0,
+                     "10.8.0.2": 5.0}
+    assert bottleneck_links(links, {}) == {}

@@ -16,7 +16,7 @@ from qpagent.core.actions import (AGENT_REPAIR_CAUSES, REPLACEMENT_REASONS, Disa
 from qpagent.core.inputs import (BfdSeen, FdbSeen, PathHealthChanged, PathRttSeen, PathsSeen,
                                  Tick)
 from qpagent.core.model import Found, PathState, VtepKey, VtepState
-from qpagent.core.placement import path_links, path_weights, rebalance
+from qpagent.core.placement import bottleneck_links, path_links, path_weights, rebalance
 from qpagent.portmath import hash_for_port
 from qpagent.contract import CONSTANTS, MAX_PATHS, MAX_VTEPS
 
@@ -546,7 +546,7 @@ class Core:
                  if self.settings.end_to_end else None)
         moves = rebalance(assignment, live, {k: q.bytes for k, q in qps.items()}, recent,
                           weights=weights, links=links,
-                          bottlenecks=self._bottlenecks(links))
+                          bottlenecks=bottleneck_links(links or {}, self.settings.capacities))
         moved = {m.qp for m in moves}
         # Ports in use per path, so a moved QP gets a port of its own.
         taken: dict[int, set[int]] = {}
@@ -575,20 +575,6 @@ class Core:
             out += self._write_paths(vtep, qps)
         self._in_use[vtep.key] = Counter(q.path for q in qps.values())
         self._watch(before, [k for k in orphans if k in moved], repaired=False)
-        return out
-
-    def _bottlenecks(self, links: Mapping[int, tuple] | None) -> dict:
-        """The links of these paths with a configured capacity (an uplink
-        by name, a hop by address): balanced before the others."""
-        caps = self.settings.capacities
-        if not caps or not links:
-            return {}
-        out = {}
-        for path_links_ in links.values():
-            for link in path_links_:
-                name = link[1] if isinstance(link, tuple) and link[0] == "first" else link
-                if isinstance(name, str) and name in caps:
-                    out[link] = caps[name]
         return out
 
     # ------------------------------------------------------------ go-back NAKs

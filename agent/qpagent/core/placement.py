@@ -78,6 +78,20 @@ def path_weights(identities: Mapping[int, tuple], capacities: Mapping[str, float
     return {p: float(min(caps)) if caps else float(ceiling) for p, caps in found.items()}
 
 
+def bottleneck_links(links: Mapping[int, Iterable], capacities: Mapping[str, float]) -> dict:
+    """The links of these paths (path_links) that a configured capacity
+    names, as path_weights reads the names (a first hop by its uplink or
+    gateway, a hop by its address), with that capacity: the links
+    rebalance evens first."""
+    out = {}
+    for crossed in links.values():
+        for link in crossed:
+            caps = [capacities[n] for n in _flat((link,)) if isinstance(n, str) and n in capacities]
+            if caps:
+                out[link] = float(min(caps))
+    return out
+
+
 def _flat(identity: tuple) -> list:
     """(uplink, gateway, (hop, hop, ...)) -> [uplink, gateway, hop, hop, ...]"""
     out = []
